@@ -48,7 +48,12 @@ def backend_params(config: pytest.Config, kind: str) -> list:
     params = []
     for name in REGISTRY.names(kind=kind, device=device):
         b = REGISTRY.get(name)
-        if patterns and not b.is_reference and not any(fnmatch.fnmatch(name, p) for p in patterns):
+        selected = patterns and any(fnmatch.fnmatch(name, p) for p in patterns)
+        # The reference is a backend too, but suites run it only when asked (--backend
+        # 'reference.*': oracle vs oracle, e.g. without vLLM); tests/ exercise it directly.
+        if b.is_reference and not selected:
+            continue
+        if patterns and not selected:
             continue
         marks = [pytest.mark.gpu] if b.device == "cuda" else []
         reason = b.unavailable_reason()
@@ -126,3 +131,21 @@ def pytest_runtest_makereport(item, call):
         rep.sections.append(("Reproduce", reproduce_command(item)
                              + "\n(derandomized profiles replay the same examples; with 'repro' "
                                "only the failing example saved in .hypothesis/ is replayed)"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Property tests whose parameters match a 'wrong answer' ledger entry are xfail with the
+    entry's reason (non-strict: a property may pass on lucky draws); the ledger's own minimal
+    repros in suites/test_known_failures.py are strict."""
+    from suites.known_failures import lookup
+
+    for item in items:
+        cs = getattr(item, "callspec", None)
+        if cs is None or item.get_closest_marker("ledger_repro"):
+            continue
+        backend = next((v for k, v in cs.params.items() if k.endswith("_backend")), None)
+        if backend is None:
+            continue
+        entry = lookup(backend, dict(cs.params), kind="wrong")
+        if entry is not None:
+            item.add_marker(pytest.mark.xfail(reason=entry.reason, strict=False))

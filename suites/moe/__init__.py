@@ -1,0 +1,1 @@
+"""MoE suites: experts kernels and routers held to reference/ and to invariants."""

@@ -1,0 +1,296 @@
+"""The MoE properties as plain functions: (backend, problem) -> figures, AssertionError with the
+whole story on failure. The suites call them for vLLM's backends; tests/ call them for the
+reference and for deliberately broken backends (negative controls), so a property that no
+planted bug can violate shows up there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from fixtures.strategies import ExpertsProblem, RouterProblem
+from reference.experts import expert_mlp, fused_experts
+from reference.routing import route, selection_margin
+from suites.backends.base import ExpertsBackend, RouterBackend
+from suites.compare import Closeness, closeness
+from suites.tolerances import resolution, tolerance
+
+# Metamorphic properties compare the implementation with itself (same dtype, same kernel):
+# only summation order may differ, so the bound is a few units of the dtype's resolution
+# relative to the output's scale, far tighter than the oracle bound.
+METAMORPHIC_ULPS = 2.0
+
+
+def _ctx(backend: ExpertsBackend | RouterBackend, p, prop: str, extra: str = "") -> str:
+    return f"[{prop}] backend={backend.name} problem: {p.describe()}" + (f"\n{extra}" if extra else "")
+
+
+def run_experts(backend: ExpertsBackend, t: dict, p: ExpertsProblem, *, x=None, topk_weights=None,
+                topk_ids=None, w13=None, w2=None, expert_map=None, w13_bias=None, w2_bias=None,
+                use_bias=True) -> torch.Tensor:
+    """Run the backend with NaN-poisoned output (rows it forgets to write stay NaN)."""
+    x = t["x"] if x is None else x
+    handle = backend.prepare(
+        t["w13"] if w13 is None else w13, t["w2"] if w2 is None else w2,
+        (t["w13_bias"] if w13_bias is None else w13_bias) if use_bias else None,
+        (t["w2_bias"] if w2_bias is None else w2_bias) if use_bias else None,
+        p.activation)
+    out = torch.full((x.shape[0], t["w13"].shape[2]), float("nan"), dtype=x.dtype)
+    return backend.run(handle, x, t["topk_weights"] if topk_weights is None else topk_weights,
+                       t["topk_ids"] if topk_ids is None else topk_ids, out=out,
+                       expert_map=expert_map)
+
+
+def oracle(t: dict, p: ExpertsProblem, **over) -> torch.Tensor:
+    a = {**t, **over}
+    return fused_experts(a["x"], a["w13"], a["w2"], a["topk_weights"], a["topk_ids"], p.activation,
+                         a["w13_bias"], a["w2_bias"], a.get("expert_map"))
+
+
+def _self_bound(ref: torch.Tensor, dtype: torch.dtype) -> float:
+    return METAMORPHIC_ULPS * resolution(dtype) * max(float(ref.double().abs().max()), 1e-30)
+
+
+def _assert_self_close(a: torch.Tensor, b: torch.Tensor, dtype, ctx: str, what: str) -> float:
+    d = (a.double() - b.double()).abs()
+    bound = _self_bound(b, dtype)
+    worst = float(d.max()) if d.numel() else 0.0
+    if not torch.isfinite(d).all() or worst > bound:
+        idx = torch.unravel_index(torch.argmax(torch.nan_to_num(d, nan=float("inf"))), d.shape)
+        raise AssertionError(
+            f"{ctx}\n{what}: max |difference| {worst:.3e} at {tuple(int(i) for i in idx)} exceeds "
+            f"{METAMORPHIC_ULPS:g} x eps({dtype}) x max|out| = {bound:.3e}")
+    return worst
+
+
+def check_matches_oracle(backend: ExpertsBackend, p: ExpertsProblem) -> Closeness:
+    """Output vs the fp64 oracle under the tolerance table; NaN-poisoned out buffer."""
+    t = p.tensors()
+    out = run_experts(backend, t, p)
+    ref = oracle(t, p)
+    c = closeness(out, ref, tolerance(p.torch_dtype, backend.name))
+    if not c.ok:
+        raise AssertionError(_ctx(backend, p, "matches_oracle", c.report()))
+    return c
+
+
+def check_token_permutation(backend: ExpertsBackend, p: ExpertsProblem) -> float:
+    """out(x[perm]) == out(x)[perm] (routing permuted with the tokens)."""
+    t = p.tensors()
+    g = torch.Generator().manual_seed(p.seed)
+    perm = torch.randperm(p.T, generator=g)
+    base = run_experts(backend, t, p)
+    permuted = run_experts(backend, t, p, x=t["x"][perm], topk_weights=t["topk_weights"][perm].contiguous(),
+                           topk_ids=t["topk_ids"][perm].contiguous())
+    return _assert_self_close(permuted, base[perm], p.torch_dtype,
+                              _ctx(backend, p, "token_permutation", f"perm[:8]={perm[:8].tolist()}"),
+                              "out(x[perm]) vs out(x)[perm]")
+
+
+def check_batch_invariance(backend: ExpertsBackend, p: ExpertsProblem, n_probe: int = 3) -> float:
+    """A token's output does not depend on its batch companions: run it alone (T=1) and compare
+    with its row in the full batch."""
+    t = p.tensors()
+    full = run_experts(backend, t, p)
+    rows = sorted({0, p.T - 1, p.T // 2})[:n_probe]
+    worst = 0.0
+    for r in rows:
+        alone = run_experts(backend, t, p, x=t["x"][r : r + 1],
+                            topk_weights=t["topk_weights"][r : r + 1].contiguous(),
+                            topk_ids=t["topk_ids"][r : r + 1].contiguous())
+        worst = max(worst, _assert_self_close(
+            alone[0], full[r], p.torch_dtype,
+            _ctx(backend, p, "batch_invariance", f"token {r} alone (T=1) vs in the batch of {p.T}"),
+            "alone vs embedded"))
+    return worst
+
+
+def check_expert_relabeling(backend: ExpertsBackend, p: ExpertsProblem) -> float:
+    """Renaming experts (permuting w13/w2 and mapping ids) leaves the output unchanged."""
+    t = p.tensors()
+    g = torch.Generator().manual_seed(p.seed + 1)
+    perm = torch.randperm(p.E, generator=g)  # new slot j holds old expert perm[j]
+    inv = torch.argsort(perm)
+    relabeled = dict(t)
+    relabeled["w13"] = t["w13"][perm].contiguous()
+    relabeled["w2"] = t["w2"][perm].contiguous()
+    if t["w13_bias"] is not None:
+        relabeled["w13_bias"] = t["w13_bias"][perm].contiguous()
+        relabeled["w2_bias"] = t["w2_bias"][perm].contiguous()
+    relabeled["topk_ids"] = inv[t["topk_ids"].long()].int().contiguous()
+    base = run_experts(backend, t, p)
+    out = run_experts(backend, relabeled, p)
+    return _assert_self_close(out, base, p.torch_dtype,
+                              _ctx(backend, p, "expert_relabeling", f"perm={perm[:8].tolist()}..."),
+                              "relabeled vs original")
+
+
+def expert_maps(E: int, n_shards: int) -> list[torch.Tensor]:
+    """Contiguous EP placement like vLLM's: shard s owns experts [s*E/S, (s+1)*E/S)."""
+    maps = []
+    bounds = [round(s * E / n_shards) for s in range(n_shards + 1)]
+    for s in range(n_shards):
+        m = torch.full((E,), -1, dtype=torch.int32)
+        lo, hi = bounds[s], bounds[s + 1]
+        m[lo:hi] = torch.arange(hi - lo, dtype=torch.int32)
+        maps.append(m)
+    return maps
+
+
+def check_ep_sharding(backend: ExpertsBackend, p: ExpertsProblem, n_shards: int = 2) -> Closeness:
+    """Sum over EP shards (each with its local experts and expert_map) equals the full layer."""
+    t = p.tensors()
+    total = torch.zeros(p.T, p.H, dtype=torch.float64)
+    for m in expert_maps(p.E, n_shards):
+        local = (m >= 0).nonzero().squeeze(1)
+        if local.numel() == 0:
+            continue
+        sharded = dict(t)
+        for k in ("w13", "w2", "w13_bias", "w2_bias"):
+            if t[k] is not None:
+                sharded[k] = t[k][local].contiguous()
+        total += run_experts(backend, sharded, p, expert_map=m).double()
+    ref = oracle(t, p)
+    # Each shard rounds its partial sum to the output dtype: S roundings instead of one.
+    tol = tolerance(p.torch_dtype, backend.name)
+    tol = replace(tol, max_norm=tol.max_norm * n_shards, rms_norm=tol.rms_norm * n_shards,
+                  reason=f"{n_shards} shard outputs each rounded to {p.dtype}")
+    c = closeness(total, ref, tol)
+    if not c.ok:
+        raise AssertionError(_ctx(backend, p, f"ep_sharding(shards={n_shards})", c.report()))
+    return c
+
+
+def check_topk_equals_dense(backend: ExpertsBackend, p: ExpertsProblem) -> Closeness:
+    """With top-k = E the layer is the dense softmax mixture sum_e p_e * expert_e(x), computed
+    here expert by expert over all tokens (no grouping), independently of the oracle's code."""
+    p = replace(p, K=p.E)
+    t = p.tensors()
+    out = run_experts(backend, t, p)
+    probs = torch.softmax(t["logits"].double(), -1)  # [T, E]
+    dense = torch.zeros(p.T, p.H, dtype=torch.float64)
+    for e in range(p.E):
+        b13 = None if t["w13_bias"] is None else t["w13_bias"][e]
+        b2 = None if t["w2_bias"] is None else t["w2_bias"][e]
+        dense += probs[:, e : e + 1] * expert_mlp(t["x"], t["w13"][e], t["w2"][e], p.activation, b13, b2)
+    c = closeness(out, dense, tolerance(p.torch_dtype, backend.name))
+    if not c.ok:
+        raise AssertionError(_ctx(backend, p, "topk_equals_dense", c.report()))
+    return c
+
+
+def check_zero_weight_slots(backend: ExpertsBackend, p: ExpertsProblem) -> float:
+    """A slot with weight 0 contributes nothing, whichever expert it names: point every
+    zero-weight slot at a 'loud' expert (weights scaled up) and compare with them pointing at
+    another expert."""
+    t = p.tensors()
+    if p.K < 2 or p.E < 2:
+        return 0.0
+    tw = t["topk_weights"].clone()
+    tw[:, -1] = 0.0  # last slot of every token: weight 0
+    ids_a = t["topk_ids"].clone()
+    ids_b = t["topk_ids"].clone()
+    loud = int(t["topk_ids"][0, 0])
+    w13 = t["w13"].clone()
+    # As loud as the dtype allows while the expert's own output stays finite: any leak is
+    # glaring, and 0 * inf = NaN cannot be blamed on the kernel.
+    limit = torch.finfo(p.torch_dtype).max / 64
+    for factor in (30.0, 8.0, 2.0, 1.0):
+        loud_w13 = (t["w13"][loud].double() * factor).to(p.torch_dtype)
+        y = expert_mlp(t["x"], loud_w13, t["w2"][loud], p.activation)
+        if bool(torch.isfinite(loud_w13.double()).all()) and float(y.abs().max()) < limit:
+            break
+    w13[loud] = loud_w13
+    # slot K-1 -> loud expert in a, -> any other expert in b (ids within a token stay distinct
+    # only for the real slots; zero slots may repeat, as vLLM's padded routing does)
+    ids_a[:, -1] = loud
+    ids_b[:, -1] = (loud + 1) % p.E
+    a = run_experts(backend, t, p, w13=w13, topk_weights=tw, topk_ids=ids_a.contiguous())
+    b = run_experts(backend, t, p, w13=w13, topk_weights=tw, topk_ids=ids_b.contiguous())
+    rows = ~(t["topk_ids"][:, :-1] == loud).any(1)  # tokens whose real slots avoid `loud`
+    if not rows.any():
+        return 0.0
+    return _assert_self_close(a[rows], b[rows], p.torch_dtype,
+                              _ctx(backend, p, "zero_weight_slots", f"loud expert {loud}"),
+                              "zero-weight slot on loud expert vs on another expert")
+
+
+def check_finite(backend: ExpertsBackend, p: ExpertsProblem) -> None:
+    """Finite inputs give a finite output with every row written (NaN-poisoned buffer)."""
+    t = p.tensors()
+    out = run_experts(backend, t, p)
+    bad = (~torch.isfinite(out)).any(1).nonzero().squeeze(1)
+    if bad.numel():
+        raise AssertionError(_ctx(backend, p, "finite_output",
+                                  f"{bad.numel()} of {p.T} rows not finite (NaN poison left or "
+                                  f"overflow), first rows {bad[:8].tolist()}"))
+
+
+def check_refuses_unaligned(backend: ExpertsBackend, H: int, I: int) -> str:
+    """A shape the kernel refuses by design raises a clear exception (not a crash, not garbage)."""
+    p = ExpertsProblem(T=3, H=H, I=I, E=4, K=2, dtype="bfloat16", routing="uniform", seed=7)
+    t = p.tensors()
+    try:
+        out = run_experts(backend, t, p)
+    except (RuntimeError, ValueError) as e:
+        msg = str(e).strip()
+        if not msg:
+            raise AssertionError(f"{backend.name}: H={H}, I={I} refused with an empty message") from e
+        return msg.splitlines()[0]
+    c = closeness(out, oracle(t, p), tolerance(p.torch_dtype, backend.name))
+    if not c.ok:
+        raise AssertionError(f"{backend.name}: unaligned H={H}, I={I} neither refused nor "
+                             f"correct:\n{c.report()}")
+    return "accepted and correct"
+
+
+# ----------------------------------------------------------------------------- routers
+
+
+def near_tie_threshold(logits_dtype: torch.dtype, scale: torch.Tensor) -> torch.Tensor:
+    """Score gaps below this are within rounding of the scores a kernel compares: 16 units of
+    fp32 roundoff of the score scale (kernels score in fp32), or of the logits' own dtype."""
+    eps = max(torch.finfo(torch.float32).eps, torch.finfo(logits_dtype).eps
+              if logits_dtype != torch.float64 else 0.0)
+    return 16 * eps * scale.clamp_min(1.0)
+
+
+def check_router(backend: RouterBackend, rp: RouterProblem, weights_dtype_tol=torch.float32) -> dict:
+    """Ids exact except reported near-ties; weights close (fp32 table) on the agreeing tokens."""
+    logits, bias = rp.tensors()
+    cfg = rp.cfg
+    out_w, out_ids = backend.route(logits.clone(), cfg, None if bias is None else bias.clone())
+    ref_w, ref_ids = route(logits.double(), cfg, bias)
+    T, K = ref_ids.shape
+    if out_ids.shape != (T, K) or out_w.shape != (T, K):
+        raise AssertionError(_ctx(backend, rp, "router", f"shapes {tuple(out_ids.shape)}, "
+                                  f"{tuple(out_w.shape)} != {(T, K)}"))
+    if out_ids.dtype != torch.int32 or out_w.dtype != torch.float32:
+        raise AssertionError(_ctx(backend, rp, "router", f"dtypes ids {out_ids.dtype} weights "
+                                  f"{out_w.dtype}; vLLM's contract is int32 / float32"))
+    o_ids, o_ord = torch.sort(out_ids.long(), 1)
+    r_ids, r_ord = torch.sort(ref_ids.long(), 1)
+    o_w = out_w.double().gather(1, o_ord)
+    r_w = ref_w.gather(1, r_ord)
+    margin = selection_margin(logits.double(), cfg, bias)
+    if cfg.topk_method in ("greedy", "topk_softmax"):
+        scale = logits.double().abs().amax(1)
+    else:
+        scale = torch.ones(T, dtype=torch.float64) * (1 + (0 if bias is None else float(bias.abs().max())))
+    tie = margin <= near_tie_threshold(logits.dtype, scale)
+    differ = (o_ids != r_ids).any(1)
+    hard = differ & ~tie
+    if hard.any():
+        r = int(hard.nonzero()[0])
+        raise AssertionError(_ctx(backend, rp, "router ids",
+                                  f"{int(hard.sum())} / {T} tokens chose different experts with a clear "
+                                  f"margin; token {r}: out {o_ids[r].tolist()} vs ref {r_ids[r].tolist()}, "
+                                  f"margin {float(margin[r]):.3e}"))
+    agree = ~differ
+    c = closeness(o_w[agree], r_w[agree], tolerance(weights_dtype_tol, backend.name, "router_weights"))
+    if not c.ok:
+        raise AssertionError(_ctx(backend, rp, "router weights", c.report("topk_weights")))
+    return {"near_ties": int((differ & tie).sum()), "near_tie_candidates": int(tie.sum()),
+            "tokens": T, "weights_max_norm": c.max_norm}

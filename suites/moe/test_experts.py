@@ -1,0 +1,122 @@
+"""Expert kernels vs the fp64 oracle and invariants (DESIGN.md "Properties"), per backend.
+
+Every failure names the backend, the drawn problem (shape, dtype, routing, seed) and the error
+figures; the report's "Reproduce" section gives one command that replays it.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fixtures.catalogue import CPU
+from fixtures.strategies import ExpertsProblem, experts_problems
+from suites.backends.base import ExpertsBackend
+from suites.moe import checks
+
+pytestmark = pytest.mark.moe
+
+DTYPE_NAMES = {"torch.bfloat16": "bfloat16", "torch.float16": "float16", "torch.float32": "float32"}
+
+
+def problems(b: ExpertsBackend, **kw):
+    dtypes = tuple(DTYPE_NAMES[str(d)] for d in b.dtypes if str(d) in DTYPE_NAMES)
+    acts = tuple(a for a in ("silu", "swigluoai") if a in b.activations)
+    return experts_problems(dtypes=dtypes, alignment=b.alignment, activations=acts,
+                            bias=b.supports_bias, **kw)
+
+
+class Worst:
+    """Keeps the worst figure over the hypothesis examples of one test for the summary."""
+
+    def __init__(self, record, key):
+        self.record, self.key, self.value, self.n = record, key, 0.0, 0
+
+    def add(self, v: float):
+        self.value, self.n = max(self.value, v), self.n + 1
+        self.record(**{self.key: f"{self.value:.3e}", "examples": self.n})
+
+
+@given(data=st.data())
+def test_matches_oracle(experts_backend, data, record):
+    worst = Worst(record, "worst_max_norm")
+    c = checks.check_matches_oracle(experts_backend, data.draw(problems(experts_backend)))
+    worst.add(c.max_norm)
+
+
+@given(data=st.data())
+def test_token_permutation(experts_backend, data, record):
+    Worst(record, "worst_abs_diff").add(
+        checks.check_token_permutation(experts_backend, data.draw(problems(experts_backend))))
+
+
+@given(data=st.data())
+def test_batch_invariance(experts_backend, data, record):
+    Worst(record, "worst_abs_diff").add(
+        checks.check_batch_invariance(experts_backend, data.draw(problems(experts_backend))))
+
+
+@given(data=st.data())
+def test_expert_relabeling(experts_backend, data, record):
+    Worst(record, "worst_abs_diff").add(
+        checks.check_expert_relabeling(experts_backend, data.draw(problems(experts_backend))))
+
+
+@given(data=st.data(), n_shards=st.sampled_from([2, 3, 4]))
+def test_ep_sharding(experts_backend, data, n_shards, record):
+    if not experts_backend.supports_expert_map:
+        pytest.skip(f"{experts_backend.name} has no expert-parallel mode")
+    p = data.draw(problems(experts_backend))
+    Worst(record, "worst_max_norm").add(checks.check_ep_sharding(experts_backend, p, n_shards).max_norm)
+
+
+@given(data=st.data())
+def test_topk_equals_dense(experts_backend, data, record):
+    p = data.draw(problems(experts_backend, max_experts=16, max_tokens=64))
+    Worst(record, "worst_max_norm").add(checks.check_topk_equals_dense(experts_backend, p).max_norm)
+
+
+@given(data=st.data())
+def test_zero_weight_slots(experts_backend, data, record):
+    Worst(record, "worst_abs_diff").add(
+        checks.check_zero_weight_slots(experts_backend, data.draw(problems(experts_backend))))
+
+
+@pytest.mark.parametrize("x_scale", [1e-3, 1.0, 30.0])
+def test_finite_outputs(experts_backend, x_scale):
+    p = ExpertsProblem(T=33, H=64, I=64, E=8, K=2, dtype=experts_backend.dtypes[0].__repr__()
+                       .replace("torch.", ""), routing="hot_expert", seed=11, x_scale=x_scale)
+    checks.check_finite(experts_backend, p)
+
+
+@pytest.mark.parametrize(("H", "I"), [(48, 64), (64, 48), (40, 40)])
+def test_refused_shapes_raise_cleanly(experts_backend, H, I, record):
+    if experts_backend.alignment == 1:
+        pytest.skip(f"{experts_backend.name} accepts any H and I")
+    record(refusal=checks.check_refuses_unaligned(experts_backend, H, I))
+
+
+# Realistic shapes from the catalogue (CPU-sized variants; "-dims" ones keep the real H and I).
+CATALOGUE_CASES = [
+    pytest.param(name, T, marks=[pytest.mark.slow] if name.endswith("-dims") else [],
+                 id=f"{name}-T{T}")
+    for name in sorted(CPU) for T in ((7,) if name.endswith("-dims") else (1, 7, 64))
+]
+
+
+@pytest.mark.parametrize(("model", "T"), CATALOGUE_CASES)
+def test_catalogue_shapes(experts_backend, model, T, record):
+    cfg = CPU[model]
+    act = cfg.hidden_act
+    dtype = "bfloat16"
+    try:
+        experts_backend.check(H=cfg.hidden_size, I=cfg.moe_intermediate_size, E=cfg.num_experts,
+                              dtype=getattr(__import__("torch"), dtype), activation=act,
+                              bias=cfg.expert_bias)
+    except ValueError as e:
+        pytest.skip(str(e))
+    p = ExpertsProblem(T=T, H=cfg.hidden_size, I=cfg.moe_intermediate_size, E=cfg.num_experts,
+                       K=cfg.num_experts_per_tok, dtype=dtype, routing="uniform", activation=act,
+                       bias=cfg.expert_bias, seed=len(model))
+    record(max_norm=f"{checks.check_matches_oracle(experts_backend, p).max_norm:.3e}")

@@ -1,0 +1,25 @@
+"""Routers vs the fp64 oracle: ids exact except reported near-ties, weights within fp32 bounds."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fixtures.strategies import router_problems
+from suites.moe import checks
+
+pytestmark = pytest.mark.moe
+
+METHODS = ["greedy", "topk_softmax", "group_limited_greedy", "noaux_tc"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("logits_dtype", ["float32", "bfloat16"])
+@given(data=st.data())
+def test_router_matches_oracle(router_backend, method, logits_dtype, data, record):
+    if method not in router_backend.topk_methods:
+        pytest.skip(f"{router_backend.name} does not implement {method}")
+    rp = data.draw(router_problems(methods=(method,), logits_dtypes=(logits_dtype,)))
+    figures = checks.check_router(router_backend, rp)
+    record(**{k: str(v) for k, v in figures.items()})

@@ -1,0 +1,72 @@
+"""Minimal repros of the known-failure ledger (suites/known_failures.py), strict xfail: when vLLM
+fixes a defect, its repro passes unexpectedly and the run fails until the entry is removed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from suites.backends import REGISTRY
+from suites.known_failures import LEDGER
+
+ENTRIES = {e.id: e for e in LEDGER}
+pytestmark = [pytest.mark.moe, pytest.mark.ledger_repro]
+
+
+def _needs(name: str):
+    reason = REGISTRY.get(name).unavailable_reason()
+    if reason:
+        pytest.skip(f"{name}: {reason}")
+    return REGISTRY.get(name)
+
+
+@pytest.mark.xfail(strict=True, reason=ENTRIES["cpu-router-bf16-softmax"].reason)
+def test_cpu_router_bf16_logits_weights_in_fp32():
+    from reference.routing import RouterConfig, route
+
+    router = _needs("cpu_router")
+    logits = torch.tensor([[0.30078125, -1.2265625, 0.8515625, 0.10009765625]]).bfloat16()
+    cfg = RouterConfig(num_experts=4, num_experts_per_tok=2)
+    out_w, out_ids = router.route(logits, cfg)
+    ref_w, ref_ids = route(logits.double(), cfg)
+    assert sorted(out_ids[0].tolist()) == sorted(ref_ids[0].tolist())
+    order_o, order_r = torch.argsort(out_ids[0]), torch.argsort(ref_ids[0])
+    err = (out_w[0, order_o].double() - ref_w[0, order_r]).abs().max().item()
+    assert err < 1e-6, f"routing weights off by {err:.3e} (fp32 would be < 1e-7)"
+
+
+@pytest.mark.xfail(strict=True, reason=ENTRIES["cpu-fused-moe-no-id-bounds-check"].reason)
+def test_cpu_fused_moe_invalid_id_is_refused_not_corrupting():
+    _needs("cpu_fused_moe.vec")
+    # Quarantined: the corruption can abort the interpreter, so it runs in a child process.
+    code = textwrap.dedent("""
+        import torch
+        from vllm import _custom_ops as ops
+        torch.manual_seed(0)
+        T, H, I, E, K = 33, 256, 128, 8, 2
+        x = torch.randn(T, H).bfloat16()
+        w13 = (torch.randn(E, 2 * I, H) * 0.05).bfloat16()
+        w2 = (torch.randn(E, H, I) * 0.05).bfloat16()
+        tw = torch.full((T, K), 0.5)
+        ti = torch.randint(0, E, (T, K)).int()
+        ti[0, 0] = -1
+        out = torch.zeros(T, H, dtype=torch.bfloat16)
+        try:
+            ops.cpu_fused_moe(out, x, ops.cpu_prepack_moe_weight(w13, "vec"),
+                              ops.cpu_prepack_moe_weight(w2, "vec"), None, None, tw, ti,
+                              "silu", "vec")
+        except RuntimeError:
+            print("REFUSED")
+        else:
+            print("ACCEPTED")
+        for _ in range(50):  # allocator churn makes heap corruption surface
+            torch.empty(1 << 20).add_(1)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+    assert proc.returncode == 0 and "REFUSED" in proc.stdout, (
+        f"child exited {proc.returncode}; a kernel given topk_id -1 must raise, not run: {tail}")
