@@ -44,7 +44,7 @@ class RouterConfig:
                 raise ValueError(f"n_group={self.n_group} must divide num_experts={E}")
             if not 1 <= self.topk_group <= self.n_group:
                 raise ValueError(f"topk_group={self.topk_group} must be in [1, n_group={self.n_group}]")
-            if K > self.topk_group * (E // self.n_group):
+            if self.topk_group * (E // self.n_group) < K:
                 raise ValueError(
                     f"num_experts_per_tok={K} exceeds the experts in topk_group={self.topk_group} "
                     f"groups of {E // self.n_group}"
@@ -187,7 +187,7 @@ def selection_margin(
     mask[torch.arange(T)[:, None], kept] = True
     masked = choice.masked_fill(~mask.repeat_interleave(E // G, 1), float("-inf"))
     n_candidates = cfg.topk_group * (E // G)
-    if K < n_candidates:
+    if n_candidates > K:
         top = torch.topk(masked, K + 1, dim=-1).values
         margins.append(top[:, K - 1] - top[:, K])
     if not margins:

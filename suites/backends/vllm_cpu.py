@@ -87,7 +87,7 @@ class CpuFusedMoE(ExpertsBackend):
 
         # No pre-check here: the kernel's own refusal (a RuntimeError) is part of what the
         # suite checks. Suites call check() first to draw only supported problems.
-        E, two_i, H = w13.shape
+        E, _, H = w13.shape
         return dict(
             w13=ops.cpu_prepack_moe_weight(w13.contiguous(), self.isa),
             w2=ops.cpu_prepack_moe_weight(w2.contiguous(), self.isa),
@@ -122,7 +122,7 @@ class FusedExpertsCpu(ExpertsBackend):
         return _vllm_reason()
 
     def prepare(self, w13, w2, w13_bias=None, w2_bias=None, activation="silu"):
-        E, two_i, H = w13.shape
+        E, _, H = w13.shape
         return dict(w13=torch.ops._C.convert_weight_packed(w13.contiguous()),
                     w2=torch.ops._C.convert_weight_packed(w2.contiguous()), E=E, H=H)
 

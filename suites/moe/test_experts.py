@@ -7,6 +7,7 @@ figures; the report's "Reproduce" section gives one command that replays it.
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -85,8 +86,8 @@ def test_zero_weight_slots(experts_backend, data, record):
 
 @pytest.mark.parametrize("x_scale", [1e-3, 1.0, 30.0])
 def test_finite_outputs(experts_backend, x_scale):
-    p = ExpertsProblem(T=33, H=64, I=64, E=8, K=2, dtype=experts_backend.dtypes[0].__repr__()
-                       .replace("torch.", ""), routing="hot_expert", seed=11, x_scale=x_scale)
+    p = ExpertsProblem(T=33, H=64, I=64, E=8, K=2, dtype=DTYPE_NAMES[str(experts_backend.dtypes[0])],
+                       routing="hot_expert", seed=11, x_scale=x_scale)
     checks.check_finite(experts_backend, p)
 
 
@@ -112,7 +113,7 @@ def test_catalogue_shapes(experts_backend, model, T, record):
     dtype = "bfloat16"
     try:
         experts_backend.check(H=cfg.hidden_size, I=cfg.moe_intermediate_size, E=cfg.num_experts,
-                              dtype=getattr(__import__("torch"), dtype), activation=act,
+                              dtype=getattr(torch, dtype), activation=act,
                               bias=cfg.expert_bias)
     except ValueError as e:
         pytest.skip(str(e))
