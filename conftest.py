@@ -98,16 +98,35 @@ def engine_backend(request):
     return REGISTRY.get(request.param)
 
 
-@pytest.fixture
-def record(request):
-    """record(key=value, ...): figures that go into the JUnit XML (user_properties) and from
-    there into the Markdown summary of `nox -s cpu` (worst error, near-tie counts, ...)."""
+class Recorder:
+    """Figures that go into the JUnit XML (user_properties) and from there into the Markdown
+    summary of `nox -s cpu`. Hypothesis runs the test body once per example with the same
+    fixture, so figures can be set, summed or maxed over the examples."""
 
-    def _record(**kv):
+    def __init__(self, node: pytest.Item):
+        self.node, self.values = node, {}
+
+    def _store(self, key, value):
+        self.values[key] = value
+        props = [(k, v) for k, v in self.node.user_properties if k != key]
+        self.node.user_properties[:] = [*props, (key, value)]
+
+    def __call__(self, **kv):
         for k, v in kv.items():
-            request.node.user_properties.append((k, v))
+            self._store(k, v)
 
-    return _record
+    def sum(self, **kv):
+        for k, v in kv.items():
+            self._store(k, self.values.get(k, 0) + v)
+
+    def max(self, **kv):
+        for k, v in kv.items():
+            self._store(k, max(self.values.get(k, v), v))
+
+
+@pytest.fixture
+def record(request) -> Recorder:
+    return Recorder(request.node)
 
 
 def reproduce_command(item: pytest.Item) -> str:

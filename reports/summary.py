@@ -13,7 +13,17 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
-FIGURES = ("worst_max_norm", "max_norm", "worst_abs_diff", "near_ties", "examples", "refusal")
+FIGURES = ("worst_max_norm", "worst_rms_norm", "max_norm", "worst_abs_diff",
+           "worst_weights_max_norm", "near_ties", "near_tie_candidates", "tokens", "examples",
+           "refusal")
+
+
+def _fmt(v: str) -> str:
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return str(int(f)) if f.is_integer() and abs(f) < 1e15 else f"{f:.3g}"
 
 
 def parse(junit: Path) -> list[dict]:
@@ -58,7 +68,7 @@ def render(rows: list[dict], source: str) -> str:
            "| backend | property | params | outcome | figures | time (s) |",
            "|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (backend_of(r["params"]), r["prop"], r["params"])):
-        figs = ", ".join(f"{k} {r['props'][k]}" for k in FIGURES if k in r["props"])
+        figs = ", ".join(f"{k} {_fmt(r['props'][k])}" for k in FIGURES if k in r["props"])
         note = figs or r["detail"]
         out.append(f"| {backend_of(r['params'])} | {r['prop']} | {r['params']} | {r['outcome']} | "
                    f"{note.replace('|', '/')} | {r['time']:.2f} |")

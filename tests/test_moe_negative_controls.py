@@ -134,6 +134,13 @@ class BrokenRouter(RouterBackend):
             s = torch.sigmoid(logits.double())
             return (s.gather(1, ids) / s.gather(1, ids).sum(-1, keepdim=True)
                     * cfg.routed_scaling_factor).float(), ids.int()
+        if self.bug == "off_by_one_rank":
+            # takes ranks 1..K instead of 0..K-1 (an off-by-one in a top-k loop)
+            probs = torch.softmax(logits.double(), -1)
+            top = torch.topk(probs, cfg.num_experts_per_tok + 1, dim=-1)
+            ids = top.indices[:, 1:]
+            w = top.values[:, 1:]
+            return (w / w.sum(-1, keepdim=True)).float(), ids.int()
         w, ids = route(logits, cfg, e_score_correction_bias)
         return w.float(), ids.int()
 
@@ -148,6 +155,7 @@ RP_V3 = RouterProblem(T=64, cfg=RouterConfig(num_experts=64, num_experts_per_tok
 
 @pytest.mark.parametrize(("bug", "rp"), [
     ("no_renormalization", RP_GREEDY),
+    ("off_by_one_rank", RP_GREEDY),
     ("bias_in_weights", RP_V3),
     ("group_max_not_top2", RP_V3),
 ])

@@ -28,7 +28,7 @@ def test_summary_table(tmp_path):
     assert summary.main([str(j), "--out", str(out)]) == 0
     text = out.read_text()
     assert "| cpu_fused_moe.vec | test_matches_oracle |" in text
-    assert "worst_max_norm 4.8e-03" in text
+    assert "worst_max_norm 0.0048, examples 25" in text
     assert "xfail" in text and "FAILED" in text
     assert "## Failures" in text and "batch_invariance" in text
 

@@ -28,40 +28,26 @@ def problems(b: ExpertsBackend, **kw):
                             bias=b.supports_bias, **kw)
 
 
-class Worst:
-    """Keeps the worst figure over the hypothesis examples of one test for the summary."""
-
-    def __init__(self, record, key):
-        self.record, self.key, self.value, self.n = record, key, 0.0, 0
-
-    def add(self, v: float):
-        self.value, self.n = max(self.value, v), self.n + 1
-        self.record(**{self.key: f"{self.value:.3e}", "examples": self.n})
-
-
 @given(data=st.data())
 def test_matches_oracle(experts_backend, data, record):
-    worst = Worst(record, "worst_max_norm")
     c = checks.check_matches_oracle(experts_backend, data.draw(problems(experts_backend)))
-    worst.add(c.max_norm)
+    record.max(worst_max_norm=c.max_norm, worst_rms_norm=c.rms_norm)
+    record.sum(examples=1)
 
 
 @given(data=st.data())
 def test_token_permutation(experts_backend, data, record):
-    Worst(record, "worst_abs_diff").add(
-        checks.check_token_permutation(experts_backend, data.draw(problems(experts_backend))))
+    record.max(worst_abs_diff=checks.check_token_permutation(experts_backend, data.draw(problems(experts_backend))))
 
 
 @given(data=st.data())
 def test_batch_invariance(experts_backend, data, record):
-    Worst(record, "worst_abs_diff").add(
-        checks.check_batch_invariance(experts_backend, data.draw(problems(experts_backend))))
+    record.max(worst_abs_diff=checks.check_batch_invariance(experts_backend, data.draw(problems(experts_backend))))
 
 
 @given(data=st.data())
 def test_expert_relabeling(experts_backend, data, record):
-    Worst(record, "worst_abs_diff").add(
-        checks.check_expert_relabeling(experts_backend, data.draw(problems(experts_backend))))
+    record.max(worst_abs_diff=checks.check_expert_relabeling(experts_backend, data.draw(problems(experts_backend))))
 
 
 @given(data=st.data(), n_shards=st.sampled_from([2, 3, 4]))
@@ -69,19 +55,18 @@ def test_ep_sharding(experts_backend, data, n_shards, record):
     if not experts_backend.supports_expert_map:
         pytest.skip(f"{experts_backend.name} has no expert-parallel mode")
     p = data.draw(problems(experts_backend))
-    Worst(record, "worst_max_norm").add(checks.check_ep_sharding(experts_backend, p, n_shards).max_norm)
+    record.max(worst_max_norm=checks.check_ep_sharding(experts_backend, p, n_shards).max_norm)
 
 
 @given(data=st.data())
 def test_topk_equals_dense(experts_backend, data, record):
     p = data.draw(problems(experts_backend, max_experts=16, max_tokens=64))
-    Worst(record, "worst_max_norm").add(checks.check_topk_equals_dense(experts_backend, p).max_norm)
+    record.max(worst_max_norm=checks.check_topk_equals_dense(experts_backend, p).max_norm)
 
 
 @given(data=st.data())
 def test_zero_weight_slots(experts_backend, data, record):
-    Worst(record, "worst_abs_diff").add(
-        checks.check_zero_weight_slots(experts_backend, data.draw(problems(experts_backend))))
+    record.max(worst_abs_diff=checks.check_zero_weight_slots(experts_backend, data.draw(problems(experts_backend))))
 
 
 @pytest.mark.parametrize("x_scale", [1e-3, 1.0, 30.0])
