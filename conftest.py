@@ -165,6 +165,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         backend = next((v for k, v in cs.params.items() if k.endswith("_backend")), None)
         if backend is None:
             continue
-        entry = lookup(backend, dict(cs.params), kind="wrong")
+        entry = lookup(backend, dict(cs.params), kind="wrong",
+                       test=getattr(item, "originalname", item.name))
         if entry is not None:
             item.add_marker(pytest.mark.xfail(reason=entry.reason, strict=False))

@@ -70,3 +70,20 @@ def test_cpu_fused_moe_invalid_id_is_refused_not_corrupting():
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
     assert proc.returncode == 0 and "REFUSED" in proc.stdout, (
         f"child exited {proc.returncode}; a kernel given topk_id -1 must raise, not run: {tail}")
+
+
+@pytest.mark.mtp
+@pytest.mark.xfail(strict=True, reason=ENTRIES["cpu-expand-batch-to-tokens-lost-write"].reason)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int32], ids=["float32", "int32"])
+def test_cpu_expand_batch_to_tokens_writes_its_output(dtype):
+    _needs("vllm.rejection_sampler")
+    from vllm.platforms import current_platform
+
+    current_platform.register_triton_kernel_overrides()
+    from vllm.v1.sample.rejection_sampler import expand_batch_to_tokens
+
+    cu_num_draft_tokens = torch.tensor([2, 3, 5], dtype=torch.int32)  # drafts 2, 1, 2
+    per_request = torch.tensor([3, 5, 7]).to(dtype)
+    out = expand_batch_to_tokens(per_request, cu_num_draft_tokens, 5)
+    expected = torch.tensor([3, 3, 5, 7, 7]).to(dtype)
+    assert torch.equal(out, expected), f"expanded {out.tolist()}, expected {expected.tolist()}"

@@ -8,7 +8,12 @@ Importing this package registers every backend; vLLM itself is imported lazily, 
 backends, so listing and skipping never needs it.
 """
 
-from suites.backends import reference, vllm_cpu, vllm_cuda  # noqa: F401  (registration)
+from suites.backends import (  # noqa: F401  (registration)
+    reference,
+    rejection_sampler,
+    vllm_cpu,
+    vllm_cuda,
+)
 from suites.backends.base import (
     REGISTRY,
     Backend,
