@@ -73,6 +73,11 @@ def _install(session: nox.Session, flavour: str, *groups: str) -> None:
                     "torchcodec", silent=True)
 
 
+def _has_gpu() -> bool:
+    smi = shutil.which("nvidia-smi")
+    return smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
+
+
 def _pytest(session: nox.Session, *args: str, name: str) -> None:
     env = {"SUITE_NOX_SESSION": name, "PYTHONHASHSEED": "0"}
     session.run("python", "-m", "pytest", *args, *session.posargs, env=env)
@@ -110,9 +115,7 @@ def cpu(session: nox.Session) -> None:
 @nox.session
 def gpu(session: nox.Session) -> None:
     """The same suites on device cuda with the CUDA vllm wheel. Stops at once without a GPU."""
-    smi = shutil.which("nvidia-smi")
-    ok = smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
-    if not ok:
+    if not _has_gpu():
         session.error("nox -s gpu needs an NVIDIA GPU (nvidia-smi missing or failing); "
                       "on this machine run nox -s cpu")
     _print_environment(session)
@@ -135,3 +138,44 @@ def lint(session: nox.Session) -> None:
     """ruff check and format check."""
     session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
     session.run("ruff", "check", ".", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks (suites/bench, marker bench) on the GPU when there is one, else the CPU; the run
+    is validated and filed under reports/history/<machine-id>/<timestamp>.json (atomic, never
+    overwritten). posargs go to pytest, e.g. -- --bench-tokens=1,16,256 --bench-threads=1."""
+    flavour = "gpu" if _has_gpu() else "cpu"
+    device = "cuda" if flavour == "gpu" else "cpu"
+    _print_environment(session)
+    _install(session, flavour, "test", "reports")
+    _print_environment(session)
+    out = ROOT / "reports" / "out" / (_dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-bench")
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / "bench.json"
+    _pytest(session, "suites/bench", "-m", "bench", f"--device={device}",
+            f"--benchmark-json={raw}", "--benchmark-columns=median,iqr,rounds,iterations",
+            "--benchmark-sort=fullname", name="bench")
+    session.run("python", "-m", "reports", "store", str(raw), "--history",
+                str(ROOT / "reports" / "history"))
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Markdown + self-contained HTML with plots from reports/history (all machines) into
+    reports/out/report-<time>/. posargs go to `python -m reports render` (e.g. --runs A B)."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "reports"), "numpy")
+    out = ROOT / "reports" / "out" / ("report-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    args = list(session.posargs) or ["--history", str(ROOT / "reports" / "history")]
+    session.run("python", "-m", "reports", "render", "--out", str(out), *args)
+
+
+@nox.session
+def compare(session: nox.Session) -> None:
+    """nox -s compare -- BASE CAND [--threshold 0.05]: noise-aware verdict per benchmark; exits
+    1 on a regression. BASE/CAND: run files, or [MACHINE:]latest|previous|~N in the history."""
+    if len(session.posargs) < 2:
+        session.error("usage: nox -s compare -- BASE CAND [--threshold F] (run files, or "
+                      "[MACHINE:]latest|previous|~N from reports/history)")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "reports"), "numpy")
+    session.run("python", "-m", "reports", "compare", *session.posargs)

@@ -1,0 +1,215 @@
+"""python -m reports COMMAND ...
+
+  validate FILE...                 check run files against the schema
+  store FILE [--history DIR]       validate a run and file it under DIR/<machine-id>/ (atomic,
+                                   never overwrites; the same run twice is stored once)
+  list [--history DIR]             machines and their runs
+  compare BASE CAND [--history DIR] [--threshold F] [--confidence C] [--rule FILE]
+                    [--markdown OUT] [--json OUT]
+                                   noise-aware verdict per benchmark; BASE/CAND are run files or
+                                   [MACHINE:]latest|previous|~N in the history
+  render [--history DIR] [--runs FILE...] [--compare BASE CAND] [--out DIR] [--skip-invalid]
+                                   Markdown + self-contained HTML with plots
+  calibrate [--benchmarks N] [--rounds R] [--sigma S] [--outlier-rate P] [--rule FILE]
+                                   false-alarm rate and power of the compare rule on synthetic runs
+
+Exit status: 0 fine, 1 a regression (compare) or a calibration outside the rule's bounds,
+2 bad input (unreadable or invalid file, missing baseline, bad arguments). Errors are one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import pathlib
+import sys
+
+from reports import compare as _compare
+from reports import history as _history
+from reports.schema import SchemaError, load_run
+
+EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's own convention too)
+        raise _BadInput(f"{self.prog}: {message}")
+
+
+class _BadInput(Exception):
+    pass
+
+
+def _err(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
+def _write_new(path: pathlib.Path, text: str) -> None:
+    """Write a file that must not exist yet (outputs never overwrite anything)."""
+    try:
+        with open(path, "x", encoding="utf-8") as f:
+            f.write(text)
+    except FileExistsError:
+        raise _BadInput(f"{path}: exists; refusing to overwrite it") from None
+    except OSError as e:
+        raise _BadInput(f"{path}: cannot write ({e.strerror})") from None
+
+
+def cmd_validate(a) -> int:
+    for f in a.files:
+        run = load_run(f)
+        print(f"{f}: ok ({run.machine_id}, {len(run.records)} benchmarks, {run.label})")
+    return EXIT_OK
+
+
+def cmd_store(a) -> int:
+    path, created = _history.store(load_run(a.file), a.history)
+    print(f"{'stored' if created else 'already stored'}: {path}")
+    return EXIT_OK
+
+
+def cmd_list(a) -> int:
+    ms = _history.machines(a.history)
+    if not ms:
+        print(f"{a.history}: no runs")
+    for m in ms:
+        files = _history.run_files(a.history, m)
+        print(f"{m}: {len(files)} run(s)")
+        for f in files:
+            print(f"  {f.name}")
+    return EXIT_OK
+
+
+def _load_pair(a):
+    base_path = _history.resolve(a.base, a.history)
+    base = load_run(base_path)
+    cand = load_run(_history.resolve(a.cand, a.history, machine_id=base.machine_id))
+    return base, cand
+
+
+def cmd_compare(a) -> int:
+    rule = _compare.Rule.load(a.rule, threshold=a.threshold, confidence=a.confidence)
+    base, cand = _load_pair(a)
+    cmp = _compare.compare(base, cand, rule)
+    text = _compare.to_markdown(cmp)
+    print(text)
+    if a.markdown:
+        _write_new(pathlib.Path(a.markdown), text)
+    if a.json:
+        _write_new(pathlib.Path(a.json), json.dumps(cmp.as_dict(), indent=1))
+    c = cmp.counts()
+    if cmp.regressions:
+        print(f"REGRESSION: {c['regression']} of {len(cmp.rows)} benchmarks slower beyond the "
+              f"threshold ({', '.join(r.label for r in cmp.regressions[:5])}"
+              f"{', ...' if len(cmp.regressions) > 5 else ''})", file=sys.stderr)
+    else:
+        print(f"no regression ({len(cmp.rows)} benchmarks compared)")
+    return cmp.exit_code
+
+
+def cmd_render(a) -> int:
+    from reports.render import render
+
+    def warn(msg):
+        print(f"warning: {msg}", file=sys.stderr)
+
+    if a.runs:
+        history: dict[str, list] = {}
+        for f in a.runs:
+            run = load_run(f)
+            history.setdefault(run.machine_id, []).append(run)
+        for runs in history.values():
+            runs.sort(key=lambda r: r.datetime)
+    else:
+        history = _history.load_all(a.history, skip_invalid=a.skip_invalid, warn=warn)
+    if not history:
+        raise _BadInput(f"no runs to render (history {a.history} is empty; run nox -s bench)")
+    comparison = None
+    if a.compare:
+        a.base, a.cand = a.compare
+        base, cand = _load_pair(a)
+        comparison = _compare.compare(base, cand, _compare.Rule.load(a.rule))
+    out = pathlib.Path(a.out or pathlib.Path("reports") / "out" /
+                       f"report-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    if out.exists() and any(out.iterdir()):
+        raise _BadInput(f"{out}: exists and is not empty; refusing to overwrite it")
+    made = render(history, out, comparison=comparison)
+    for name, p in made.items():
+        print(f"{name}: {p}")
+    return EXIT_OK
+
+
+def cmd_calibrate(a) -> int:
+    from reports.synthetic import Noise, calibrate
+
+    rule = _compare.Rule.load(a.rule)
+    res = calibrate(rule, n=a.benchmarks, noise=Noise(sigma=a.sigma, outlier_rate=a.outlier_rate,
+                                                      rounds=a.rounds), seed=a.seed)
+    print(json.dumps(res, indent=1))
+    ok = res["false_alarm_rate"] <= rule.max_false_alarm_rate and res["power"] >= rule.min_power
+    print(f"false-alarm rate {res['false_alarm_rate']:.2%} (bound {rule.max_false_alarm_rate:.2%}), "
+          f"power at +{rule.power_slowdown:.0%} {res['power']:.2%} (bound {rule.min_power:.0%}): "
+          + ("within the rule's bounds" if ok else "OUTSIDE the rule's bounds"))
+    return EXIT_OK if ok else EXIT_REGRESSION
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m reports", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    hist = dict(type=pathlib.Path, default=_history.DEFAULT_ROOT,
+                help="history root (default reports/history)")
+    s = sub.add_parser("validate")
+    s.add_argument("files", nargs="+")
+    s.set_defaults(fn=cmd_validate)
+    s = sub.add_parser("store")
+    s.add_argument("file")
+    s.add_argument("--history", **hist)
+    s.set_defaults(fn=cmd_store)
+    s = sub.add_parser("list")
+    s.add_argument("--history", **hist)
+    s.set_defaults(fn=cmd_list)
+    s = sub.add_parser("compare")
+    s.add_argument("base")
+    s.add_argument("cand")
+    s.add_argument("--history", **hist)
+    s.add_argument("--rule", default=_compare.DEFAULT_RULE, help="thresholds file")
+    s.add_argument("--threshold", type=float, help="override the rule's threshold (e.g. 0.05)")
+    s.add_argument("--confidence", type=float, help="override the rule's confidence")
+    s.add_argument("--markdown", help="also write the table here (must not exist)")
+    s.add_argument("--json", help="also write the verdicts as JSON here (must not exist)")
+    s.set_defaults(fn=cmd_compare)
+    s = sub.add_parser("render")
+    s.add_argument("--history", **hist)
+    s.add_argument("--runs", nargs="+", help="render these run files instead of the history")
+    s.add_argument("--compare", nargs=2, metavar=("BASE", "CAND"))
+    s.add_argument("--rule", default=_compare.DEFAULT_RULE)
+    s.add_argument("--out", help="output folder (default reports/out/report-<time>)")
+    s.add_argument("--skip-invalid", action="store_true",
+                   help="skip invalid history files with a warning instead of stopping")
+    s.set_defaults(fn=cmd_render)
+    s = sub.add_parser("calibrate")
+    s.add_argument("--benchmarks", type=int, default=400)
+    s.add_argument("--rounds", type=int, default=30)
+    s.add_argument("--sigma", type=float, default=0.03)
+    s.add_argument("--outlier-rate", type=float, default=0.05)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--rule", default=_compare.DEFAULT_RULE)
+    s.set_defaults(fn=cmd_calibrate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        a = parser().parse_args(argv)
+        return a.fn(a)
+    except (_BadInput, SchemaError, _history.HistoryError, _compare.RuleError) as e:
+        _err(str(e))
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""Render runs to Markdown and self-contained HTML with plots (matplotlib, Agg backend).
+
+  throughput_<family>.png  tokens/s vs tokens, one panel per shape, a line per machine x backend
+  roofline_<family>.png    fraction of the machine's measured roofline vs tokens, same layout
+  acceptance.png           acceptance rate per draft position (records that carry
+                           acceptance_per_position: e2e with MTP k = 1..3, rejection sampler)
+  trend.png                per machine, each family's geometric-mean median time relative to the
+                           machine's first run, over its runs (history order)
+
+The Markdown links the PNGs under plots/; the HTML embeds them as base64 data URIs, so it is one
+file to upload. Latest-run tables and the coefficient of variation per family come with them.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import math
+import os
+import pathlib
+import statistics
+import tempfile
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from reports.compare import Comparison, to_markdown
+from reports.schema import Record, Run
+
+KERNEL_FAMILIES = ("moe_experts", "router", "rejection_sampler")
+
+
+# -- documents: a list of blocks, written as Markdown or HTML --------------------------------------
+
+def _md_table(headers, rows) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def to_md(blocks: list[tuple]) -> str:
+    parts = []
+    for b in blocks:
+        kind = b[0]
+        if kind == "h":
+            parts.append("#" * b[1] + " " + b[2])
+        elif kind == "p":
+            parts.append(b[1])
+        elif kind == "ul":
+            parts.append("\n".join(f"- {x}" for x in b[1]))
+        elif kind == "table":
+            parts.append(_md_table(b[1], b[2]))
+        elif kind == "img":
+            parts.append(f"![{b[2]}]({b[1]})")
+        elif kind == "raw_md":
+            parts.append(b[1])
+    return "\n\n".join(parts) + "\n"
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
+        "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
+        "img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:1em;"
+        "overflow-x:auto;font-size:12px}.bad{color:#b00;font-weight:bold}")
+
+
+def to_html(blocks: list[tuple], title: str, plot_dir: pathlib.Path) -> str:
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+             f"<style>{_CSS}</style></head><body>"]
+    for b in blocks:
+        kind = b[0]
+        if kind == "h":
+            parts.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
+        elif kind == "p":
+            parts.append(f"<p>{e(b[1])}</p>")
+        elif kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in b[1]) + "</ul>")
+        elif kind == "table":
+            head = "".join(f"<th>{e(str(h))}</th>" for h in b[1])
+            body = "".join("<tr>" + "".join(
+                f"<td class='bad'>{e(str(c))}</td>" if str(c) == "REGRESSION"
+                else f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in b[2])
+            parts.append(f"<table><tr>{head}</tr>{body}</table>")
+        elif kind == "img":
+            data = base64.b64encode((plot_dir.parent / b[1]).read_bytes()).decode()
+            parts.append(f"<figure><img alt='{e(b[2])}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption>{e(b[2])}</figcaption></figure>")
+        elif kind == "raw_md":
+            parts.append(f"<pre>{e(b[1])}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# -- figures -----------------------------------------------------------------------------------------
+
+def _series_key(machine: str, r: Record) -> str:
+    slow = f" slowed x{1 + r.extra['slowdown']:.2f}" if r.extra.get("slowdown") else ""
+    return f"{machine} {r.backend} {r.dtype}{slow}"
+
+
+def _grid(n: int):
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat)
+
+
+def _save(fig, path: pathlib.Path) -> pathlib.Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_vs_tokens(latest: dict[str, Run], family: str, metric: str, path: pathlib.Path
+                   ) -> pathlib.Path | None:
+    """metric: 'tokens_per_s' (log y) or 'roofline_fraction' (linear y)."""
+    panels: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    for machine, run in latest.items():
+        for r in run.records:
+            if r.family == family and metric in r.extra:
+                panels[r.shape_name][_series_key(machine, r)].append((r.tokens, float(r.extra[metric])))
+    if not panels:
+        return None
+    fig, axes = _grid(len(panels))
+    for ax, (shape, series) in zip(axes, sorted(panels.items())):
+        for label, pts in sorted(series.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
+        ax.set_xscale("log", base=2)
+        if metric == "tokens_per_s":
+            ax.set_yscale("log")
+        ax.set_title(f"{family}: {shape}", fontsize=10)
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("tokens/s" if metric == "tokens_per_s" else "fraction of measured roofline")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_acceptance(latest: dict[str, Run], path: pathlib.Path) -> pathlib.Path | None:
+    """One bar group per draft position; a bar per machine x backend x k, pooled over the
+    records that share them (the rejection-sampler benchmark's batch sizes, weighted by the
+    number of drafts, shape.B, so a batch of one does not count as much as a batch of 64)."""
+    groups: dict[str, list[tuple[float, list[float]]]] = defaultdict(list)
+    for machine, run in latest.items():
+        for r in run.records:
+            acc = r.extra.get("acceptance_per_position")
+            if acc:
+                k = r.extra.get("mtp_k", len(acc))
+                weight = float(r.extra.get("shape", {}).get("B", 1))
+                groups[f"{machine} {r.family} {r.backend} k={k}"].append((weight, acc))
+    if not groups:
+        return None
+    series = []
+    for label, items in groups.items():
+        n = min(len(a) for _, a in items)
+        total = sum(w for w, _ in items)
+        series.append((label, [sum(w * a[p] for w, a in items) / total for p in range(n)]))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / len(series)
+    for i, (label, acc) in enumerate(sorted(series)):
+        xs = [p + 1 + (i - (len(series) - 1) / 2) * width for p in range(len(acc))]
+        ax.bar(xs, acc, width=width, label=label)
+    ax.set_xlabel("draft position")
+    ax.set_ylabel("acceptance rate")
+    ax.set_ylim(0, 1)
+    ax.set_xticks(range(1, 1 + max(len(a) for _, a in series)))
+    ax.set_title("acceptance per draft position")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def family_trend(runs: list[Run]) -> dict[str, list[tuple[int, float]]]:
+    """family -> [(run index, geometric mean over benchmarks of median / first median)]."""
+    first: dict[str, float] = {}
+    out: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for i, run in enumerate(runs):
+        logs: dict[str, list[float]] = defaultdict(list)
+        for r in run.records:
+            first.setdefault(r.fullname, r.median)
+            logs[r.family].append(math.log(r.median / first[r.fullname]))
+        for fam, ls in logs.items():
+            out[fam].append((i, math.exp(sum(ls) / len(ls))))
+    return out
+
+
+def plot_trend(history: dict[str, list[Run]], path: pathlib.Path) -> pathlib.Path | None:
+    if not history:
+        return None
+    fig, axes = _grid(len(history))
+    for ax, (machine, runs) in zip(axes, sorted(history.items())):
+        for fam, pts in sorted(family_trend(runs).items()):
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=fam)
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xticks(range(len(runs)))
+        ax.set_xticklabels([r.label + (" (slowed)" if any(x.extra.get("slowdown") for x in r.records)
+                                       else "") for r in runs], rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("median time / first run (geo. mean)")
+        ax.set_title(f"trend: {machine} ({len(runs)} runs)", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+# -- tables ------------------------------------------------------------------------------------------
+
+def _si(x: float, unit: str) -> str:
+    if not math.isfinite(x):
+        return "-"
+    for p, s in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= p:
+            return f"{x / p:.3g} {s}{unit}"
+    return f"{x:.3g} {unit}"
+
+
+def _time(s: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s * 1e9:.3g} ns"
+
+
+def cv_by_family(history: dict[str, list[Run]]) -> list[list]:
+    """Per machine and family: median over benchmarks of the within-run CV of rounds (latest
+    run), and of the between-run CV of medians (over all the machine's runs, when >= 2)."""
+    rows = []
+    for machine, runs in sorted(history.items()):
+        latest = runs[-1]
+        fams = sorted({r.family for r in latest.records})
+        for fam in fams:
+            within = [r.robust_cv for r in latest.records
+                      if r.family == fam and math.isfinite(r.robust_cv)]
+            meds: dict[str, list[float]] = defaultdict(list)
+            for run in runs:
+                for r in run.records:
+                    if r.family == fam and not r.extra.get("slowdown"):
+                        meds[r.fullname].append(r.median)
+            between = [statistics.stdev(v) / statistics.mean(v) for v in meds.values()
+                       if len(v) >= 2]
+            rows.append([machine, fam, len(within),
+                         f"{statistics.median(within):.1%}" if within else "-",
+                         f"{max(within):.1%}" if within else "-",
+                         f"{statistics.median(between):.1%}" if between else "- (1 run)",
+                         f"{max(between):.1%}" if between else "-"])
+    return rows
+
+
+def _machine_rows(history: dict[str, list[Run]]) -> list[list]:
+    rows = []
+    for machine, runs in sorted(history.items()):
+        mi = runs[-1].machine_info
+        hw = (f"{mi['gpu']['name']} ({mi['gpu']['sm_count']} SMs, driver {mi['gpu'].get('driver')}, "
+              f"CUDA {mi['gpu'].get('cuda')})" if mi.get("gpu") else mi["cpu"]["model"])
+        isa = mi["cpu"].get("torch_cpu_capability") or ",".join(
+            f for f in mi["cpu"]["isa_flags"] if f.startswith(("avx512f", "amx", "sve")))
+        th = mi.get("threads", {})
+        sw = mi["software"]
+        rows.append([machine, hw, isa or "-", th.get("torch_num_threads", "-"),
+                     f"torch {sw['torch']}, vllm {sw.get('vllm')}"
+                     + (f" @{sw['vllm_commit'][:10]}" if sw.get("vllm_commit") else ""),
+                     len(runs), runs[-1].label])
+    return rows
+
+
+def _roofline_rows(history: dict[str, list[Run]]) -> list[list]:
+    rows = []
+    for machine, runs in sorted(history.items()):
+        rl = runs[-1].machine_info["roofline"]
+        peaks = ", ".join(f"{dt} {_si(v, 'FLOP/s')}" for dt, v in rl["matmul_flops_per_s"].items())
+        rows.append([machine, peaks, _si(rl["copy_bytes_per_s"], "B/s")])
+    return rows
+
+
+def _result_rows(run: Run, family: str) -> list[list]:
+    rows = []
+    recs = [r for r in run.records if r.family == family]
+    for r in sorted(recs, key=lambda r: (r.shape_name, r.backend, r.dtype, r.tokens)):
+        x = r.extra
+        rows.append([r.shape_name, r.backend + (" (slowed)" if x.get("slowdown") else ""), r.dtype,
+                     r.tokens, _time(r.median), _si(x.get("tokens_per_s", r.tokens / r.median), "tok/s"),
+                     _si(x.get("achieved_flops_per_s", math.nan), "FLOP/s"),
+                     _si(x.get("achieved_bytes_per_s", math.nan), "B/s"),
+                     f"{x['roofline_fraction']:.1%}" if "roofline_fraction" in x else "-",
+                     f"{r.robust_cv:.1%}", len(r.data)])
+    return rows
+
+
+# -- the report --------------------------------------------------------------------------------------
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def render(history: dict[str, list[Run]], out: pathlib.Path, *,
+           comparison: Comparison | None = None, title: str = "MoE / MTP benchmark report"
+           ) -> dict[str, pathlib.Path]:
+    """Write out/report.md, out/report.html and out/plots/*.png; returns name -> path."""
+    if not history:
+        raise ValueError("no runs to render")
+    out = pathlib.Path(out)
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    latest = {m: runs[-1] for m, runs in history.items()}
+    made: dict[str, pathlib.Path] = {}
+    families = sorted({r.family for run in latest.values() for r in run.records})
+    for fam in families:
+        if fam not in KERNEL_FAMILIES:
+            continue
+        for metric, stem in (("tokens_per_s", "throughput"), ("roofline_fraction", "roofline")):
+            p = plot_vs_tokens(latest, fam, metric, plots / f"{stem}_{fam}.png")
+            if p:
+                made[p.stem] = p
+    if p := plot_acceptance(latest, plots / "acceptance.png"):
+        made["acceptance"] = p
+    if p := plot_trend(history, plots / "trend.png"):
+        made["trend"] = p
+
+    now = _dt.datetime.now(_dt.timezone.utc)
+    n_runs = sum(len(v) for v in history.values())
+    blocks: list[tuple] = [
+        ("h", 1, title),
+        ("p", f"Generated {now:%Y-%m-%d %H:%M} UTC from {n_runs} run(s) on {len(history)} "
+              "machine(s). Times are medians over rounds; roofline fractions are against the "
+              "matmul peak and copy bandwidth measured in the same run."),
+        ("h", 2, "Machines"),
+        ("table", ["machine", "hardware", "ISA", "threads", "software", "runs", "latest"],
+         _machine_rows(history)),
+        ("h", 2, "Measured roofline (latest run)"),
+        ("table", ["machine", "matmul peak", "copy bandwidth"], _roofline_rows(history)),
+        ("h", 2, "Stability: coefficient of variation per benchmark family"),
+        ("p", "Within run: robust CV of the rounds of one benchmark, 0.7413 IQR / median (median "
+              "and worst over the family; stddev/mean would be dominated by the odd preempted "
+              "round). Between runs: stddev/mean of one benchmark's median over this machine's "
+              "runs (deliberately slowed runs excluded)."),
+        ("table", ["machine", "family", "benchmarks", "within-run CV (median)", "(worst)",
+                   "between-run CV of medians (median)", "(worst)"], cv_by_family(history)),
+    ]
+    if comparison is not None:
+        blocks += [("h", 2, "Compare"), ("raw_md", to_markdown(comparison, only_changes=True))]
+    blocks.append(("h", 2, "Plots"))
+    for name, path in made.items():
+        blocks.append(("img", f"plots/{path.name}", name.replace("_", " ")))
+    for machine, run in sorted(latest.items()):
+        blocks.append(("h", 2, f"Latest results: {machine} ({run.label})"))
+        for fam in families:
+            rows = _result_rows(run, fam)
+            if rows:
+                blocks += [("h", 3, fam),
+                           ("table", ["shape", "backend", "dtype", "tokens", "median", "throughput",
+                                      "FLOP/s", "bytes/s", "roofline", "robust CV", "rounds"], rows)]
+    md_path, html_path = out / "report.md", out / "report.html"
+    _atomic_write(md_path, to_md(blocks).encode())
+    _atomic_write(html_path, to_html(blocks, title, plots).encode())
+    return {"markdown": md_path, "html": html_path, **made}

@@ -1,0 +1,323 @@
+"""The result schema: pytest-benchmark JSON plus this suite's fields, validated on load.
+
+A run file is what `pytest --benchmark-json` writes with suites/bench/conftest.py loaded:
+
+  suite_schema  int, this module's SCHEMA_VERSION
+  datetime      ISO 8601 (when the run ended)           version   pytest-benchmark's version
+  commit_info   pytest-benchmark's (id, branch, dirty, ...) of the suite's checkout
+  machine_info  pytest-benchmark's, plus the fingerprint:
+      machine_id   [a-z0-9][a-z0-9._-]*: the folder under reports/history/
+      kind         "cpu" | "gpu";  cpu {model, isa_flags, ...};  gpu {name, sm_count, memory_bytes,
+                   driver, cuda} when kind is "gpu"
+      software     {torch, vllm, vllm_commit, ...}     threads {...}
+      roofline     {matmul_flops_per_s {dtype: FLOP/s}, copy_bytes_per_s}
+  benchmarks[]  pytest-benchmark records: fullname (unique), name, group, stats {median, mean,
+                min, max, stddev, rounds, data [seconds per call, one per round]}, and
+      extra_info   family, backend, dtype, tokens, shape {...}, timing {...}, and per family
+                   (FAMILY_FIELDS): the cost model and achieved rates, or e2e throughput and
+                   acceptance; optional: control {median_s, ...} (the machine's speed during
+                   the case, see suites/bench/timing.py), acceptance_per_position, slowdown.
+
+Any violation raises SchemaError with one line: where (file and JSON path) and what was expected.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import pathlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+MACHINE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
+
+_COMMON = ("backend", "dtype", "tokens", "shape", "timing")
+_KERNEL = ("flop", "bytes", "achieved_flops_per_s", "achieved_bytes_per_s", "roofline_fraction")
+# Required extra_info fields per benchmark family (beyond "family" itself).
+FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
+    "moe_experts": _COMMON + _KERNEL,
+    "router": _COMMON + _KERNEL,
+    "rejection_sampler": _COMMON + _KERNEL,
+    "e2e": (*_COMMON, "tokens_per_s", "mtp_k"),
+}
+
+
+class SchemaError(ValueError):
+    """A run file that is not a valid result; str() is one line naming the file and the field."""
+
+
+@dataclass
+class Record:
+    fullname: str
+    name: str
+    group: str | None
+    family: str
+    backend: str
+    dtype: str
+    tokens: int
+    extra: dict
+    stats: dict
+    data: list[float]
+
+    @property
+    def median(self) -> float:
+        return float(self.stats["median"])
+
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation of the rounds (stddev / mean)."""
+        mean = float(self.stats["mean"])
+        return float(self.stats["stddev"]) / mean if mean > 0 else float("nan")
+
+    @property
+    def robust_cv(self) -> float:
+        """0.7413 x IQR / median of the rounds: the CV a normal distribution with this IQR would
+        have, insensitive to the outlier rounds a shared machine produces."""
+        xs = sorted(self.data)
+        n = len(xs)
+        if n < 4:
+            return float("nan")
+
+        def q(p: float) -> float:
+            k = (n - 1) * p
+            i = int(k)
+            return xs[i] + (xs[min(i + 1, n - 1)] - xs[i]) * (k - i)
+
+        return 0.7413 * (q(0.75) - q(0.25)) / q(0.5)
+
+    @property
+    def shape_name(self) -> str:
+        return str(self.extra.get("shape", {}).get("name", "?"))
+
+
+@dataclass
+class Run:
+    source: str
+    machine_id: str
+    datetime: _dt.datetime
+    machine_info: dict
+    commit_info: dict
+    records: list[Record]
+    raw: dict = field(repr=False)
+
+    @property
+    def by_name(self) -> dict[str, Record]:
+        return {r.fullname: r for r in self.records}
+
+    @property
+    def label(self) -> str:
+        commit = (self.commit_info.get("id") or "")[:8]
+        return f"{self.datetime:%Y-%m-%d %H:%M}" + (f" {commit}" if commit else "")
+
+
+def _fail(source: str, where: str, what: str) -> SchemaError:
+    return SchemaError(f"{source}: {where}: {what}" if where else f"{source}: {what}")
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v) if not isinstance(v, float) else repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+class _V:
+    """Field checks that raise SchemaError naming the JSON path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def obj(self, v: Any, where: str) -> dict:
+        if not isinstance(v, dict):
+            raise _fail(self.source, where, f"expected an object, got {type(v).__name__}")
+        return v
+
+    def key(self, d: dict, k: str, where: str) -> Any:
+        if k not in d:
+            raise _fail(self.source, where, f"missing field {k!r}")
+        return d[k]
+
+    def string(self, v: Any, where: str, *, nullable: bool = False) -> str | None:
+        if v is None and nullable:
+            return None
+        if not isinstance(v, str) or not v:
+            raise _fail(self.source, where, f"expected a non-empty string, got {_short(v)}")
+        return v
+
+    def integer(self, v: Any, where: str, *, minimum: int = 0) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise _fail(self.source, where, f"expected an integer >= {minimum}, got {_short(v)}")
+        return v
+
+    def number(self, v: Any, where: str, *, positive: bool = False) -> float:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (v > 0 if positive else v >= 0)
+        if not ok:
+            want = "a finite number > 0" if positive else "a finite number >= 0"
+            raise _fail(self.source, where, f"expected {want}, got {_short(v)}")
+        return float(v)
+
+
+def _machine(v: _V, mi: Any) -> dict:
+    mi = v.obj(mi, "machine_info")
+    mid = v.string(v.key(mi, "machine_id", "machine_info"), "machine_info.machine_id")
+    if not MACHINE_ID_RE.match(mid):
+        raise _fail(v.source, "machine_info.machine_id",
+                    f"{mid!r} is not a valid machine id ({MACHINE_ID_RE.pattern})")
+    kind = v.key(mi, "kind", "machine_info")
+    if kind not in ("cpu", "gpu"):
+        raise _fail(v.source, "machine_info.kind", f"expected 'cpu' or 'gpu', got {_short(kind)}")
+    cpu = v.obj(v.key(mi, "cpu", "machine_info"), "machine_info.cpu")
+    v.string(v.key(cpu, "model", "machine_info.cpu"), "machine_info.cpu.model")
+    flags = v.key(cpu, "isa_flags", "machine_info.cpu")
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise _fail(v.source, "machine_info.cpu.isa_flags", "expected a list of strings")
+    if kind == "gpu":
+        gpu = v.obj(v.key(mi, "gpu", "machine_info"), "machine_info.gpu")
+        v.string(v.key(gpu, "name", "machine_info.gpu"), "machine_info.gpu.name")
+        v.integer(v.key(gpu, "sm_count", "machine_info.gpu"), "machine_info.gpu.sm_count",
+                  minimum=1)
+        v.number(v.key(gpu, "memory_bytes", "machine_info.gpu"), "machine_info.gpu.memory_bytes",
+                 positive=True)
+        for k in ("driver", "cuda"):
+            v.string(v.key(gpu, k, "machine_info.gpu"), f"machine_info.gpu.{k}", nullable=True)
+    sw = v.obj(v.key(mi, "software", "machine_info"), "machine_info.software")
+    v.string(v.key(sw, "torch", "machine_info.software"), "machine_info.software.torch")
+    for k in ("vllm", "vllm_commit"):
+        v.string(v.key(sw, k, "machine_info.software"), f"machine_info.software.{k}", nullable=True)
+    v.obj(v.key(mi, "threads", "machine_info"), "machine_info.threads")
+    rl = v.obj(v.key(mi, "roofline", "machine_info"), "machine_info.roofline")
+    peaks = v.obj(v.key(rl, "matmul_flops_per_s", "machine_info.roofline"),
+                  "machine_info.roofline.matmul_flops_per_s")
+    if not peaks:
+        raise _fail(v.source, "machine_info.roofline.matmul_flops_per_s", "no dtype measured")
+    for dt, p in peaks.items():
+        v.number(p, f"machine_info.roofline.matmul_flops_per_s.{dt}", positive=True)
+    v.number(v.key(rl, "copy_bytes_per_s", "machine_info.roofline"),
+             "machine_info.roofline.copy_bytes_per_s", positive=True)
+    return mi
+
+
+def _record(v: _V, b: Any, i: int) -> Record:
+    w = f"benchmarks[{i}]"
+    b = v.obj(b, w)
+    fullname = v.string(v.key(b, "fullname", w), f"{w}.fullname")
+    name = v.string(v.key(b, "name", w), f"{w}.name")
+    group = v.key(b, "group", w)
+    if group is not None and not isinstance(group, str):
+        raise _fail(v.source, f"{w}.group", f"expected a string or null, got {_short(group)}")
+    stats = v.obj(v.key(b, "stats", w), f"{w}.stats")
+    for k in ("min", "max", "mean", "median"):
+        v.number(v.key(stats, k, f"{w}.stats"), f"{w}.stats.{k}", positive=True)
+    v.number(v.key(stats, "stddev", f"{w}.stats"), f"{w}.stats.stddev")
+    rounds = v.integer(v.key(stats, "rounds", f"{w}.stats"), f"{w}.stats.rounds", minimum=1)
+    data = stats.get("data")
+    if data is None:
+        raise _fail(v.source, f"{w}.stats", "missing field 'data' (the per-round times; write "
+                    "the file with --benchmark-json, which includes them)")
+    if not isinstance(data, list) or len(data) != rounds:
+        raise _fail(v.source, f"{w}.stats.data",
+                    f"expected a list of {rounds} round times, got {_short(data)}")
+    for j, t in enumerate(data):
+        v.number(t, f"{w}.stats.data[{j}]", positive=True)
+    if not float(stats["min"]) <= float(stats["median"]) <= float(stats["max"]):
+        raise _fail(v.source, f"{w}.stats", "median outside [min, max]")
+    ex = v.obj(v.key(b, "extra_info", w), f"{w}.extra_info")
+    family = v.key(ex, "family", f"{w}.extra_info")
+    if family not in FAMILY_FIELDS:
+        raise _fail(v.source, f"{w}.extra_info.family",
+                    f"unknown family {_short(family)}; known: {', '.join(FAMILY_FIELDS)}")
+    for k in FAMILY_FIELDS[family]:
+        val = v.key(ex, k, f"{w}.extra_info")
+        where = f"{w}.extra_info.{k}"
+        if k in ("backend", "dtype"):
+            v.string(val, where)
+        elif k in ("tokens",):
+            v.integer(val, where, minimum=1)
+        elif k == "mtp_k":
+            v.integer(val, where)
+        elif k in ("shape", "timing"):
+            v.obj(val, where)
+        else:
+            v.number(val, where)
+    control = ex.get("control")
+    if control is not None:
+        v.obj(control, f"{w}.extra_info.control")
+        v.number(v.key(control, "median_s", f"{w}.extra_info.control"),
+                 f"{w}.extra_info.control.median_s", positive=True)
+    acc = ex.get("acceptance_per_position")
+    if acc is not None:
+        if not isinstance(acc, list) or not acc:
+            raise _fail(v.source, f"{w}.extra_info.acceptance_per_position",
+                        "expected a non-empty list of rates")
+        for j, a in enumerate(acc):
+            if v.number(a, f"{w}.extra_info.acceptance_per_position[{j}]") > 1:
+                raise _fail(v.source, f"{w}.extra_info.acceptance_per_position[{j}]",
+                            f"a rate must lie in [0, 1], got {a!r}")
+    return Record(fullname=fullname, name=name, group=group, family=family,
+                  backend=ex["backend"], dtype=ex["dtype"], tokens=ex["tokens"], extra=ex,
+                  stats=stats, data=[float(t) for t in data])
+
+
+def validate(obj: Any, source: str = "<run>") -> Run:
+    v = _V(source)
+    top = v.obj(obj, "")
+    ver = v.key(top, "suite_schema", "")
+    if isinstance(ver, bool) or not isinstance(ver, int) or not 1 <= ver <= SCHEMA_VERSION:
+        raise _fail(source, "suite_schema",
+                    f"unsupported schema version {_short(ver)} (this reader knows 1..{SCHEMA_VERSION})")
+    when = v.string(v.key(top, "datetime", ""), "datetime")
+    try:
+        dt = _dt.datetime.fromisoformat(when)
+    except ValueError:
+        raise _fail(source, "datetime", f"not an ISO 8601 time: {_short(when)}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=_dt.timezone.utc)
+    v.string(v.key(top, "version", ""), "version")
+    commit = v.obj(v.key(top, "commit_info", ""), "commit_info")
+    mi = _machine(v, v.key(top, "machine_info", ""))
+    benches = v.key(top, "benchmarks", "")
+    if not isinstance(benches, list) or not benches:
+        raise _fail(source, "benchmarks", "expected a non-empty list of benchmark records")
+    records = [_record(v, b, i) for i, b in enumerate(benches)]
+    seen: dict[str, int] = {}
+    for i, r in enumerate(records):
+        if r.fullname in seen:
+            raise _fail(source, f"benchmarks[{i}].fullname",
+                        f"duplicate of benchmarks[{seen[r.fullname]}] ({r.fullname})")
+        seen[r.fullname] = i
+    return Run(source=source, machine_id=mi["machine_id"], datetime=dt.astimezone(_dt.timezone.utc),
+               machine_info=mi, commit_info=commit, records=records, raw=top)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def loads(text: str, source: str = "<run>") -> Run:
+    if not text.strip():
+        raise SchemaError(f"{source}: empty file")
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise SchemaError(f"{source}: not valid JSON (line {e.lineno} column {e.colno}: "
+                          f"{e.msg}); truncated or corrupt?") from None
+    except ValueError as e:
+        raise SchemaError(f"{source}: not valid JSON ({e})") from None
+    return validate(obj, source)
+
+
+def load_run(path: str | pathlib.Path) -> Run:
+    p = pathlib.Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SchemaError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise SchemaError(f"{p}: is a directory, expected a run file") from None
+    except UnicodeDecodeError:
+        raise SchemaError(f"{p}: not UTF-8 text (binary or corrupt file)") from None
+    except OSError as e:
+        raise SchemaError(f"{p}: cannot read ({e.strerror})") from None
+    return loads(text, str(p))

@@ -1,0 +1,148 @@
+"""Synthetic runs with known effects: for the suite's own tests and for calibrating the compare
+rule (`python -m reports calibrate` measures its false-alarm rate and power).
+
+Round times follow what CPU timings look like: a true per-call time, multiplicative log-normal
+jitter (sigma), and a fraction of outlier rounds slowed 1.2-3x (a preempted thread, an
+interrupt). A "slowdown" multiplies the true time of chosen benchmarks; a "machine_speed" above 1
+is another tenant slowing everything in the run, the control op included (extra_info.control).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from reports.compare import Rule, compare
+from reports.schema import SCHEMA_VERSION, validate
+
+FAMILIES = ("moe_experts", "router")
+
+
+@dataclass(frozen=True)
+class Noise:
+    sigma: float = 0.03  # log-normal jitter of a round
+    outlier_rate: float = 0.05  # fraction of rounds hit by an interruption
+    rounds: int = 30
+
+
+def machine_info(machine_id: str = "cpu-synthetic-00000000", *, kind: str = "cpu",
+                 copy_bytes_per_s: float = 1.0e10, bf16_flops: float = 1.0e11) -> dict:
+    mi = {
+        "machine_id": machine_id, "kind": kind, "device": "cuda" if kind == "gpu" else "cpu",
+        "node": "synthetic",
+        "cpu": {"model": "Synthetic CPU", "arch": "x86_64", "isa_flags": ["avx2", "avx512f"],
+                "logical_cpus": 2, "usable_cpus": 2, "memory_bytes": 2**34},
+        "software": {"python": "3.11", "torch": "2.13.0+cpu", "vllm": "0.32.0",
+                     "vllm_commit": None},
+        "threads": {"device": "cpu", "torch_num_threads": 2, "pinned_cpus": [0, 1]},
+        "roofline": {"device": "cpu", "matmul_flops_per_s": {"bfloat16": bf16_flops,
+                                                             "float32": bf16_flops / 2},
+                     "copy_bytes_per_s": copy_bytes_per_s, "probe": {}},
+    }
+    if kind == "gpu":
+        mi["gpu"] = {"name": "Synthetic GPU", "sm_count": 132, "memory_bytes": 80 * 2**30,
+                     "driver": "550.00", "cuda": "12.8"}
+    return mi
+
+
+def benchmark_names(n: int, tokens=(1, 4, 16, 64, 256)) -> list[tuple[str, str, int, float]]:
+    """(fullname, family, tokens, true seconds) for n benchmarks over FAMILIES x shapes x tokens."""
+    out = []
+    i = 0
+    while len(out) < n:
+        fam = FAMILIES[i % len(FAMILIES)]
+        shape = f"shape{i // (len(FAMILIES) * len(tokens))}"
+        t = tokens[(i // len(FAMILIES)) % len(tokens)]
+        seconds = (2e-5 if fam == "router" else 1e-4) * (1 + t) ** 0.7
+        out.append((f"suites/bench/test_{fam}.py::test_{fam}[synthetic-{shape}-bfloat16-T{t}]",
+                    fam, t, seconds))
+        i += 1
+    return out
+
+
+def run(*, names: list[tuple[str, str, int, float]], rng: np.random.Generator, noise: Noise,
+        slowdown: dict[str, float] | None = None, when: _dt.datetime | None = None,
+        machine: dict | None = None, acceptance: bool = False, commit: str = "0" * 40,
+        machine_speed: float = 1.0) -> dict:
+    """A raw run (what pytest --benchmark-json would write) that passes reports.schema."""
+    slowdown = slowdown or {}
+    mi = machine or machine_info()
+    peak = mi["roofline"]["matmul_flops_per_s"]["bfloat16"]
+    bw = mi["roofline"]["copy_bytes_per_s"]
+    benches = []
+    for fullname, fam, tokens, seconds in names:
+        true = seconds * (1.0 + slowdown.get(fullname, 0.0)) * machine_speed
+        data = true * np.exp(rng.normal(0.0, noise.sigma, noise.rounds))
+        hit = rng.random(noise.rounds) < noise.outlier_rate
+        data[hit] *= rng.uniform(1.2, 3.0, int(hit.sum()))
+        data = [float(x) for x in data]
+        med = float(np.median(data))
+        flop = 0.0 if fam == "router" else 6.0 * tokens * 4 * 256 * 128
+        nbytes = 4.0 * tokens * 256 + 8.0 * tokens * 4 if fam == "router" else 16 * 3 * 256 * 128 * 2.0
+        extra = {
+            "family": fam, "backend": "synthetic", "dtype": "bfloat16", "tokens": tokens,
+            "shape": {"name": fullname.split("[")[1].split("-")[1], "T": tokens},
+            "timing": {"clock": "perf_counter", "rounds": noise.rounds, "iterations": 1},
+            "flop": flop, "bytes": nbytes, "achieved_flops_per_s": flop / med,
+            "achieved_bytes_per_s": nbytes / med, "median_s": med, "tokens_per_s": tokens / med,
+            "roofline_fraction": (flop / med) / min(peak, flop / nbytes * bw) if flop
+            else nbytes / med / bw,
+            "control": {"op": "synthetic", "rounds": noise.rounds,
+                        "median_s": 1e-4 * machine_speed * float(np.exp(rng.normal(0, 0.01)))},
+        }
+        benches.append({
+            "group": f"{fam} synthetic", "name": fullname.split("::")[1], "fullname": fullname,
+            "params": None, "param": fullname.split("[")[1].rstrip("]"), "extra_info": extra,
+            "options": {"timer": "perf_counter"},
+            "stats": {"min": min(data), "max": max(data), "mean": float(np.mean(data)),
+                      "stddev": float(np.std(data, ddof=1)), "rounds": len(data), "median": med,
+                      "iqr": float(np.subtract(*np.percentile(data, [75, 25]))),
+                      "q1": float(np.percentile(data, 25)), "q3": float(np.percentile(data, 75)),
+                      "ops": 1.0 / float(np.mean(data)), "total": float(np.sum(data)),
+                      "data": data, "iterations": 1},
+        })
+    if acceptance:
+        for k in (1, 2, 3):
+            rates = [round(0.8 * 0.85**p, 4) for p in range(k)]
+            tps = 50.0 * (1 + sum(math.prod(rates[: p + 1]) for p in range(k)))
+            data = [1.0 / tps * float(x) for x in np.exp(rng.normal(0, noise.sigma, noise.rounds))]
+            fullname = f"suites/bench/test_e2e.py::test_e2e[synthetic-mtp{k}]"
+            benches.append({
+                "group": "e2e", "name": fullname.split("::")[1], "fullname": fullname,
+                "params": None, "param": f"synthetic-mtp{k}", "options": {},
+                "extra_info": {"family": "e2e", "backend": "synthetic-engine", "dtype": "bfloat16",
+                               "tokens": 1, "shape": {"name": "tiny-qwen3-next"}, "timing": {},
+                               "tokens_per_s": tps, "mtp_k": k,
+                               "acceptance_per_position": rates},
+                "stats": {"min": min(data), "max": max(data), "mean": float(np.mean(data)),
+                          "stddev": float(np.std(data, ddof=1)), "rounds": len(data),
+                          "median": float(np.median(data)), "data": data, "iterations": 1},
+            })
+    when = when or _dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc)
+    return {"machine_info": mi, "commit_info": {"id": commit, "branch": "main", "dirty": False},
+            "benchmarks": benches, "datetime": when.isoformat(), "version": "5.3.1",
+            "suite_schema": SCHEMA_VERSION}
+
+
+def calibrate(rule: Rule, *, n: int = 400, noise: Noise = Noise(), seed: int = 0) -> dict:
+    """False-alarm rate on pure noise, power at rule.power_slowdown, and how often a slowdown of
+    half the threshold is (wrongly) called a regression, over n synthetic benchmarks each."""
+    rng = np.random.default_rng(seed)
+    names = benchmark_names(n)
+
+    def flagged(slow: float) -> float:
+        base = validate(run(names=names, rng=rng, noise=noise), "synthetic-base")
+        sd = {nm[0]: slow for nm in names} if slow else {}
+        cand = validate(run(names=names, rng=rng, noise=noise, slowdown=sd), "synthetic-cand")
+        cmp = compare(base, cand, rule)
+        return len(cmp.regressions) / len(cmp.rows)
+
+    return {"benchmarks": n, "rounds": noise.rounds, "sigma": noise.sigma,
+            "outlier_rate": noise.outlier_rate, "threshold": rule.threshold,
+            "confidence": rule.confidence,
+            "false_alarm_rate": flagged(0.0),
+            "power": flagged(rule.power_slowdown), "power_slowdown": rule.power_slowdown,
+            "below_threshold_flag_rate": flagged(rule.threshold / 2)}

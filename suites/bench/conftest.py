@@ -1,0 +1,144 @@
+"""Benchmark options, thread pinning, the roofline probes and the machine fingerprint.
+
+Options (each also read from an environment variable, so `nox -s bench -- ...` and CI agree;
+the command-line forms exist when suites/bench is named on the command line, as `nox -s bench`
+does; with `pytest suites` use the environment variables):
+  --bench-tokens LIST      token counts, e.g. 1,2,4,8 (SUITE_BENCH_TOKENS; default 1..1024 on
+                           cpu, 1..8192 on cuda, powers of two)
+  --bench-shapes LIST      catalogue shapes (SUITE_BENCH_SHAPES; default: CPU variants on cpu,
+                           the real shapes on cuda)
+  --bench-dtypes LIST      bfloat16,float32 (SUITE_BENCH_DTYPES; default bfloat16)
+  --bench-threads N        CPU threads, pinned to the first N usable CPUs (SUITE_BENCH_THREADS;
+                           default all usable CPUs)
+  --bench-time S           timed seconds per case, before the round bounds (SUITE_BENCH_TIME)
+  --bench-min-rounds N     at least N timed rounds per case (SUITE_BENCH_MIN_ROUNDS; default 15)
+  --bench-slowdown G=F     deliberately slow backends matching glob G by fraction F (e.g.
+                           cpu_fused_moe.vec=0.1): a demonstration that `nox -s compare` flags a
+                           regression (SUITE_BENCH_SLOWDOWN)
+  --bench-include-reference  also time the fp64 oracles (off: they are not under test)
+
+Performance runs never assert numerics; they only time and record.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from suites.bench import roofline as _roofline
+from suites.bench.fingerprint import fingerprint
+from suites.bench.timing import BenchSettings, parse_slowdown
+
+# The CPUs this process may use before any pinning (the fingerprint describes the machine).
+_AFFINITY_AT_START = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+_SETTINGS_KEY = pytest.StashKey[BenchSettings]()
+_ROOFLINE_KEY = pytest.StashKey[_roofline.Roofline]()
+_THREADS_KEY = pytest.StashKey[dict]()
+
+_OPTIONS = (
+    ("--bench-tokens", "SUITE_BENCH_TOKENS", "token counts, comma-separated"),
+    ("--bench-shapes", "SUITE_BENCH_SHAPES", "catalogue shapes, comma-separated"),
+    ("--bench-dtypes", "SUITE_BENCH_DTYPES", "dtypes, comma-separated (bfloat16, float32)"),
+    ("--bench-threads", "SUITE_BENCH_THREADS", "CPU threads, pinned"),
+    ("--bench-time", "SUITE_BENCH_TIME", "timed seconds per case"),
+    ("--bench-min-rounds", "SUITE_BENCH_MIN_ROUNDS", "minimum timed rounds per case"),
+    ("--bench-slowdown", "SUITE_BENCH_SLOWDOWN", "GLOB=FRACTION: slow matching backends"),
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("moe-mtp-suite benchmarks")
+    for opt, env, help_ in _OPTIONS:
+        g.addoption(opt, default=os.environ.get(env), help=f"{help_} (env {env})")
+    g.addoption("--bench-include-reference", action="store_true", default=False,
+                help="also time the fp64 oracle backends")
+
+
+def _opt(config: pytest.Config, name: str):
+    # This conftest may be registered after the command line was parsed (pytest tests suites),
+    # in which case its options are absent; the environment variable still applies.
+    env = dict((o, e) for o, e, _ in _OPTIONS).get(name)
+    value = config.getoption(name, default=None)
+    if value is None and env:
+        value = os.environ.get(env)
+    return value
+
+
+def settings(config: pytest.Config) -> BenchSettings:
+    if _SETTINGS_KEY not in config.stash:
+        device = config.getoption("--device", default="cpu")
+        try:
+            config.stash[_SETTINGS_KEY] = BenchSettings.from_options(
+                device=device,
+                tokens=_opt(config, "--bench-tokens"),
+                shapes=_opt(config, "--bench-shapes"),
+                dtypes=_opt(config, "--bench-dtypes"),
+                threads=_opt(config, "--bench-threads"),
+                time_s=_opt(config, "--bench-time"),
+                min_rounds=_opt(config, "--bench-min-rounds"),
+                slowdown=parse_slowdown(_opt(config, "--bench-slowdown")),
+                include_reference=bool(config.getoption("--bench-include-reference",
+                                                        default=False)),
+                usable_cpus=sorted(_AFFINITY_AT_START) if _AFFINITY_AT_START else None,
+            )
+        except ValueError as e:
+            raise pytest.UsageError(f"benchmark options: {e}") from None
+    return config.stash[_SETTINGS_KEY]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On cuda, time with CUDA events (pytest-benchmark's timer hook) instead of the host clock."""
+    if config.getoption("--device", default="cpu") != "cuda":
+        return
+    timer = _roofline.CudaEventTimer()
+    for item in items:
+        if item.get_closest_marker("bench") and "benchmark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.benchmark(timer=timer))
+
+
+@pytest.fixture(scope="session")
+def bench_settings(request) -> BenchSettings:
+    return settings(request.config)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bench_machine(request, bench_settings):
+    """Pin threads, then measure the roofline with those threads (once a session)."""
+    config = request.config
+    threads: dict = {"device": bench_settings.device}
+    if bench_settings.device == "cpu":
+        cpus = bench_settings.pinned_cpus
+        if cpus and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, cpus)
+        torch.set_num_threads(bench_settings.threads)
+        threads.update(torch_num_threads=torch.get_num_threads(), pinned_cpus=cpus,
+                       omp_num_threads_env=os.environ.get("OMP_NUM_THREADS"),
+                       interop_threads=torch.get_num_interop_threads())
+    config.stash[_THREADS_KEY] = threads
+    config.stash[_ROOFLINE_KEY] = _roofline.measure(bench_settings.device,
+                                                    bench_settings.roofline_dtypes)
+    return config.stash[_ROOFLINE_KEY]
+
+
+@pytest.fixture
+def roofline(bench_machine) -> _roofline.Roofline:
+    return bench_machine
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    s = settings(config)
+    machine_info.update(fingerprint(_AFFINITY_AT_START))
+    machine_info["device"] = s.device
+    machine_info["threads"] = config.stash.get(_THREADS_KEY, {"device": s.device})
+    if _ROOFLINE_KEY not in config.stash:  # benchmarks outside suites/bench ran without probes
+        config.stash[_ROOFLINE_KEY] = _roofline.measure(s.device, s.roofline_dtypes)
+    machine_info["roofline"] = config.stash[_ROOFLINE_KEY].as_dict()
+    machine_info["bench_settings"] = s.as_dict()
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
+    from reports.schema import SCHEMA_VERSION
+
+    output_json["suite_schema"] = SCHEMA_VERSION

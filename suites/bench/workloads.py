@@ -1,0 +1,77 @@
+"""Benchmark inputs and their cost models (FLOPs and bytes moved per call).
+
+Experts (SwiGLU, w13 [E, 2I, H] gate-then-up, w2 [E, H, I]):
+  flop  = 2 T K (2 I H + H I) = 6 T K H I       (the two GEMMs; the activation's T K I
+                                                  elementwise ops are left out)
+  bytes = weights of the experts actually hit + x read + out written + routing read
+        = n_active 3 H I s_w + 2 T H s_x + T K (4 + 4)
+Router (logits [T, E] float32 in, weights float32 + ids int32 out):
+  flop  = 0 (a selection kernel: no FLOP model; its roofline fraction is against bandwidth)
+  bytes = 4 T E (+ 4 E correction bias) + 8 T K
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fixtures.seeds import generator, stable_seed
+from reference.moe import MoEConfig
+
+
+@dataclass
+class ExpertsProblem:
+    x: torch.Tensor  # [T, H]
+    topk_weights: torch.Tensor  # [T, K] float32
+    topk_ids: torch.Tensor  # [T, K] int32
+    n_active: int  # distinct experts hit
+
+
+def expert_weights(cfg: MoEConfig, dtype: torch.dtype, device: str = "cpu"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """w13 [E, 2I, H], w2 [E, H, I] on `device`, scaled so activations stay O(1) (values do not
+    matter for timing, but denormals and infinities would). Drawn one expert at a time, so the
+    real shapes (DeepSeek-V3: 11 G parameters) never exist in float32."""
+    E, H, I = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size
+    g = torch.Generator(device=device)
+    g.manual_seed(stable_seed("bench-weights", cfg.name, str(dtype)))
+    w13 = torch.empty(E, 2 * I, H, dtype=dtype, device=device)
+    w2 = torch.empty(E, H, I, dtype=dtype, device=device)
+    for e in range(E):
+        w13[e] = torch.randn(2 * I, H, generator=g, device=device) * H**-0.5
+        w2[e] = torch.randn(H, I, generator=g, device=device) * I**-0.5
+    return w13, w2
+
+
+def experts_problem(cfg: MoEConfig, tokens: int, dtype: torch.dtype) -> ExpertsProblem:
+    """Uniform routing: K distinct experts a token, each expert equally likely (the balanced
+    load that auxiliary-loss-free / load-balanced routers aim at)."""
+    E, K, H = cfg.num_experts, cfg.num_experts_per_tok, cfg.hidden_size
+    g = generator("bench-tokens", cfg.name, tokens, str(dtype))
+    x = torch.randn(tokens, H, generator=g).to(dtype)
+    topk_ids = torch.rand(tokens, E, generator=g).topk(K, dim=-1).indices.int()  # [T, K]
+    w = torch.rand(tokens, K, generator=g) + 0.1
+    topk_weights = (w / w.sum(-1, keepdim=True)).float()
+    return ExpertsProblem(x=x, topk_weights=topk_weights, topk_ids=topk_ids.contiguous(),
+                          n_active=int(topk_ids.unique().numel()))
+
+
+def experts_cost(*, tokens: int, H: int, I: int, K: int, n_active: int, act_bytes: int,
+                 weight_bytes: int) -> tuple[float, float]:
+    flop = 6.0 * tokens * K * H * I
+    nbytes = n_active * 3.0 * H * I * weight_bytes + 2.0 * tokens * H * act_bytes + 8.0 * tokens * K
+    return flop, nbytes
+
+
+def router_logits(tokens: int, E: int, name: str) -> torch.Tensor:
+    g = generator("bench-router", name, tokens)
+    return torch.randn(tokens, E, generator=g).float()
+
+
+def correction_bias(E: int, name: str) -> torch.Tensor:
+    return (torch.rand(E, generator=generator("bench-bias", name)) * 0.1).float()
+
+
+def router_cost(*, tokens: int, E: int, K: int, bias: bool) -> tuple[float, float]:
+    return 0.0, 4.0 * tokens * E + (4.0 * E if bias else 0.0) + 8.0 * tokens * K
