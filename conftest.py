@@ -154,8 +154,9 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Property tests whose parameters match a 'wrong answer' ledger entry are xfail with the
-    entry's reason (non-strict: a property may pass on lucky draws); the ledger's own minimal
-    repros in suites/test_known_failures.py are strict."""
+    entry's reason (non-strict, a property may pass on lucky draws, unless the entry says the
+    matching tests are its deterministic repro); the ledger's own minimal repros in
+    suites/test_known_failures.py are strict."""
     from suites.known_failures import lookup
 
     for item in items:
@@ -168,4 +169,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         entry = lookup(backend, dict(cs.params), kind="wrong",
                        test=getattr(item, "originalname", item.name))
         if entry is not None:
-            item.add_marker(pytest.mark.xfail(reason=entry.reason, strict=False))
+            item.add_marker(pytest.mark.xfail(reason=entry.reason, strict=entry.strict))

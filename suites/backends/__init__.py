@@ -9,6 +9,7 @@ backends, so listing and skipping never needs it.
 """
 
 from suites.backends import (  # noqa: F401  (registration)
+    engine,
     reference,
     rejection_sampler,
     vllm_cpu,
