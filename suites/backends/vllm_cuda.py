@@ -7,7 +7,6 @@ stay device-agnostic.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -17,20 +16,8 @@ from suites.backends.base import (
     ExpertsBackend,
     RouterBackend,
     UnsupportedShape,
-    cuda_unavailable_reason,
-    vllm_unavailable_reason,
+    vllm_build_reason,
 )
-
-
-@functools.cache
-def _reason() -> str | None:
-    reason = cuda_unavailable_reason() or vllm_unavailable_reason()
-    if reason is None:
-        from vllm.platforms import current_platform
-
-        if not current_platform.is_cuda_alike():
-            return "vLLM here is not a CUDA build (install the `vllm` wheel: nox -s gpu)"
-    return reason
 
 
 @dataclass
@@ -41,7 +28,7 @@ class TritonFusedExperts(ExpertsBackend):
     supports_expert_map: bool = True
 
     def unavailable_reason(self):
-        return _reason()
+        return vllm_build_reason("cuda")
 
     def prepare(self, w13, w2, w13_bias=None, w2_bias=None, activation="silu"):
         E, two_i, H = w13.shape
@@ -73,7 +60,7 @@ class TritonRouter(RouterBackend):
     device: str = "cuda"
 
     def unavailable_reason(self):
-        return _reason()
+        return vllm_build_reason("cuda")
 
     def route(self, logits, cfg, e_score_correction_bias=None):
         from vllm.model_executor.layers.fused_moe.router.fused_topk_router import fused_topk
