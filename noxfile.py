@@ -79,6 +79,8 @@ def _has_gpu() -> bool:
 
 
 def _pytest(session: nox.Session, *args: str, name: str) -> None:
+    """pytest with the session's defaults first and posargs last (so `-- --hypothesis-profile=
+    nightly` or `-- -m moe` override them)."""
     env = {"SUITE_NOX_SESSION": name, "PYTHONHASHSEED": "0"}
     session.run("python", "-m", "pytest", *args, *session.posargs, env=env)
 
@@ -104,7 +106,8 @@ def cpu(session: nox.Session) -> None:
     junit = out / "junit.xml"
     try:
         _pytest(session, "suites", "-m", "not gpu and not bench", "--device=cpu",
-                f"--junitxml={junit}", "-o", "junit_family=xunit2", name="cpu")
+                "--hypothesis-profile=ci", f"--junitxml={junit}", "-o", "junit_family=xunit2",
+                name="cpu")
     finally:
         if junit.exists():
             session.run("python", "-m", "reports.summary", str(junit), "--out",
@@ -125,8 +128,8 @@ def gpu(session: nox.Session) -> None:
     out.mkdir(parents=True, exist_ok=True)
     junit = out / "junit.xml"
     try:
-        _pytest(session, "suites", "-m", "not bench", "--device=cuda", f"--junitxml={junit}",
-                "-o", "junit_family=xunit2", name="gpu")
+        _pytest(session, "suites", "-m", "not bench", "--device=cuda", "--hypothesis-profile=ci",
+                f"--junitxml={junit}", "-o", "junit_family=xunit2", name="gpu")
     finally:
         if junit.exists():
             session.run("python", "-m", "reports.summary", str(junit), "--out",
