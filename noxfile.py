@@ -91,7 +91,8 @@ def tests(session: nox.Session) -> None:
     _print_environment(session)
     _install(session, "cpu", "test", "reports")
     _print_environment(session)
-    _pytest(session, "tests", "suites", "-m", "not gpu and not bench and not slow",
+    _pytest(session, "tests", "suites", "--ignore=suites/bench",
+            "-m", "not gpu and not bench and not slow",
             "--hypothesis-profile=ci", name="tests")
 
 
@@ -105,7 +106,9 @@ def cpu(session: nox.Session) -> None:
     out.mkdir(parents=True, exist_ok=True)
     junit = out / "junit.xml"
     try:
-        _pytest(session, "suites", "-m", "not gpu and not bench", "--device=cpu",
+        # Benchmarks are their own session: ignored here so that `-- -m moe` keeps them out.
+        _pytest(session, "suites", "--ignore=suites/bench", "-m", "not gpu and not bench",
+                "--device=cpu",
                 "--hypothesis-profile=ci", f"--junitxml={junit}", "-o", "junit_family=xunit2",
                 name="cpu")
     finally:
@@ -128,7 +131,8 @@ def gpu(session: nox.Session) -> None:
     out.mkdir(parents=True, exist_ok=True)
     junit = out / "junit.xml"
     try:
-        _pytest(session, "suites", "-m", "not bench", "--device=cuda", "--hypothesis-profile=ci",
+        _pytest(session, "suites", "--ignore=suites/bench", "-m", "not bench", "--device=cuda",
+                "--hypothesis-profile=ci",
                 f"--junitxml={junit}", "-o", "junit_family=xunit2", name="gpu")
     finally:
         if junit.exists():
