@@ -31,13 +31,7 @@ TOL_FP32_ROUTER = Tolerance(rtol=1e-5, atol=1e-7, max_norm=1e-6, rms_norm=1e-7,
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The oracle is thousands of tiny fp64 ops; intra-op threads only spin on a shared CPU."""
-    from suites.e2e.judge import one_thread
-
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("oracle_one_thread")
 
 @pytest.fixture(scope="module")
 def oracle():

@@ -47,13 +47,7 @@ class HiddenOffByOne(TinyQwen3Next):
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The oracle is thousands of tiny fp64 ops; intra-op threads only spin on a shared CPU."""
-    from suites.e2e.judge import one_thread
-
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("oracle_one_thread")
 
 @pytest.fixture(scope="module")
 def setup():
