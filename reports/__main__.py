@@ -1,17 +1,22 @@
 """python -m reports COMMAND ...
 
   validate FILE...                 check run files against the schema
+  merge FILE... --out OUT          one run from the run files of several processes of one
+                                   invocation (per-process medians kept; reports/merge.py)
   store FILE [--history DIR]       validate a run and file it under DIR/<machine-id>/ (atomic,
                                    never overwrites; the same run twice is stored once)
   list [--history DIR]             machines and their runs
-  compare BASE CAND [--history DIR] [--threshold F] [--confidence C] [--rule FILE]
+  compare BASE CAND [--history DIR] [--threshold F] [--rule FILE]
                     [--markdown OUT] [--json OUT]
                                    noise-aware verdict per benchmark; BASE/CAND are run files or
                                    [MACHINE:]latest|previous|~N in the history
   render [--history DIR] [--runs FILE...] [--compare BASE CAND] [--out DIR] [--skip-invalid]
                                    Markdown + self-contained HTML with plots
-  calibrate [--benchmarks N] [--rounds R] [--sigma S] [--outlier-rate P] [--rule FILE]
+  calibrate [--benchmarks N] [--processes P] [--disturbed F] [--rule FILE]
                                    false-alarm rate and power of the compare rule on synthetic runs
+  calibrate --processes-from FILE... [--processes P] [--trials N]
+                                   the same, measured on this machine's single-process run files
+                                   of one code version (reports/calibrate.py)
 
 Exit status: 0 fine, 1 a regression (compare) or a calibration outside the rule's bounds,
 2 bad input (unreadable or invalid file, missing baseline, bad arguments). Errors are one line.
@@ -63,6 +68,15 @@ def cmd_validate(a) -> int:
     return EXIT_OK
 
 
+def cmd_merge(a) -> int:
+    from reports.merge import merge
+
+    run = merge([load_run(f) for f in a.files], source=str(a.out))
+    _write_new(pathlib.Path(a.out), json.dumps(run.raw, indent=1) + "\n")
+    print(f"merged {len(a.files)} process(es), {len(run.records)} benchmarks: {a.out}")
+    return EXIT_OK
+
+
 def cmd_store(a) -> int:
     path, created = _history.store(load_run(a.file), a.history)
     print(f"{'stored' if created else 'already stored'}: {path}")
@@ -89,7 +103,7 @@ def _load_pair(a):
 
 
 def cmd_compare(a) -> int:
-    rule = _compare.Rule.load(a.rule, threshold=a.threshold, confidence=a.confidence)
+    rule = _compare.Rule.load(a.rule, threshold=a.threshold)
     base, cand = _load_pair(a)
     cmp = _compare.compare(base, cand, rule)
     text = _compare.to_markdown(cmp)
@@ -141,11 +155,18 @@ def cmd_render(a) -> int:
 
 
 def cmd_calibrate(a) -> int:
-    from reports.synthetic import Noise, calibrate
-
     rule = _compare.Rule.load(a.rule)
-    res = calibrate(rule, n=a.benchmarks, noise=Noise(sigma=a.sigma, outlier_rate=a.outlier_rate,
-                                                      rounds=a.rounds), seed=a.seed)
+    if a.processes_from:
+        from reports.calibrate import from_processes
+
+        res = from_processes(rule, [load_run(f) for f in a.processes_from],
+                             processes=a.processes, trials=a.trials, seed=a.seed)
+    else:
+        from reports.synthetic import Noise, calibrate
+
+        res = calibrate(rule, n=a.benchmarks, seed=a.seed, noise=Noise(
+            sigma=a.sigma, outlier_rate=a.outlier_rate, rounds=a.rounds, processes=a.processes,
+            process_sigma=a.process_sigma, disturbed=a.disturbed))
     print(json.dumps(res, indent=1))
     ok = res["false_alarm_rate"] <= rule.max_false_alarm_rate and res["power"] >= rule.min_power
     print(f"false-alarm rate {res['false_alarm_rate']:.2%} (bound {rule.max_false_alarm_rate:.2%}), "
@@ -162,6 +183,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate")
     s.add_argument("files", nargs="+")
     s.set_defaults(fn=cmd_validate)
+    s = sub.add_parser("merge")
+    s.add_argument("files", nargs="+")
+    s.add_argument("--out", required=True, help="merged run file to write (must not exist)")
+    s.set_defaults(fn=cmd_merge)
     s = sub.add_parser("store")
     s.add_argument("file")
     s.add_argument("--history", **hist)
@@ -175,7 +200,6 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--history", **hist)
     s.add_argument("--rule", default=_compare.DEFAULT_RULE, help="thresholds file")
     s.add_argument("--threshold", type=float, help="override the rule's threshold (e.g. 0.05)")
-    s.add_argument("--confidence", type=float, help="override the rule's confidence")
     s.add_argument("--markdown", help="also write the table here (must not exist)")
     s.add_argument("--json", help="also write the verdicts as JSON here (must not exist)")
     s.set_defaults(fn=cmd_compare)
@@ -189,10 +213,16 @@ def parser() -> argparse.ArgumentParser:
                    help="skip invalid history files with a warning instead of stopping")
     s.set_defaults(fn=cmd_render)
     s = sub.add_parser("calibrate")
+    s.add_argument("--processes-from", nargs="+", metavar="FILE",
+                   help="single-process run files of one code version on this machine")
+    s.add_argument("--processes", type=int, default=5, help="processes per run (default 5)")
+    s.add_argument("--trials", type=int, default=40)
     s.add_argument("--benchmarks", type=int, default=400)
-    s.add_argument("--rounds", type=int, default=30)
+    s.add_argument("--rounds", type=int, default=10, help="rounds per process")
     s.add_argument("--sigma", type=float, default=0.03)
     s.add_argument("--outlier-rate", type=float, default=0.05)
+    s.add_argument("--process-sigma", type=float, default=0.01)
+    s.add_argument("--disturbed", type=float, default=0.25)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--rule", default=_compare.DEFAULT_RULE)
     s.set_defaults(fn=cmd_calibrate)

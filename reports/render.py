@@ -24,11 +24,12 @@ import tempfile
 from collections import defaultdict
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from reports.compare import Comparison, to_markdown
+from reports.compare import Comparison, fast_half, to_markdown
 from reports.schema import Record, Run
 
 KERNEL_FAMILIES = ("moe_experts", "router", "rejection_sampler")
@@ -229,16 +230,46 @@ def _time(s: float) -> str:
     return f"{s * 1e9:.3g} ns"
 
 
+def _robust_cv(xs) -> float:
+    """0.7413 x IQR / median (stdev / mean below 4 values)."""
+    x = np.asarray(xs, dtype=np.float64)
+    if x.size < 2:
+        return math.nan
+    if x.size < 4:
+        return float(x.std(ddof=1) / x.mean())
+    q1, q2, q3 = np.percentile(x, [25, 50, 75])
+    return float(0.7413 * (q3 - q1) / q2)
+
+
+def stability(rec: Record) -> dict:
+    """How one benchmark's time moved: within a process (robust CV of its rounds, median over
+    processes), between the processes of the run (robust CV of the process medians), and the
+    share of processes disturbed (median >= 5% above the fast half, compare.fast_half)."""
+    within = [_robust_cv(xs) for xs in rec.process_data if len(xs) >= 4]
+    meds = rec.process_medians
+    floor = fast_half(meds)
+    return {"within": float(np.median(within)) if within else math.nan,
+            "between_processes": _robust_cv(meds),
+            "disturbed": (sum(m > 1.05 * floor for m in meds) / len(meds)) if len(meds) > 1
+            else math.nan}
+
+
 def cv_by_family(history: dict[str, list[Run]]) -> list[list]:
-    """Per machine and family: median over benchmarks of the within-run CV of rounds (latest
-    run), and of the between-run CV of medians (over all the machine's runs, when >= 2)."""
+    """Per machine and family (latest run; medians and worst over the family's benchmarks): the
+    within-process CV, the between-process CV, the share of disturbed processes, and the
+    between-run CV of the benchmark's time over all the machine's runs (when >= 2)."""
+
+    def pct(xs, f):
+        xs = [x for x in xs if math.isfinite(x)]
+        return f"{f(xs):.1%}" if xs else "-"
+
     rows = []
     for machine, runs in sorted(history.items()):
         latest = runs[-1]
         fams = sorted({r.family for r in latest.records})
         for fam in fams:
-            within = [r.robust_cv for r in latest.records
-                      if r.family == fam and math.isfinite(r.robust_cv)]
+            recs = [r for r in latest.records if r.family == fam]
+            st = [stability(r) for r in recs]
             meds: dict[str, list[float]] = defaultdict(list)
             for run in runs:
                 for r in run.records:
@@ -246,11 +277,14 @@ def cv_by_family(history: dict[str, list[Run]]) -> list[list]:
                         meds[r.fullname].append(r.median)
             between = [statistics.stdev(v) / statistics.mean(v) for v in meds.values()
                        if len(v) >= 2]
-            rows.append([machine, fam, len(within),
-                         f"{statistics.median(within):.1%}" if within else "-",
-                         f"{max(within):.1%}" if within else "-",
-                         f"{statistics.median(between):.1%}" if between else "- (1 run)",
-                         f"{max(between):.1%}" if between else "-"])
+            rows.append([machine, fam, len(recs), len(recs[0].process_medians),
+                         pct([x["within"] for x in st], statistics.median),
+                         pct([x["within"] for x in st], max),
+                         pct([x["between_processes"] for x in st], statistics.median),
+                         pct([x["between_processes"] for x in st], max),
+                         pct([x["disturbed"] for x in st], statistics.mean),
+                         pct(between, statistics.median) if between else "- (1 run)",
+                         pct(between, max) if between else "-"])
     return rows
 
 
@@ -347,12 +381,16 @@ def render(history: dict[str, list[Run]], out: pathlib.Path, *,
         ("h", 2, "Measured roofline (latest run)"),
         ("table", ["machine", "matmul peak", "copy bandwidth"], _roofline_rows(history)),
         ("h", 2, "Stability: coefficient of variation per benchmark family"),
-        ("p", "Within run: robust CV of the rounds of one benchmark, 0.7413 IQR / median (median "
-              "and worst over the family; stddev/mean would be dominated by the odd preempted "
-              "round). Between runs: stddev/mean of one benchmark's median over this machine's "
-              "runs (deliberately slowed runs excluded)."),
-        ("table", ["machine", "family", "benchmarks", "within-run CV (median)", "(worst)",
-                   "between-run CV of medians (median)", "(worst)"], cv_by_family(history)),
+        ("p", "Robust CVs (0.7413 IQR / median; stddev/mean would be dominated by the odd "
+              "preempted round or disturbed process), median and worst over the family, latest "
+              "run. Within a process: the rounds of one benchmark. Between processes: the "
+              "process medians of one benchmark (what compare works from). Disturbed: share of "
+              "process medians >= 5% above the fast half of the run's processes (another tenant "
+              "on the cores). Between runs: stddev/mean of one benchmark's time over this "
+              "machine's runs (deliberately slowed runs excluded)."),
+        ("table", ["machine", "family", "benchmarks", "processes", "within-process CV (median)",
+                   "(worst)", "between-process CV (median)", "(worst)", "disturbed processes",
+                   "between-run CV (median)", "(worst)"], cv_by_family(history)),
     ]
     if comparison is not None:
         blocks += [("h", 2, "Compare"), ("raw_md", to_markdown(comparison, only_changes=True))]

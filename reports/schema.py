@@ -16,7 +16,9 @@ A run file is what `pytest --benchmark-json` writes with suites/bench/conftest.p
       extra_info   family, backend, dtype, tokens, shape {...}, timing {...}, and per family
                    (FAMILY_FIELDS): the cost model and achieved rates, or e2e throughput and
                    acceptance; optional: control {median_s, ...} (the machine's speed during
-                   the case, see suites/bench/timing.py), acceptance_per_position, slowdown.
+                   the case, see suites/bench/timing.py), acceptance_per_position, slowdown,
+                   process_medians [one a process] + process_rounds (runs merged from several
+                   processes, reports/merge.py).
 
 Any violation raises SchemaError with one line: where (file and JSON path) and what was expected.
 """
@@ -30,6 +32,8 @@ import pathlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 SCHEMA_VERSION = 1
 MACHINE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
@@ -64,7 +68,43 @@ class Record:
 
     @property
     def median(self) -> float:
+        """The benchmark's time: the median of its process medians in a run merged from several
+        processes (reports/merge.py), else the median of its rounds."""
+        meds = self.process_medians
+        if len(meds) > 1:
+            return float(np.median(meds))
         return float(self.stats["median"])
+
+    @property
+    def process_data(self) -> list[list[float]]:
+        """The rounds of each process (one list for a single-process run)."""
+        counts = self.extra.get("process_rounds")
+        if not counts or len(counts) != len(self.process_medians):
+            return [self.data]
+        out, i = [], 0
+        for n in counts:
+            out.append(self.data[i:i + n])
+            i += n
+        return out
+
+    @property
+    def median_se(self) -> float:
+        """Standard error of one process's median, in log time: 1.2533 x robust sd of the log
+        rounds / sqrt(rounds), the median over processes (how far a process's median moves
+        with its own rounds, before anything moves the whole process)."""
+        ses = []
+        for xs in self.process_data:
+            if len(xs) < 4:
+                continue
+            q1, q3 = np.percentile(np.log(xs), [25, 75])
+            ses.append(1.2533 * 0.7413 * (q3 - q1) / math.sqrt(len(xs)))
+        return float(np.median(ses)) if ses else 0.0
+
+    @property
+    def process_medians(self) -> list[float]:
+        """One median a process: compare's samples (a single-process run gives one)."""
+        meds = self.extra.get("process_medians")
+        return [float(m) for m in meds] if meds else [float(self.stats["median"])]
 
     @property
     def cv(self) -> float:
@@ -246,6 +286,18 @@ def _record(v: _V, b: Any, i: int) -> Record:
         v.obj(control, f"{w}.extra_info.control")
         v.number(v.key(control, "median_s", f"{w}.extra_info.control"),
                  f"{w}.extra_info.control.median_s", positive=True)
+    meds = ex.get("process_medians")
+    if meds is not None:
+        if not isinstance(meds, list) or not meds:
+            raise _fail(v.source, f"{w}.extra_info.process_medians",
+                        "expected a non-empty list of per-process medians")
+        for j, m in enumerate(meds):
+            v.number(m, f"{w}.extra_info.process_medians[{j}]", positive=True)
+        pr = ex.get("process_rounds")
+        if pr is not None and (not isinstance(pr, list) or len(pr) != len(meds)
+                               or sum(pr) != rounds):
+            raise _fail(v.source, f"{w}.extra_info.process_rounds",
+                        f"expected {len(meds)} round counts summing to {rounds}, got {_short(pr)}")
     acc = ex.get("acceptance_per_position")
     if acc is not None:
         if not isinstance(acc, list) or not acc:

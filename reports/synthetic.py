@@ -1,14 +1,19 @@
 """Synthetic runs with known effects: for the suite's own tests and for calibrating the compare
 rule (`python -m reports calibrate` measures its false-alarm rate and power).
 
-Round times follow what CPU timings look like: a true per-call time, multiplicative log-normal
-jitter (sigma), and a fraction of outlier rounds slowed 1.2-3x (a preempted thread, an
-interrupt). A "slowdown" multiplies the true time of chosen benchmarks; a "machine_speed" above 1
-is another tenant slowing everything in the run, the control op included (extra_info.control).
+Times follow what this repo's CPU machine shows (reports/compare.py): a run is `processes`
+processes; in each, a benchmark's level is its true time times a benign process effect
+(log-normal, process_sigma) and, with probability `disturbed`, a disturbance slowing the whole
+case 1.05-2.5x (log-uniform: another tenant on the cores); its rounds scatter around that level
+with log-normal jitter (sigma) and a fraction of outlier rounds slowed 1.2-3x (a preempted
+thread). Runs are written as reports/merge.py writes them (process_medians, process_rounds). A
+"slowdown" multiplies the true time of chosen benchmarks; a "machine_speed" above 1 is another
+tenant slowing everything in the run, the control op included (extra_info.control).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
 from dataclasses import dataclass
@@ -25,7 +30,10 @@ FAMILIES = ("moe_experts", "router")
 class Noise:
     sigma: float = 0.03  # log-normal jitter of a round
     outlier_rate: float = 0.05  # fraction of rounds hit by an interruption
-    rounds: int = 30
+    rounds: int = 10  # per process
+    processes: int = 5
+    process_sigma: float = 0.01  # benign process-to-process effect
+    disturbed: float = 0.25  # probability that a process's case runs beside another tenant
 
 
 def machine_info(machine_id: str = "cpu-synthetic-00000000", *, kind: str = "cpu",
@@ -69,28 +77,36 @@ def run(*, names: list[tuple[str, str, int, float]], rng: np.random.Generator, n
         machine_speed: float = 1.0) -> dict:
     """A raw run (what pytest --benchmark-json would write) that passes reports.schema."""
     slowdown = slowdown or {}
-    mi = machine or machine_info()
+    mi = dict(machine or machine_info(), processes=noise.processes)
     peak = mi["roofline"]["matmul_flops_per_s"]["bfloat16"]
     bw = mi["roofline"]["copy_bytes_per_s"]
     benches = []
     for fullname, fam, tokens, seconds in names:
         true = seconds * (1.0 + slowdown.get(fullname, 0.0)) * machine_speed
-        data = true * np.exp(rng.normal(0.0, noise.sigma, noise.rounds))
-        hit = rng.random(noise.rounds) < noise.outlier_rate
-        data[hit] *= rng.uniform(1.2, 3.0, int(hit.sum()))
-        data = [float(x) for x in data]
-        med = float(np.median(data))
+        data, meds = [], []
+        for _ in range(noise.processes):
+            level = true * float(np.exp(rng.normal(0.0, noise.process_sigma)))
+            if rng.random() < noise.disturbed:
+                level *= float(np.exp(rng.uniform(np.log(1.05), np.log(2.5))))
+            x = level * np.exp(rng.normal(0.0, noise.sigma, noise.rounds))
+            hit = rng.random(noise.rounds) < noise.outlier_rate
+            x[hit] *= rng.uniform(1.2, 3.0, int(hit.sum()))
+            data += [float(v) for v in x]
+            meds.append(float(np.median(x)))
+        med = float(np.median(meds))
         flop = 0.0 if fam == "router" else 6.0 * tokens * 4 * 256 * 128
         nbytes = 4.0 * tokens * 256 + 8.0 * tokens * 4 if fam == "router" else 16 * 3 * 256 * 128 * 2.0
         extra = {
             "family": fam, "backend": "synthetic", "dtype": "bfloat16", "tokens": tokens,
             "shape": {"name": fullname.split("[")[1].split("-")[1], "T": tokens},
-            "timing": {"clock": "perf_counter", "rounds": noise.rounds, "iterations": 1},
+            "timing": {"clock": "perf_counter", "rounds": len(data), "iterations": 1,
+                       "processes": noise.processes},
+            "process_medians": meds, "process_rounds": [noise.rounds] * noise.processes,
             "flop": flop, "bytes": nbytes, "achieved_flops_per_s": flop / med,
             "achieved_bytes_per_s": nbytes / med, "median_s": med, "tokens_per_s": tokens / med,
             "roofline_fraction": (flop / med) / min(peak, flop / nbytes * bw) if flop
             else nbytes / med / bw,
-            "control": {"op": "synthetic", "rounds": noise.rounds,
+            "control": {"op": "synthetic", "rounds": 80,
                         "median_s": 1e-4 * machine_speed * float(np.exp(rng.normal(0, 0.01)))},
         }
         benches.append({
@@ -98,7 +114,8 @@ def run(*, names: list[tuple[str, str, int, float]], rng: np.random.Generator, n
             "params": None, "param": fullname.split("[")[1].rstrip("]"), "extra_info": extra,
             "options": {"timer": "perf_counter"},
             "stats": {"min": min(data), "max": max(data), "mean": float(np.mean(data)),
-                      "stddev": float(np.std(data, ddof=1)), "rounds": len(data), "median": med,
+                      "stddev": float(np.std(data, ddof=1)), "rounds": len(data),
+                      "median": float(np.median(data)),
                       "iqr": float(np.subtract(*np.percentile(data, [75, 25]))),
                       "q1": float(np.percentile(data, 25)), "q3": float(np.percentile(data, 75)),
                       "ops": 1.0 / float(np.mean(data)), "total": float(np.sum(data)),
@@ -140,9 +157,7 @@ def calibrate(rule: Rule, *, n: int = 400, noise: Noise = Noise(), seed: int = 0
         cmp = compare(base, cand, rule)
         return len(cmp.regressions) / len(cmp.rows)
 
-    return {"benchmarks": n, "rounds": noise.rounds, "sigma": noise.sigma,
-            "outlier_rate": noise.outlier_rate, "threshold": rule.threshold,
-            "confidence": rule.confidence,
+    return {"benchmarks": n, "noise": dataclasses.asdict(noise), "threshold": rule.threshold,
             "false_alarm_rate": flagged(0.0),
             "power": flagged(rule.power_slowdown), "power_slowdown": rule.power_slowdown,
             "below_threshold_flag_rate": flagged(rule.threshold / 2)}

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def raw():
-    return run(names=benchmark_names(6), rng=np.random.default_rng(1), noise=Noise(rounds=12))
+    return run(names=benchmark_names(6), rng=np.random.default_rng(1), noise=Noise(rounds=12, processes=1))
 
 
 def _write(path, obj_or_text):
@@ -83,6 +83,12 @@ CORRUPTIONS = [
      "benchmarks[0].extra_info.tokens: expected an integer >= 1"),
     ("acceptance-above-1", _set("benchmarks.0.extra_info.acceptance_per_position", [0.5, 1.5]),
      "acceptance_per_position[1]: a rate must lie in [0, 1]"),
+    ("process-medians-empty", _set("benchmarks.0.extra_info.process_medians", []),
+     "benchmarks[0].extra_info.process_medians: expected a non-empty list"),
+    ("process-median-zero", _set("benchmarks.1.extra_info.process_medians.0", 0.0),
+     "benchmarks[1].extra_info.process_medians[0]: expected a finite number > 0"),
+    ("process-rounds-sum", _set("benchmarks.1.extra_info.process_rounds", [11]),
+     "benchmarks[1].extra_info.process_rounds: expected 1 round counts summing to 12"),
     ("duplicate", lambda d: d["benchmarks"].append(copy.deepcopy(d["benchmarks"][0])),
      "benchmarks[6].fullname: duplicate of benchmarks[0]"),
 ]

@@ -5,9 +5,9 @@ Probes (median of several repetitions, best over a few sizes):
   copy          dst.copy_(src), src and dst well beyond the last-level cache -> bytes/s
                 (read + write: 2 x nbytes per copy)
 
-A benchmark's roofline fraction is achieved FLOP/s over the attainable FLOP/s at its arithmetic
-intensity, min(peak, intensity x bandwidth); for kernels with no FLOP model (flop = 0) it is
-achieved bytes/s over the copy bandwidth. Fractions above 1 are possible (the probes are torch
+A benchmark's roofline fraction (reports/roofline.py) is achieved FLOP/s over the attainable
+FLOP/s at its arithmetic intensity, min(peak, intensity x bandwidth); for kernels with no FLOP
+model (flop = 0) it is achieved bytes/s over the copy bandwidth. Fractions above 1 are possible (the probes are torch
 ops, not the hardware's datasheet; on a CPU the benchmarks repeat one call, so a working set that
 fits in the last-level cache is read from cache: extra_info.cache_resident) and are reported, not
 clipped.
@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
+
+from reports import roofline as _roofline_math
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -90,26 +92,9 @@ class Roofline:
 
     def figures(self, *, dtype: str, flop: float, nbytes: float, seconds: float) -> dict:
         """Achieved FLOP/s and bytes/s of one call and its fraction of this machine's roofline."""
-        achieved_flops = flop / seconds
-        achieved_bytes = nbytes / seconds
-        peak = self.matmul_flops_per_s.get(dtype) or max(self.matmul_flops_per_s.values())
-        bw = self.copy_bytes_per_s
-        if flop > 0:
-            intensity = flop / nbytes if nbytes > 0 else float("inf")
-            attainable = min(peak, intensity * bw)
-            fraction = achieved_flops / attainable
-            bound = "compute" if peak <= intensity * bw else "memory"
-        else:
-            fraction = achieved_bytes / bw
-            bound = "memory"
-        return {
-            "achieved_flops_per_s": achieved_flops,
-            "achieved_bytes_per_s": achieved_bytes,
-            "compute_fraction": achieved_flops / peak,
-            "bandwidth_fraction": achieved_bytes / bw,
-            "roofline_fraction": fraction,
-            "bound": bound,
-        }
+        return _roofline_math.figures(matmul_flops_per_s=self.matmul_flops_per_s,
+                                      copy_bytes_per_s=self.copy_bytes_per_s, dtype=dtype,
+                                      flop=flop, nbytes=nbytes, seconds=seconds)
 
 
 def measure(device: str, dtypes: tuple[str, ...] = ("bfloat16", "float32")) -> Roofline:
