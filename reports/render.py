@@ -330,6 +330,28 @@ def _result_rows(run: Run, family: str) -> list[list]:
 
 # -- the report --------------------------------------------------------------------------------------
 
+def mtp_rows(run: Run) -> list[list]:
+    """e2e records: per backend and batch, tokens/s for each k, the speedup over MTP off and
+    the mean acceptance length (tokens per verification step)."""
+    by: dict[tuple, dict[int, Record]] = defaultdict(dict)
+    for r in run.records:
+        if r.family == "e2e":
+            by[(r.backend, r.shape_name, r.extra.get("shape", {}).get("B", "?"))][
+                int(r.extra["mtp_k"])] = r
+    rows = []
+    for (backend, shape, b), ks in sorted(by.items(), key=lambda kv: str(kv[0])):
+        off = ks.get(0)
+        for k, r in sorted(ks.items()):
+            tps = r.extra["tokens_per_s"]
+            rows.append([backend, shape, b, "off" if k == 0 else k, _si(tps, "tok/s"),
+                         f"{tps / off.extra['tokens_per_s']:.2f}x" if off else "-",
+                         f"{r.extra['mean_acceptance_length']:.2f}"
+                         if "mean_acceptance_length" in r.extra else "-",
+                         ", ".join(f"{a:.2f}" for a in r.extra.get("acceptance_per_position", []))
+                         or "-"])
+    return rows
+
+
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -399,6 +421,11 @@ def render(history: dict[str, list[Run]], out: pathlib.Path, *,
         blocks.append(("img", f"plots/{path.name}", name.replace("_", " ")))
     for machine, run in sorted(latest.items()):
         blocks.append(("h", 2, f"Latest results: {machine} ({run.label})"))
+        if rows := mtp_rows(run):
+            blocks += [("h", 3, "MTP end to end: tokens/s with MTP off and on"),
+                       ("table", ["backend", "model", "batch", "MTP k", "throughput",
+                                  "vs MTP off", "mean acceptance length",
+                                  "acceptance per position"], rows)]
         for fam in families:
             rows = _result_rows(run, fam)
             if rows:

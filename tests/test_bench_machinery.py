@@ -15,7 +15,7 @@ from reports.schema import MACHINE_ID_RE
 from suites.bench import fingerprint as fp
 from suites.bench import workloads
 from suites.bench.roofline import Roofline
-from suites.bench.timing import BenchSettings, Slowed, parse_slowdown
+from suites.bench.timing import BenchSettings, ReplayClock, Slowed, parse_slowdown
 
 
 def test_experts_flop_model_matches_flop_counter():
@@ -119,3 +119,21 @@ def test_slowed_adds_the_stated_fraction_of_work():
     elapsed = time.perf_counter() - t0
     assert len(calls) == 1
     assert elapsed >= 2 * 0.004  # the wrapper spins at least as long as the call itself took
+
+
+def test_replay_clock_hands_pytest_benchmark_the_measured_rounds(benchmark):
+    """The e2e benchmark times generate() inside the engine's process; ReplayClock must make
+    pytest-benchmark record exactly those durations, one a round, and refuse to invent any."""
+    clock = ReplayClock()
+    durations = [0.30, 0.10, 0.20, 0.25]
+    clock.load(durations)
+    benchmark._timer = clock  # what pytest.mark.benchmark(timer=clock) installs
+    benchmark.pedantic(clock.advance, rounds=len(durations), iterations=1, warmup_rounds=0)
+    assert benchmark.stats.stats.data == pytest.approx(durations, abs=1e-12)
+    assert benchmark.stats.stats.median == pytest.approx(0.225)
+    with pytest.raises(RuntimeError, match="more rounds timed than durations loaded"):
+        clock.advance()
+    with pytest.raises(ValueError, match="must be positive"):
+        clock.load([0.1, 0.0])
+    with pytest.raises(ValueError, match="must be positive"):
+        clock.load([])

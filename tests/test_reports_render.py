@@ -51,6 +51,11 @@ def test_render_writes_markdown_html_and_plots(tmp_path):
     assert "plots/" not in html  # self-contained: nothing linked
     assert "coefficient of variation" in md and "REGRESSION" in md  # compare section
     assert md.count("## Latest results:") == 2
+    # MTP end to end: tokens/s per k and the speedup over MTP off, from the e2e records.
+    mtp = md[md.index("### MTP end to end"):]
+    assert "| synthetic-engine | tiny-qwen3-next | 1 | off |" in mtp and "1.00x" in mtp
+    assert "| 3 |" in mtp and "0.80, 0.68, 0.58" in mtp
+    assert "between-process CV" in md and "disturbed processes" in md
 
 
 def test_trend_follows_planted_slowdown():
