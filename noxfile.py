@@ -205,7 +205,7 @@ def bench(session: nox.Session) -> None:
 def report(session: nox.Session) -> None:
     """Markdown + self-contained HTML with plots from reports/history (all machines) into
     reports/out/report-<time>/. posargs go to `python -m reports render` (e.g. --runs A B)."""
-    session.install(*nox.project.dependency_groups(PYPROJECT, "reports"), "numpy")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "reports"))
     out = ROOT / "reports" / "out" / ("report-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     args = list(session.posargs) or ["--history", str(ROOT / "reports" / "history")]
     session.run("python", "-m", "reports", "render", "--out", str(out), *args)
@@ -218,5 +218,5 @@ def compare(session: nox.Session) -> None:
     if len(session.posargs) < 2:
         session.error("usage: nox -s compare -- BASE CAND [--threshold F] (run files, or "
                       "[MACHINE:]latest|previous|~N from reports/history)")
-    session.install(*nox.project.dependency_groups(PYPROJECT, "reports"), "numpy")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "reports"))
     session.run("python", "-m", "reports", "compare", *session.posargs)

@@ -114,8 +114,10 @@ def cmd_compare(a) -> int:
         _write_new(pathlib.Path(a.json), json.dumps(cmp.as_dict(), indent=1))
     c = cmp.counts()
     if cmp.regressions:
-        print(f"REGRESSION: {c['regression']} of {len(cmp.rows)} benchmarks slower beyond the "
-              f"threshold ({', '.join(r.label for r in cmp.regressions[:5])}"
+        what = [f"{c['regression']} of {len(cmp.rows)} benchmarks slower beyond the threshold"]
+        if c["acceptance_drop"]:
+            what.append(f"{c['acceptance_drop']} accepting fewer draft tokens")
+        print(f"REGRESSION: {'; '.join(what)} ({', '.join(r.label for r in cmp.regressions[:5])}"
               f"{', ...' if len(cmp.regressions) > 5 else ''})", file=sys.stderr)
     else:
         print(f"no regression ({len(cmp.rows)} benchmarks compared)")

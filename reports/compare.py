@@ -29,8 +29,13 @@ the threshold (reports/thresholds.json, default 5%):
                 op (timed around its rounds, suites/bench/timing.py) was slower in CAND by more
                 than t (for a regression) or faster by more than t (for an improvement)
   new / missing in CAND only / in BASE only
+  acceptance_drop  records carrying an MTP acceptance rate (e2e, rejection sampler): CAND's
+                rate is below BASE's by more than acceptance_drop (absolute, default 0.02) and
+                a one-sided two-proportion z-test over the draft tokens behind each rate says so
+                at acceptance_alpha (default 1e-3, its false-alarm rate); overrides the time
+                verdict (a drafter or sampler that accepts less is a regression at any speed)
 
-Only regressions fail (exit 1). Measured false-alarm rate and power are in thresholds.json's
+Regressions and acceptance drops fail (exit 1). Measured false-alarm rate and power are in thresholds.json's
 _doc; `python -m reports calibrate` measures them again, on synthetic runs or (--processes) on
 this machine's own process files of one code version.
 """
@@ -44,12 +49,15 @@ import pathlib
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.stats import norm as _norm
 
 from reports.schema import Run
 
 DEFAULT_RULE = pathlib.Path(__file__).parent / "thresholds.json"
 Z_ROUNDS = 2.576  # two-sided 99% normal quantile, for the rounds' own uncertainty
-VERDICTS = ("regression", "improvement", "unchanged", "inconclusive", "drift", "new", "missing")
+VERDICTS = ("acceptance_drop", "regression", "improvement", "unchanged", "inconclusive", "drift",
+            "new", "missing")
+FAILING = ("acceptance_drop", "regression")
 
 
 class RuleError(ValueError):
@@ -64,6 +72,8 @@ class Rule:
     max_false_alarm_rate: float = 0.01
     power_slowdown: float = 0.15
     min_power: float = 0.8
+    acceptance_drop: float = 0.02
+    acceptance_alpha: float = 0.001
 
     def threshold_for(self, family: str) -> float:
         return float(self.family_threshold.get(family, self.threshold))
@@ -93,7 +103,8 @@ class Rule:
         def bad(name, v, want):
             raise RuleError(f"{source}: {name} = {v!r}: expected {want}")
 
-        for name in ("threshold", "max_false_alarm_rate", "power_slowdown"):
+        for name in ("threshold", "max_false_alarm_rate", "power_slowdown", "acceptance_drop",
+                     "acceptance_alpha"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not 0 < v < 1:
                 bad(name, v, "a number in (0, 1)")
@@ -127,6 +138,24 @@ def process_interval(base, cand, *, se: float = 0.0) -> tuple[float, float, floa
     return ratio, float(c.min() / fast_half(b)) / widen, float(fast_half(c) / b.min()) * widen
 
 
+def acceptance(rec) -> tuple[float, int] | None:
+    """(acceptance rate, draft tokens behind it) of a record that carries one."""
+    x = rec.extra
+    if "acceptance_rate" not in x or not x.get("num_draft_tokens"):
+        return None
+    return float(x["acceptance_rate"]), int(x["num_draft_tokens"])
+
+
+def acceptance_drop_p(base: tuple[float, int], cand: tuple[float, int]) -> float:
+    """One-sided p-value of a pooled two-proportion z-test for "CAND accepts less than BASE"."""
+    (pb, nb), (pc, nc) = base, cand
+    pooled = (pb * nb + pc * nc) / (nb + nc)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / nb + 1 / nc))
+    if se == 0:
+        return 0.0 if pc < pb else 1.0
+    return float(_norm.sf((pb - pc) / se))
+
+
 def classify(lo: float, hi: float, threshold: float) -> str:
     up, down = 1.0 + threshold, 1.0 / (1.0 + threshold)
     if lo > up:
@@ -158,6 +187,9 @@ class Row:
     base_spread: float = math.nan  # max / min - 1 of the run's process medians
     cand_spread: float = math.nan
     control_ratio: float = math.nan  # CAND/BASE median of the control op, when both carry one
+    base_acceptance: float = math.nan  # acceptance rate (accepted / draft tokens), if recorded
+    cand_acceptance: float = math.nan
+    acceptance_p: float = math.nan  # one-sided p-value of "CAND accepts less"
 
     @property
     def label(self) -> str:
@@ -174,7 +206,8 @@ class Comparison:
 
     @property
     def regressions(self) -> list[Row]:
-        return [r for r in self.rows if r.verdict == "regression"]
+        """Rows that fail the compare: slower beyond the threshold, or accepting less."""
+        return [r for r in self.rows if r.verdict in FAILING]
 
     def counts(self) -> dict[str, int]:
         return {v: sum(r.verdict == v for r in self.rows) for v in VERDICTS}
@@ -254,6 +287,12 @@ def compare(base: Run, cand: Run, rule: Rule | None = None) -> Comparison:
             if (row.verdict == "regression" and row.control_ratio > 1 + t) or (
                     row.verdict == "improvement" and row.control_ratio < 1 / (1 + t)):
                 row.verdict = "drift"
+        ab, ac = acceptance(b), acceptance(c)
+        if ab and ac:
+            row.base_acceptance, row.cand_acceptance = ab[0], ac[0]
+            row.acceptance_p = acceptance_drop_p(ab, ac)
+            if ab[0] - ac[0] > rule.acceptance_drop and row.acceptance_p < rule.acceptance_alpha:
+                row.verdict = "acceptance_drop"
         rows.append(row)
     if few:
         notes.append(f"{len(few)} benchmark(s) inconclusive by construction: a run has fewer "
@@ -271,7 +310,7 @@ def _fmt_time(s: float) -> str:
     return f"{s / 1e-9:.3g} ns"
 
 
-_MARK = {"regression": "REGRESSION", "improvement": "improved", "unchanged": "same",
+_MARK = {"acceptance_drop": "ACCEPTANCE DROP", "regression": "REGRESSION", "improvement": "improved", "unchanged": "same",
          "inconclusive": "noisy", "drift": "machine drift", "new": "new", "missing": "missing"}
 
 
@@ -290,7 +329,8 @@ def to_markdown(cmp: Comparison, *, only_changes: bool = False) -> str:
     ]
     lines += [f"- {n}" for n in cmp.notes]
     lines += ["", "| verdict | benchmark | base | cand | ratio | interval | processes base/cand "
-              "| spread base/cand | control ratio |", "|---|---|---:|---:|---:|---|---|---|---:|"]
+              "| spread base/cand | control ratio | acceptance base/cand |",
+              "|---|---|---:|---:|---:|---|---|---|---:|---|"]
     order = {v: i for i, v in enumerate(VERDICTS)}
     for r in sorted(cmp.rows, key=lambda r: (order[r.verdict], -(r.ratio if math.isfinite(r.ratio)
                                                                   else 0))):
@@ -302,7 +342,9 @@ def to_markdown(cmp: Comparison, *, only_changes: bool = False) -> str:
         spread = "/".join(f"{v:.1%}" if math.isfinite(v) else "-"
                           for v in (r.base_spread, r.cand_spread))
         control = f"{r.control_ratio:.3f}" if math.isfinite(r.control_ratio) else "-"
+        acc = (f"{r.base_acceptance:.3f}/{r.cand_acceptance:.3f}"
+               if math.isfinite(r.base_acceptance) else "-")
         lines.append(f"| {_MARK[r.verdict]} | {r.label} | {_fmt_time(r.base_median)} | "
                      f"{_fmt_time(r.cand_median)} | {ratio} | {interval} | {procs} | {spread} | "
-                     f"{control} |")
+                     f"{control} | {acc} |")
     return "\n".join(lines) + "\n"

@@ -198,6 +198,12 @@ class _V:
             raise _fail(self.source, where, f"expected {want}, got {_short(v)}")
         return float(v)
 
+    def numbers(self, xs: Any, where: str, what: str, *, positive: bool = False) -> list[float]:
+        """A non-empty list of finite numbers (>= 0, or > 0 when positive)."""
+        if not isinstance(xs, list) or not xs:
+            raise _fail(self.source, where, f"expected a non-empty list of {what}")
+        return [self.number(x, f"{where}[{j}]", positive=positive) for j, x in enumerate(xs)]
+
 
 def _machine(v: _V, mi: Any) -> dict:
     mi = v.obj(mi, "machine_info")
@@ -288,11 +294,7 @@ def _record(v: _V, b: Any, i: int) -> Record:
                  f"{w}.extra_info.control.median_s", positive=True)
     meds = ex.get("process_medians")
     if meds is not None:
-        if not isinstance(meds, list) or not meds:
-            raise _fail(v.source, f"{w}.extra_info.process_medians",
-                        "expected a non-empty list of per-process medians")
-        for j, m in enumerate(meds):
-            v.number(m, f"{w}.extra_info.process_medians[{j}]", positive=True)
+        v.numbers(meds, f"{w}.extra_info.process_medians", "per-process medians", positive=True)
         pr = ex.get("process_rounds")
         if pr is not None and (not isinstance(pr, list) or len(pr) != len(meds)
                                or sum(pr) != rounds):
@@ -300,13 +302,10 @@ def _record(v: _V, b: Any, i: int) -> Record:
                         f"expected {len(meds)} round counts summing to {rounds}, got {_short(pr)}")
     acc = ex.get("acceptance_per_position")
     if acc is not None:
-        if not isinstance(acc, list) or not acc:
-            raise _fail(v.source, f"{w}.extra_info.acceptance_per_position",
-                        "expected a non-empty list of rates")
-        for j, a in enumerate(acc):
-            if v.number(a, f"{w}.extra_info.acceptance_per_position[{j}]") > 1:
-                raise _fail(v.source, f"{w}.extra_info.acceptance_per_position[{j}]",
-                            f"a rate must lie in [0, 1], got {a!r}")
+        where = f"{w}.extra_info.acceptance_per_position"
+        for j, a in enumerate(v.numbers(acc, where, "rates")):
+            if a > 1:
+                raise _fail(v.source, f"{where}[{j}]", f"a rate must lie in [0, 1], got {a!r}")
     return Record(fullname=fullname, name=name, group=group, family=family,
                   backend=ex["backend"], dtype=ex["dtype"], tokens=ex["tokens"], extra=ex,
                   stats=stats, data=[float(t) for t in data])

@@ -7,7 +7,8 @@ processes; in each, a benchmark's level is its true time times a benign process 
 case 1.05-2.5x (log-uniform: another tenant on the cores); its rounds scatter around that level
 with log-normal jitter (sigma) and a fraction of outlier rounds slowed 1.2-3x (a preempted
 thread). Runs are written as reports/merge.py writes them (process_medians, process_rounds). A
-"slowdown" multiplies the true time of chosen benchmarks; a "machine_speed" above 1 is another
+"slowdown" multiplies the true time of chosen benchmarks, "acceptance_scale" the acceptance rates
+of the e2e records; a "machine_speed" above 1 is another
 tenant slowing everything in the run, the control op included (extra_info.control).
 """
 
@@ -74,7 +75,7 @@ def benchmark_names(n: int, tokens=(1, 4, 16, 64, 256)) -> list[tuple[str, str, 
 def run(*, names: list[tuple[str, str, int, float]], rng: np.random.Generator, noise: Noise,
         slowdown: dict[str, float] | None = None, when: _dt.datetime | None = None,
         machine: dict | None = None, acceptance: bool = False, commit: str = "0" * 40,
-        machine_speed: float = 1.0) -> dict:
+        machine_speed: float = 1.0, acceptance_scale: float = 1.0) -> dict:
     """A raw run (what pytest --benchmark-json would write) that passes reports.schema."""
     slowdown = slowdown or {}
     mi = dict(machine or machine_info(), processes=noise.processes)
@@ -123,7 +124,7 @@ def run(*, names: list[tuple[str, str, int, float]], rng: np.random.Generator, n
         })
     if acceptance:
         for k in (0, 1, 2, 3):
-            rates = [round(0.8 * 0.85**p, 4) for p in range(k)]
+            rates = [round(0.8 * 0.85**p * acceptance_scale, 4) for p in range(k)]
             mal = 1 + sum(math.prod(rates[: p + 1]) for p in range(k))
             tps = 50.0 * mal / (1 + 0.1 * k)  # verification costs a little per draft
             tokens = 64
@@ -138,7 +139,10 @@ def run(*, names: list[tuple[str, str, int, float]], rng: np.random.Generator, n
                      "process_medians": meds,
                      "process_rounds": [noise.rounds] * noise.processes}
             if k:
-                extra.update(acceptance_per_position=rates, mean_acceptance_length=mal)
+                drafts = 5000
+                extra.update(acceptance_per_position=rates, mean_acceptance_length=mal,
+                             acceptance_rate=sum(rates) / k, num_drafts=drafts,
+                             num_draft_tokens=drafts * k)
             benches.append({
                 "group": "e2e", "name": fullname.split("::")[1], "fullname": fullname,
                 "params": None, "param": f"synthetic-mtp{k}-B1", "options": {},

@@ -215,3 +215,33 @@ def test_bad_rule_file(tmp_path, content, expected, capsys):
                                 noise=Noise())))
     assert main(["compare", str(f), str(f), "--rule", str(p)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_acceptance_drop_fails_the_compare():
+    """A drafter that accepts less is a regression whatever the timings say; the same acceptance
+    (or a rise) stays quiet. Rates behind 5000-15000 draft tokens: a 4-point drop is far beyond the
+    z-test's noise, a 1-point one is below the rule's acceptance_drop."""
+    names = benchmark_names(4)
+    rng = np.random.default_rng(31)
+    q = Noise(disturbed=0.0)
+    base = validate(run(names=names, rng=rng, noise=q, acceptance=True), "base")
+    same = validate(run(names=names, rng=rng, noise=q, acceptance=True), "same")
+    worse = validate(run(names=names, rng=rng, noise=q, acceptance=True, acceptance_scale=0.95),
+                     "worse")
+    slight = validate(run(names=names, rng=rng, noise=q, acceptance=True, acceptance_scale=0.985),
+                      "slight")
+    assert compare(base, same, RULE).exit_code == 0
+    assert compare(base, slight, RULE).exit_code == 0
+    cmp = compare(base, worse, RULE)
+    drops = [r for r in cmp.rows if r.verdict == "acceptance_drop"]
+    assert {r.fullname.split("[")[1] for r in drops} == {"synthetic-mtp1-B1]", "synthetic-mtp2-B1]",
+                                                         "synthetic-mtp3-B1]"}
+    assert all(r.acceptance_p < RULE.acceptance_alpha for r in drops)
+    assert cmp.exit_code == 1 and "| ACCEPTANCE DROP |" in to_markdown(cmp)
+    assert compare(worse, base, RULE).exit_code == 0  # a rise is not a failure
+    # Few draft tokens: the same 4-point drop is within sampling noise, no verdict from it.
+    few = validate(json.loads(json.dumps(worse.raw)), "few")
+    for rec in few.records:
+        if "num_draft_tokens" in rec.extra:
+            rec.extra["num_draft_tokens"] = 20
+    assert all(r.verdict != "acceptance_drop" for r in compare(base, few, RULE).rows)

@@ -133,5 +133,6 @@ def test_e2e(benchmark, e2e_case, bench_settings):
         info.update(acceptance_per_position=[a / drafts for a in per_pos],
                     acceptance_rate=accepted / (drafts * k),
                     mean_acceptance_length=1.0 + accepted / drafts,
-                    num_drafts=drafts, num_accepted_tokens=accepted)
+                    num_drafts=drafts, num_draft_tokens=drafts * k,
+                    num_accepted_tokens=accepted)
     benchmark.extra_info.update(info)

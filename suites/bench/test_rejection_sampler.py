@@ -93,6 +93,7 @@ def test_rejection_sampler(benchmark, sampler_case, bench_settings, roofline):
         "mtp_k": k,
         "acceptance_per_position": stats.per_position_rate,
         "acceptance_rate": stats.acceptance_rate,
+        "num_draft_tokens": batch.num_tokens,  # the trials behind acceptance_rate
         "mean_acceptance_length": stats.mean_acceptance_length,
         "note": "times include the adapter's metadata construction (as an engine step does)",
     }
