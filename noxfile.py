@@ -26,6 +26,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import nox
 
@@ -251,11 +252,21 @@ def _try_install_vllm(session: nox.Session, flavour: str, spec: str) -> bool:
     return ok
 
 
+def _bisect_module():
+    """suites/bisect.py imported into nox's own Python (pure Python: no torch, no vLLM)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import suites.bisect
+
+    return suites.bisect
+
+
 def _check(session: nox.Session, check: list[str]):
     """Run suites.bisect in the session's environment; its Outcome (code and reason)."""
     import tempfile
 
-    from suites.bisect import SKIP, Outcome
+    b = _bisect_module()
+    SKIP, Outcome = b.SKIP, b.Outcome
 
     with tempfile.TemporaryDirectory(prefix="bisect-") as tmp:
         note = pathlib.Path(tmp) / "outcome"
@@ -286,8 +297,8 @@ def bisect(session: nox.Session) -> None:
     runner) for the first bad one; the table goes to reports/out/<time>-bisect/bisect.md.
     CHECK: pytest node ids or -k/-m (run with --runxfail), or --perf --baseline RUN [-k ...]
     (benchmarks compared with a stored run of a good version). See suites/bisect.py."""
-    from suites.bisect import ABORT, SKIP, search, select_versions
-
+    b = _bisect_module()
+    ABORT, SKIP, search, select_versions = b.ABORT, b.SKIP, b.search, b.select_versions
     flavour = "gpu" if _has_gpu() else "cpu"
     args = list(session.posargs)
     versions = None
@@ -318,10 +329,8 @@ def bisect(session: nox.Session) -> None:
     session.log(f"bisect: {package} over {', '.join(chosen)}")
 
     def probe(version: str):
-        from suites.bisect import Outcome
-
         if not _try_install_vllm(session, flavour, version):
-            return Outcome(SKIP, f"{package}=={version} does not install here")
+            return b.Outcome(SKIP, f"{package}=={version} does not install here")
         return _check(session, args)
 
     result = search(chosen, probe)
