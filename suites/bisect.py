@@ -79,8 +79,10 @@ def outcome_of_pytest(rc: int, counts: dict[str, int] | None) -> Outcome:
                                  "backend unavailable in this version)")
         return Outcome(GOOD, f"{ran if ran is not None else 'the'} selected tests passed")
     if rc == 1:
-        failed = "" if counts is None else f"{counts['failures'] + counts['errors']} of {ran} "
-        return Outcome(BAD, f"{failed}selected tests failed")
+        if counts is None:  # no JUnit file: pytest itself did not run (not installed, no Python)
+            return Outcome(SKIP, "exit 1 without a test report: pytest did not run")
+        return Outcome(BAD, f"{counts['failures'] + counts['errors']} of {ran} selected tests "
+                            "failed")
     return Outcome(SKIP, f"pytest exit {rc}: cannot judge")
 
 

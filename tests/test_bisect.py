@@ -50,6 +50,16 @@ def test_planted_checks_get_their_exit_code(tmp_path, name):
     assert o.code == want, o
 
 
+def test_missing_pytest_is_not_bad(tmp_path):
+    """An environment that cannot run the check (here: a Python without pytest) is skip."""
+    f = tmp_path / "test_one.py"
+    f.write_text("def test_one():\n    pass\n")
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'No module named pytest' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    assert run_check([str(f)], python=str(fake)).code == SKIP
+
+
 def test_empty_selection_skips_and_no_check_aborts(tmp_path):
     f = tmp_path / "test_one.py"
     f.write_text("def test_one():\n    pass\n")
@@ -63,6 +73,7 @@ def test_exit_status_mapping():
     counts = {"tests": 3, "failures": 1, "errors": 0, "skipped": 0}
     assert outcome_of_pytest(0, counts).code == GOOD
     assert outcome_of_pytest(1, counts).code == BAD
+    assert outcome_of_pytest(1, None).code == SKIP  # "No module named pytest": not a verdict
     assert outcome_of_pytest(-11, None).code == BAD
     assert outcome_of_pytest(0, {**counts, "skipped": 3}).code == SKIP
     assert outcome_of_pytest(5, None).code == SKIP
