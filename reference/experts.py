@@ -85,9 +85,10 @@ def fused_experts(
     K = topk_ids.shape[1]
     ids = topk_ids.reshape(-1).long()  # [T*K]
     if expert_map is not None:
-        ids = expert_map.long()[ids]  # -1 where not local
+        ids = expert_map.to(ids.device).long()[ids]  # -1 where not local
     weights = topk_weights.reshape(-1).double()  # [T*K]
-    token_of_slot = torch.arange(T * K) // K  # [T*K]
+    dev = hidden_states.device  # the oracle runs where its inputs are (cpu, or cuda in fp64)
+    token_of_slot = torch.arange(T * K, device=dev) // K  # [T*K]
     local = ids >= 0
     ids, weights, token_of_slot = ids[local], weights[local], token_of_slot[local]
     order = torch.argsort(ids, stable=True)
@@ -95,7 +96,7 @@ def fused_experts(
     counts = torch.bincount(ids, minlength=w13.shape[0]).tolist()
 
     x = hidden_states.double()  # [T, H]
-    out = torch.zeros(T, H, dtype=torch.float64)
+    out = torch.zeros(T, H, dtype=torch.float64, device=dev)
     start = 0
     for e, n in enumerate(counts):
         if n == 0:

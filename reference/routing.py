@@ -113,8 +113,8 @@ def route_grouped_topk(
         choice = scores
         group_scores = choice.view(T, n_group, -1).amax(dim=-1)  # [T, G]
     kept_groups = _topk(group_scores, topk_group)[1]  # [T, topk_group]
-    group_mask = torch.zeros(T, n_group, dtype=torch.bool)
-    group_mask[torch.arange(T)[:, None], kept_groups] = True
+    group_mask = torch.zeros(T, n_group, dtype=torch.bool, device=logits.device)
+    group_mask[torch.arange(T, device=logits.device)[:, None], kept_groups] = True
     expert_mask = group_mask.repeat_interleave(E // n_group, dim=1)  # [T, E]
     masked = choice.masked_fill(~expert_mask, float("-inf"))
     ids = _topk(masked, top_k)[1]  # [T, K]
@@ -166,7 +166,7 @@ def selection_margin(
         # kernel's input, whose rounding is what can flip a near-tie.
         s = logits
         if K == E:
-            return torch.full((T,), float("inf"), dtype=torch.float64)
+            return torch.full((T,), float("inf"), dtype=torch.float64, device=logits.device)
         top = torch.topk(s, K + 1, dim=-1).values
         return top[:, K - 1] - top[:, K]
     scores = torch.softmax(logits, -1) if cfg.scoring_func == "softmax" else torch.sigmoid(logits)
@@ -183,13 +183,13 @@ def selection_margin(
         gs = torch.topk(group_scores, cfg.topk_group + 1, dim=-1).values
         margins.append(gs[:, cfg.topk_group - 1] - gs[:, cfg.topk_group])
     kept = torch.topk(group_scores, cfg.topk_group, dim=-1).indices
-    mask = torch.zeros(T, G, dtype=torch.bool)
-    mask[torch.arange(T)[:, None], kept] = True
+    mask = torch.zeros(T, G, dtype=torch.bool, device=logits.device)
+    mask[torch.arange(T, device=logits.device)[:, None], kept] = True
     masked = choice.masked_fill(~mask.repeat_interleave(E // G, 1), float("-inf"))
     n_candidates = cfg.topk_group * (E // G)
     if n_candidates > K:
         top = torch.topk(masked, K + 1, dim=-1).values
         margins.append(top[:, K - 1] - top[:, K])
     if not margins:
-        return torch.full((T,), float("inf"), dtype=torch.float64)
+        return torch.full((T,), float("inf"), dtype=torch.float64, device=logits.device)
     return torch.stack(margins, 0).amin(0)
