@@ -65,7 +65,8 @@ def backend_params(config: pytest.Config, kind: str) -> list:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for argname, kind in (("experts_backend", "experts"), ("router_backend", "router"),
-                          ("sampler_backend", "rejection_sampler"), ("engine_backend", "engine")):
+                          ("block_backend", "moe_block"), ("sampler_backend", "rejection_sampler"),
+                          ("engine_backend", "engine")):
         if argname in metafunc.fixturenames:
             metafunc.parametrize(argname, backend_params(metafunc.config, kind), indirect=True)
 
@@ -79,6 +80,13 @@ def experts_backend(request):
 
 @pytest.fixture
 def router_backend(request):
+    from suites.backends import REGISTRY
+
+    return REGISTRY.get(request.param)
+
+
+@pytest.fixture
+def block_backend(request):
     from suites.backends import REGISTRY
 
     return REGISTRY.get(request.param)

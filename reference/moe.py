@@ -74,8 +74,14 @@ def moe_block(
     hidden_states: torch.Tensor,  # [T, H]
     cfg: MoEConfig,
     w: MoEWeights,
+    router_logits_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # out [T, H], weights [T, K], ids [T, K]
+    """The MoE block in fp64. router_logits_dtype: the dtype a model's gate emits its logits in
+    (the gate of a bf16 model is a bf16 linear layer, in transformers as in vLLM: each logit is
+    rounded to bf16 before the softmax); None keeps the exact fp64 logits."""
     logits = router_logits(hidden_states, w.gate, w.gate_bias)  # [T, E]
+    if router_logits_dtype is not None:
+        logits = logits.to(router_logits_dtype).double()
     topk_weights, topk_ids = route(logits, cfg.router, w.e_score_correction_bias)  # [T, K]
     out = fused_experts(
         hidden_states, w.w13, w.w2, topk_weights, topk_ids, cfg.hidden_act, w.w13_bias, w.w2_bias

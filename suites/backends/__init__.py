@@ -14,13 +14,16 @@ from suites.backends import (  # noqa: F401  (registration)
     rejection_sampler,
     vllm_cpu,
     vllm_cuda,
+    vllm_layer,
 )
 from suites.backends.base import (
     REGISTRY,
     Backend,
     ExpertsBackend,
+    MoEBlockBackend,
     RouterBackend,
     UnsupportedShape,
 )
 
-__all__ = ["REGISTRY", "Backend", "ExpertsBackend", "RouterBackend", "UnsupportedShape"]
+__all__ = ["REGISTRY", "Backend", "ExpertsBackend", "MoEBlockBackend", "RouterBackend",
+           "UnsupportedShape"]

@@ -30,7 +30,7 @@ class UnsupportedShape(ValueError):
 @dataclass
 class Backend:
     name: str
-    kind: str  # "experts" | "router" | "rejection_sampler" | "engine"
+    kind: str  # "experts" | "router" | "moe_block" | "rejection_sampler" | "engine"
     device: str = "cpu"  # "cpu" | "cuda"
     description: str = ""
     is_reference: bool = False
@@ -93,6 +93,21 @@ class RouterBackend(Backend, abc.ABC):
     def route(self, logits: torch.Tensor, cfg, e_score_correction_bias: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Route; weights float32 and ids int32 like vLLM."""
+
+
+@dataclass
+class MoEBlockBackend(Backend, abc.ABC):
+    """A whole MoE layer as a model calls it: router logits from the gate, routing, routed
+    experts, shared expert. Weights and shapes come as reference.moe's MoEConfig / MoEWeights."""
+
+    kind: str = "moe_block"
+
+    def check(self, cfg) -> None:
+        """Raise UnsupportedShape when this layer cannot express cfg (another model family)."""
+
+    @abc.abstractmethod
+    def forward(self, cfg, w, x: torch.Tensor) -> torch.Tensor:
+        """[T, H] in x.dtype for the block of cfg with weights w."""
 
 
 @dataclass

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from reference.experts import fused_experts
+from reference.moe import moe_block
 from reference.routing import route
-from suites.backends.base import REGISTRY, ExpertsBackend, RouterBackend
+from suites.backends.base import REGISTRY, ExpertsBackend, MoEBlockBackend, RouterBackend
 
 
 @dataclass
@@ -41,3 +42,13 @@ REGISTRY.register("reference.experts", lambda: ReferenceExperts(
     name="reference.experts", description="fp64 oracle (reference/experts.py)", is_reference=True))
 REGISTRY.register("reference.router", lambda: ReferenceRouter(
     name="reference.router", description="fp64 oracle (reference/routing.py)", is_reference=True))
+
+
+@dataclass
+class ReferenceMoEBlock(MoEBlockBackend):
+    def forward(self, cfg, w, x):
+        return moe_block(x, cfg, w)[0].to(x.dtype)
+
+
+REGISTRY.register("reference.moe_block", lambda: ReferenceMoEBlock(
+    name="reference.moe_block", description="fp64 oracle (reference/moe.py)", is_reference=True))
