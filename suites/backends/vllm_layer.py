@@ -162,7 +162,8 @@ class VllmQwen3NextMoEBlock(MoEBlockBackend):
 
 @contextlib.contextmanager
 def tampered(backend: VllmQwen3NextMoEBlock, fn):
-    """Run with a planted bug (fn(block) after loading); for the negative controls."""
+    """Run with a planted bug: fn(block) after the weights are copied in, before they are
+    packed (where a loader or wiring bug acts); for the negative controls."""
     old, backend.tamper = backend.tamper, fn
     try:
         yield backend
