@@ -32,10 +32,8 @@ from __future__ import annotations
 import copy
 import statistics
 
-import numpy as np
-
 from reports import roofline as _roofline
-from reports.schema import Run, SchemaError, validate
+from reports.schema import Run, SchemaError, round_stats, validate
 
 _SAME = (("machine_info", "machine_id"), ("machine_info", "software"), ("commit_info", "id"),
          ("machine_info", "device"))
@@ -45,23 +43,6 @@ def _get(raw: dict, path: tuple[str, ...]):
     for k in path:
         raw = raw.get(k, {}) if isinstance(raw, dict) else {}
     return raw
-
-
-def _stats(data: list[float]) -> dict:
-    x = np.asarray(data, dtype=np.float64)
-    q1, med, q3 = (float(v) for v in np.percentile(x, [25, 50, 75]))
-    iqr = q3 - q1
-    mean = float(x.mean())
-    sd = float(x.std(ddof=1)) if x.size > 1 else 0.0
-    return {"min": float(x.min()), "max": float(x.max()), "mean": mean, "stddev": sd,
-            "rounds": int(x.size), "median": med, "iqr": iqr, "q1": q1, "q3": q3,
-            "ld15iqr": float(x[x >= q1 - 1.5 * iqr].min()),
-            "hd15iqr": float(x[x <= q3 + 1.5 * iqr].max()),
-            "iqr_outliers": int(((x < q1 - 1.5 * iqr) | (x > q3 + 1.5 * iqr)).sum()),
-            "stddev_outliers": int((np.abs(x - mean) > sd).sum()) if sd else 0,
-            "outliers": f"{int((np.abs(x - mean) > sd).sum()) if sd else 0};"
-                        f"{int(((x < q1 - 1.5 * iqr) | (x > q3 + 1.5 * iqr)).sum())}",
-            "ops": 1.0 / mean, "total": float(x.sum()), "iterations": 1, "data": list(data)}
 
 
 def _merged_roofline(runs: list[Run]) -> dict:
@@ -111,7 +92,7 @@ def merge(runs: list[Run], source: str = "<merged>") -> Run:
         data = [t for _, rec in parts for t in rec.data]
         meds = [statistics.median(rec.data) for _, rec in parts]
         center = statistics.median(meds)
-        b["stats"] = _stats(data)
+        b["stats"] = round_stats(data)
         ex = b["extra_info"]
         ex["process_medians"] = meds
         ex["process_rounds"] = [len(rec.data) for _, rec in parts]

@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from reports.compare import Comparison, fast_half, to_markdown
-from reports.schema import Record, Run
+from reports.schema import Record, Run, robust_cv
 
 KERNEL_FAMILIES = ("moe_experts", "router", "rejection_sampler")
 
@@ -231,14 +231,11 @@ def _time(s: float) -> str:
 
 
 def _robust_cv(xs) -> float:
-    """0.7413 x IQR / median (stdev / mean below 4 values)."""
+    """schema.robust_cv, or stdev / mean for 2-3 values (a run of 2-3 processes)."""
     x = np.asarray(xs, dtype=np.float64)
-    if x.size < 2:
-        return math.nan
-    if x.size < 4:
+    if 2 <= x.size < 4:
         return float(x.std(ddof=1) / x.mean())
-    q1, q2, q3 = np.percentile(x, [25, 50, 75])
-    return float(0.7413 * (q3 - q1) / q2)
+    return robust_cv(x)
 
 
 def stability(rec: Record) -> dict:

@@ -53,6 +53,34 @@ class SchemaError(ValueError):
     """A run file that is not a valid result; str() is one line naming the file and the field."""
 
 
+def robust_cv(xs) -> float:
+    """0.7413 x IQR / median: the CV a normal distribution with this IQR would have, insensitive
+    to the outlier rounds a shared machine produces (nan below 4 values)."""
+    x = np.asarray(xs, dtype=np.float64)
+    if x.size < 4:
+        return float("nan")
+    q1, q2, q3 = np.percentile(x, [25, 50, 75])
+    return float(0.7413 * (q3 - q1) / q2)
+
+
+def round_stats(data) -> dict:
+    """pytest-benchmark's `stats` record (data included) for a list of round times."""
+    x = np.asarray(data, dtype=np.float64)
+    q1, med, q3 = (float(v) for v in np.percentile(x, [25, 50, 75]))
+    iqr = q3 - q1
+    mean = float(x.mean())
+    sd = float(x.std(ddof=1)) if x.size > 1 else 0.0
+    sd_out = int((np.abs(x - mean) > sd).sum()) if sd else 0
+    iqr_out = int(((x < q1 - 1.5 * iqr) | (x > q3 + 1.5 * iqr)).sum())
+    return {"min": float(x.min()), "max": float(x.max()), "mean": mean, "stddev": sd,
+            "rounds": int(x.size), "median": med, "iqr": iqr, "q1": q1, "q3": q3,
+            "ld15iqr": float(x[x >= q1 - 1.5 * iqr].min()),
+            "hd15iqr": float(x[x <= q3 + 1.5 * iqr].max()),
+            "iqr_outliers": iqr_out, "stddev_outliers": sd_out, "outliers": f"{sd_out};{iqr_out}",
+            "ops": 1.0 / mean, "total": float(x.sum()), "iterations": 1,
+            "data": [float(t) for t in data]}
+
+
 @dataclass
 class Record:
     fullname: str
@@ -114,19 +142,8 @@ class Record:
 
     @property
     def robust_cv(self) -> float:
-        """0.7413 x IQR / median of the rounds: the CV a normal distribution with this IQR would
-        have, insensitive to the outlier rounds a shared machine produces."""
-        xs = sorted(self.data)
-        n = len(xs)
-        if n < 4:
-            return float("nan")
-
-        def q(p: float) -> float:
-            k = (n - 1) * p
-            i = int(k)
-            return xs[i] + (xs[min(i + 1, n - 1)] - xs[i]) * (k - i)
-
-        return 0.7413 * (q(0.75) - q(0.25)) / q(0.5)
+        """robust_cv of the rounds (pooled over processes in a merged run)."""
+        return robust_cv(self.data)
 
     @property
     def shape_name(self) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reports.compare import Rule, compare
-from reports.schema import SCHEMA_VERSION, validate
+from reports.schema import SCHEMA_VERSION, round_stats, validate
 
 FAMILIES = ("moe_experts", "router")
 
@@ -114,13 +114,7 @@ def run(*, names: list[tuple[str, str, int, float]], rng: np.random.Generator, n
             "group": f"{fam} synthetic", "name": fullname.split("::")[1], "fullname": fullname,
             "params": None, "param": fullname.split("[")[1].rstrip("]"), "extra_info": extra,
             "options": {"timer": "perf_counter"},
-            "stats": {"min": min(data), "max": max(data), "mean": float(np.mean(data)),
-                      "stddev": float(np.std(data, ddof=1)), "rounds": len(data),
-                      "median": float(np.median(data)),
-                      "iqr": float(np.subtract(*np.percentile(data, [75, 25]))),
-                      "q1": float(np.percentile(data, 25)), "q3": float(np.percentile(data, 75)),
-                      "ops": 1.0 / float(np.mean(data)), "total": float(np.sum(data)),
-                      "data": data, "iterations": 1},
+            "stats": round_stats(data),
         })
     if acceptance:
         for k in (0, 1, 2, 3):
@@ -147,9 +141,7 @@ def run(*, names: list[tuple[str, str, int, float]], rng: np.random.Generator, n
                 "group": "e2e", "name": fullname.split("::")[1], "fullname": fullname,
                 "params": None, "param": f"synthetic-mtp{k}-B1", "options": {},
                 "extra_info": extra,
-                "stats": {"min": min(data), "max": max(data), "mean": float(np.mean(data)),
-                          "stddev": float(np.std(data, ddof=1)), "rounds": len(data),
-                          "median": float(np.median(data)), "data": data, "iterations": 1},
+                "stats": round_stats(data),
             })
     when = when or _dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc)
     return {"machine_info": mi, "commit_info": {"id": commit, "branch": "main", "dirty": False},
