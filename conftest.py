@@ -3,7 +3,7 @@
 Options:
   --backend GLOB    run only backends whose name matches (repeatable; default: all for --device)
   --device cpu|cuda which implementations under test to run (the reference always runs)
-  --hypothesis-profile dev|ci|nightly|repro   (hypothesis' own option; default from
+  --hypothesis-profile dev|ci|interp|nightly|repro   (hypothesis' own option; default from
                     HYPOTHESIS_PROFILE, else "dev")
 """
 
@@ -22,6 +22,9 @@ _COMMON = dict(deadline=None, print_blob=True,
 settings.register_profile("dev", max_examples=10, **_COMMON)
 settings.register_profile("ci", max_examples=25, derandomize=True, **_COMMON)
 settings.register_profile("nightly", max_examples=300, **_COMMON)
+# nox -s triton_interpret's default: Triton's interpreter runs a program instance in Python
+# (~0.5 s a small MoE call), so fewer derandomized examples than ci.
+settings.register_profile("interp", max_examples=10, derandomize=True, **_COMMON)
 # Replays the failing example saved in .hypothesis/ (or given with @reproduce_failure) only.
 settings.register_profile("repro", max_examples=1, phases=[Phase.explicit, Phase.reuse],
                           verbosity=Verbosity.verbose, **_COMMON)

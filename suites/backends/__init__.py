@@ -13,8 +13,8 @@ from suites.backends import (  # noqa: F401  (registration)
     reference,
     rejection_sampler,
     vllm_cpu,
-    vllm_cuda,
     vllm_layer,
+    vllm_triton,
 )
 from suites.backends.base import (
     REGISTRY,

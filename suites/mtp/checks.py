@@ -31,7 +31,6 @@ from reference.speculative import (
 from suites.stats import (
     FALSE_POSITIVE_RATE,
     POWER,
-    RATE_SHIFT,
     TV_SHIFT,
     StatResult,
     binom_sample_size,
@@ -160,7 +159,9 @@ class Plan:
 
 
 def plan(case: RandomCase, seed: int, budget: float = FALSE_POSITIVE_RATE,
-         power: float = POWER) -> Plan:
+         power: float = POWER, shift: float = TV_SHIFT) -> Plan:
+    """Sample size for power `power` against a TV shift / acceptance shift of `shift` at the
+    false-positive `budget` (Bonferroni over the 2k + 1 comparisons)."""
     k = case.num_spec_tokens
     logits, q = target_and_draft(case.shape, case.vocab_size, k, seed)
     top_p = 1.0
@@ -176,11 +177,11 @@ def plan(case: RandomCase, seed: int, budget: float = FALSE_POSITIVE_RATE,
     needed = []
     n = 1
     for j in range(k + 1):
-        nd = chi2_plan(p[j].numpy(), alpha, power)
+        nd = chi2_plan(p[j].numpy(), alpha, power, tv=shift)
         needed.append(nd)
         n = max(n, int(np.ceil(1.05 * nd / float(reach[j]))))
         if j < k:
-            na = binom_sample_size(float(beta[j]), alpha, power)
+            na = binom_sample_size(float(beta[j]), alpha, power, delta=shift)
             needed.append(na)
             n = max(n, int(np.ceil(1.05 * na / float(reach[j]))))
     return Plan(case, logits, q, params, p, beta, reach, alpha, _capped(n, str(case)), needed)
@@ -199,6 +200,11 @@ def identical_requests_batch(pl: Plan, seed: int) -> SpecBatch:
 
 
 # --------------------------------------------------------------------------- structural check
+
+
+def detect_shift(backend) -> float:
+    """The TV / acceptance shift this backend's statistical checks are sized to detect."""
+    return float(getattr(backend, "detect_shift", TV_SHIFT))
 
 
 def check_structure(batch: SpecBatch, out: torch.Tensor, context: str) -> None:
@@ -261,8 +267,8 @@ def check_greedy_exact(backend, batch: SpecBatch, seed: int, context: str) -> to
 
 
 def position_results(out: torch.Tensor, p: torch.Tensor, beta: torch.Tensor, alpha: float,
-                     label: str, acceptance: bool = True, distribution: bool = True
-                     ) -> list[StatResult]:
+                     label: str, acceptance: bool = True, distribution: bool = True,
+                     shift: float = TV_SHIFT) -> list[StatResult]:
     """Per position j (rows of identical requests with k drafts): the emitted token among rows
     that reached j follows p_j (chi-square); acceptance at j among rows that reached j is
     Binomial(reached, beta_j) (exact binomial)."""
@@ -276,12 +282,13 @@ def position_results(out: torch.Tensor, p: torch.Tensor, beta: torch.Tensor, alp
             counts = torch.bincount(out[reached, j].clamp(0, V - 1), minlength=V)[:V].numpy()
             # tokens outside [0, V) are counted by check_structure; here clamped into range
             results.append(chi2_gof(counts, p[j].numpy(), alpha,
-                                    f"{label}: emitted token at position {j} vs target p_{j}"))
+                                    f"{label}: emitted token at position {j} vs target p_{j}",
+                                    tv=shift))
         if acceptance and j < k:
             results.append(binom_test(int((acc >= j + 1).sum()), int(reached.sum()),
                                       float(beta[j]), alpha,
                                       f"{label}: acceptance at position {j} vs closed form",
-                                      RATE_SHIFT))
+                                      shift))
     return results
 
 
@@ -302,13 +309,14 @@ def check_random_verification(backend, case: RandomCase, seed: int,
     at every position equals sum(min(p, q)) (or sum(p q) when draft probabilities are absent),
     with false-positive rate <= 1e-6 for the whole check and power POWER per comparison
     against a TV shift of TV_SHIFT / an acceptance shift of RATE_SHIFT."""
-    pl = plan(case, seed)
+    shift = detect_shift(backend)
+    pl = plan(case, seed, shift=shift)
     batch = identical_requests_batch(pl, seed)
     context = (f"{backend.name} on {case} seed={seed} N={pl.n_requests} "
-               f"beta={[round(float(b), 4) for b in pl.beta]}")
+               f"beta={[round(float(b), 4) for b in pl.beta]} (sized for shift {shift:g})")
     out = backend.sample(batch, seed)
     check_structure(batch, out, context)
-    results = position_results(out, pl.p, pl.beta, pl.alpha, str(case.name))
+    results = position_results(out, pl.p, pl.beta, pl.alpha, str(case.name), shift=shift)
     raise_on_rejections(results, context)
     return pl, results
 
@@ -346,7 +354,8 @@ def position0_acceptance(backend, case: RandomCase, depths: tuple[int, ...], see
     beta = acceptance_probability(p[:kmax], q.double(), case.draft_probs_known)
     alpha = bonferroni(len(depths))
     beta0 = float(beta[0])
-    n = _capped(binom_sample_size(beta0, alpha), f"position-0 acceptance {case}")
+    shift = detect_shift(backend)
+    n = _capped(binom_sample_size(beta0, alpha, delta=shift), f"position-0 acceptance {case}")
     results = []
     for k in depths:
         pl = Plan(replace(case, num_spec_tokens=k), logits[: k + 1], q[:k], params, p[: k + 1],
@@ -356,7 +365,7 @@ def position0_acceptance(backend, case: RandomCase, depths: tuple[int, ...], see
         check_structure(batch, out, f"{backend.name} {case} k={k}")
         acc = num_accepted(out)
         results.append(binom_test(int((acc >= 1).sum()), n, beta0, alpha,
-                                  f"position-0 acceptance with k={k}"))
+                                  f"position-0 acceptance with k={k}", shift))
     raise_on_rejections(results, f"{backend.name} on {case} seed={seed} depths={depths} "
                                  f"beta_0={beta0:.4f}")
     return results
@@ -429,6 +438,7 @@ def check_mixed_batch(backend, templates: list[RequestTemplate], vocab_size: int
     random_t = [(i, t) for i, t in enumerate(templates) if not t.params.greedy]
     m = sum(2 * t.k + 1 for _, t in random_t)
     alpha = bonferroni(m)
+    shift = detect_shift(backend)
     copies = 1
     expected = {}
     for i, t in random_t:
@@ -438,9 +448,9 @@ def check_mixed_batch(backend, templates: list[RequestTemplate], vocab_size: int
         reach = reach_probabilities(beta)
         expected[i] = (p, beta)
         for j in range(t.k + 1):
-            need = chi2_plan(p[j].numpy(), alpha)
+            need = chi2_plan(p[j].numpy(), alpha, tv=shift)
             if j < t.k:
-                need = max(need, binom_sample_size(float(beta[j]), alpha))
+                need = max(need, binom_sample_size(float(beta[j]), alpha, delta=shift))
             copies = max(copies, int(np.ceil(1.05 * need / float(reach[j]))))
     _capped(copies * len(templates), f"mixed batch {templates}")
     batch, which, _ = mixed_batch(templates, copies, vocab_size, seed, draft_probs_known)
@@ -453,7 +463,7 @@ def check_mixed_batch(backend, templates: list[RequestTemplate], vocab_size: int
         rows = (which == i).nonzero().flatten()
         p, beta = expected[i]
         results += position_results(out[rows][:, : t.k + 1], p, beta, alpha,
-                                    f"template {i} (k={t.k}, {t.params})")
+                                    f"template {i} (k={t.k}, {t.params})", shift=shift)
     raise_on_rejections(results, context)
     return results
 
