@@ -41,6 +41,74 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="nox session named in reproduce commands (set by noxfile.py)")
 
 
+# Set by the nox sessions that installed a vLLM to test (tests, cpu, gpu, bench,
+# triton_interpret; not with VLLM_UNDER_TEST=none): then a vLLM that does not import, or a run
+# in which every implementation under test skipped, is a failure, never a green run.
+EXPECT_VLLM = "SUITE_EXPECT_VLLM"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get(EXPECT_VLLM) != "1":
+        return
+    from suites.backends.base import vllm_unavailable_reason
+
+    reason = vllm_unavailable_reason()
+    if reason is not None:
+        pytest.exit(f"the vLLM this session installed to test is unusable: {reason}", returncode=3)
+
+
+class _UnderTestCounter:
+    """Outcomes of the tests that drive an implementation under test (a non-reference
+    backend parameter)."""
+
+    def __init__(self) -> None:
+        self.ran = 0
+        self.skipped = 0
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not getattr(report, "under_test", False):
+            return
+        if report.when == "call" or (report.when == "setup" and report.skipped):
+            if report.skipped and not hasattr(report, "wasxfail"):
+                self.skipped += 1
+            else:
+                self.ran += 1
+
+
+_COUNTER = _UnderTestCounter()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.pluginmanager.register(_COUNTER, "suite-under-test-counter")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get(EXPECT_VLLM) != "1" or exitstatus not in (0, 5):
+        return
+    if _COUNTER.ran == 0 and (_COUNTER.skipped > 0 or exitstatus == 5):
+        session.exitstatus = 1
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        line = (f"no implementation under test ran: {_COUNTER.skipped} backend test(s) "
+                "skipped, none passed or failed; a run that tested nothing is not a pass")
+        if tr is not None:
+            tr.write_line(line, red=True, bold=True)
+
+
+def _is_under_test(item: pytest.Item) -> bool:
+    cs = getattr(item, "callspec", None)
+    if cs is None:
+        return False
+    from suites.backends import REGISTRY
+
+    for k, v in cs.params.items():
+        if k.endswith("_backend"):
+            try:
+                return not REGISTRY.get(v).is_reference
+            except KeyError:
+                return False
+    return False
+
+
 def backend_params(config: pytest.Config, kind: str) -> list:
     """pytest.param per registered backend of this kind, unavailable ones marked skip with the
     backend's own reason. Imported lazily so tests/ that need no backend never import vLLM."""
@@ -157,6 +225,7 @@ def reproduce_command(item: pytest.Item) -> str:
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    rep.under_test = _is_under_test(item)
     if rep.when == "call" and rep.failed:
         rep.sections.append(("Reproduce", reproduce_command(item)
                              + "\n(derandomized profiles replay the same examples; with 'repro' "
