@@ -262,9 +262,11 @@ REGISTRY.register("vllm.rejection_sampler.cuda", lambda: VllmRejectionSampler(
     description="vllm RejectionSampler.forward (Triton kernels)"))
 REGISTRY.register("vllm.rejection_sampler.interp", lambda: VllmRejectionSampler(
     name="vllm.rejection_sampler.interp", interpreted=True, detect_shift=INTERPRETER_SHIFT,
-    description="vllm RejectionSampler.forward, Triton kernels under Triton's interpreter"))
+    description="vllm RejectionSampler.forward, Triton kernels under Triton's interpreter "
+                "(top-k/top-p by vLLM's PyTorch apply_top_k_top_p_pytorch: its Triton kernel "
+                "does not run interpreted)"))
 REGISTRY.register("vllm.rejection_sample.interp", lambda: VllmRejectionSampler(
     name="vllm.rejection_sample.interp", entry="kernels", interpreted=True,
     detect_shift=INTERPRETER_SHIFT,
     description="vllm rejection_sample with constraints expanded by the adapter, Triton kernels "
-                "under Triton's interpreter"))
+                "under Triton's interpreter (top-k/top-p by vLLM's PyTorch path)"))

@@ -92,14 +92,14 @@ def triton_reason(device: str) -> str | None:
 def interpreter_context():
     """What an interpreted run needs around vLLM's launch code; compiled runs patch nothing.
 
-    - GPU facts that vLLM's launch code sizes itself by: the GPU name that keys tuned MoE tile
-      configs, the SM count of the persistent top-k/top-p grid. There is no GPU, so the answers
-      are EMULATED_GPU's.
+    - The GPU name that vLLM's launch code keys tuned MoE tile configs by: there is no GPU
+      (the platform raises NotImplementedError), so the answer is EMULATED_GPU.
     - vLLM's Triton top-k/top-p kernel (v1/sample/ops/topk_topp_triton.py) cannot run under
       Triton 3.9's interpreter: `tl.range` yields Python ints there and the kernel calls
       `row_id.to(tl.int64)` (valid compiled Triton). apply_top_k_top_p then takes vLLM's own
-      PyTorch implementation (apply_top_k_top_p_pytorch, its path where Triton is absent);
-      TOPK_TOPP_FALLBACK says so in reports. The rejection-sampler kernels stay interpreted."""
+      PyTorch implementation (apply_top_k_top_p_pytorch, its path where Triton is absent); the
+      interpreted sampler backends' descriptions say so. The rejection-sampler kernels
+      (expand, greedy, random, recovered) stay interpreted."""
     stack = contextlib.ExitStack()
     if not interpreted():
         return stack
@@ -119,10 +119,6 @@ def interpreter_context():
 
         stack.enter_context(mock.patch.object(ts, "apply_top_k_top_p_triton", torch_top_k_top_p))
     return stack
-
-
-TOPK_TOPP_FALLBACK = ("top-k/top-p: vLLM's PyTorch apply_top_k_top_p_pytorch (its Triton kernel "
-                      "does not run under Triton 3.9's interpreter: tl.range yields Python ints)")
 
 
 @functools.cache
