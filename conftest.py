@@ -138,7 +138,8 @@ def backend_params(config: pytest.Config, kind: str) -> list:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    for argname, kind in (("experts_backend", "experts"), ("router_backend", "router"),
+    for argname, kind in (("experts_backend", "experts"), ("quant_backend", "quant_experts"),
+                          ("router_backend", "router"),
                           ("block_backend", "moe_block"), ("sampler_backend", "rejection_sampler"),
                           ("engine_backend", "engine")):
         if argname in metafunc.fixturenames:
@@ -147,6 +148,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def experts_backend(request):
+    from suites.backends import REGISTRY
+
+    return REGISTRY.get(request.param)
+
+
+@pytest.fixture
+def quant_backend(request):
     from suites.backends import REGISTRY
 
     return REGISTRY.get(request.param)

@@ -174,18 +174,21 @@ def gpu(session: nox.Session) -> None:
 # tests, and the suites that have interpreted backends.
 TRITON_INTERPRET_PATHS = (
     "tests/test_triton_interpreter.py", "tests/test_cuda_op_standins.py",
-    "tests/test_triton_negative_controls.py", "suites/moe/test_experts.py",
+    "tests/test_triton_negative_controls.py", "tests/test_triton_quant_negative_controls.py",
+    "suites/moe/test_experts.py", "suites/moe/test_quant_experts.py",
     "suites/moe/test_router.py", "suites/moe/test_triton_tiles.py", "suites/mtp",
 )
 
 
 # The part of it that nox -s tests (CI) runs: guards, canaries, stand-ins, planted bugs, the
-# oracle and EP properties, every tuned tile config family, routers, and the deterministic
-# sampler checks (the statistical laws take minutes under the interpreter: full session only).
+# oracle and EP properties (unquantized and quantized), every tuned tile config family, routers,
+# and the deterministic sampler checks (the statistical laws take minutes under the
+# interpreter: full session only).
 TRITON_INTERPRET_CI = (
     "tests/test_triton_interpreter.py", "tests/test_cuda_op_standins.py",
-    "tests/test_triton_negative_controls.py",
+    "tests/test_triton_negative_controls.py", "tests/test_triton_quant_negative_controls.py",
     "suites/moe/test_experts.py::test_matches_oracle", "suites/moe/test_experts.py::test_ep_sharding",
+    "suites/moe/test_quant_experts.py::test_matches_oracle",
     "suites/moe/test_triton_tiles.py", "suites/moe/test_router.py",
     "suites/mtp/test_rejection_greedy.py",
     "suites/mtp/test_rejection_random.py::test_target_processing",

@@ -15,6 +15,7 @@ out[t] = sum_k topk_weights[t, k] * (act(x[t] @ w13[e].T + b13[e]) @ w2[e].T + b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -58,12 +59,18 @@ def expert_mlp(
     activation: Activation = "silu",
     b13: torch.Tensor | None = None,  # [2I]
     b2: torch.Tensor | None = None,  # [H]
+    quantize_intermediate: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:  # [n, H] float64
-    """One expert (or a shared expert) on the rows routed to it, in float64."""
+    """One expert (or a shared expert) on the rows routed to it, in float64. A quantized
+    checkpoint's kernel quantizes the activated intermediate [n, I] before the second GEMM:
+    `quantize_intermediate` is that step (reference/quant.py), row by row."""
     gate_up = x.double() @ w13.double().T  # [n, 2I]
     if b13 is not None:
         gate_up = gate_up + b13.double()
-    y = ACTIVATIONS[activation](gate_up) @ w2.double().T  # [n, H]
+    h = ACTIVATIONS[activation](gate_up)  # [n, I]
+    if quantize_intermediate is not None:
+        h = quantize_intermediate(h)
+    y = h @ w2.double().T  # [n, H]
     if b2 is not None:
         y = y + b2.double()
     return y
@@ -79,6 +86,7 @@ def fused_experts(
     w13_bias: torch.Tensor | None = None,  # [E_local, 2I]
     w2_bias: torch.Tensor | None = None,  # [E_local, H]
     expert_map: torch.Tensor | None = None,  # [E_global] -> local id or -1
+    quantize_intermediate: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:  # [T, H] float64
     """The routed experts, grouping tokens by expert so that only routed experts are upcast."""
     T, H = hidden_states.shape
@@ -106,6 +114,7 @@ def fused_experts(
             x[rows], w13[e], w2[e], activation,
             None if w13_bias is None else w13_bias[e],
             None if w2_bias is None else w2_bias[e],
+            quantize_intermediate,
         )  # [n, H]
         out.index_add_(0, rows, y * weights[start : start + n, None])
         start += n

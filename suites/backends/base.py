@@ -6,6 +6,9 @@ Kinds and their one signature each:
                      run(handle, x, topk_weights, topk_ids, out=None, expert_map=None) -> out [T, H]
   router             route(logits [T, E], cfg: RouterConfig, e_score_correction_bias) ->
                      (topk_weights [T, K] float32, topk_ids [T, K] int32)
+  quant_experts      prepare(w13: QuantizedWeight, w2: QuantizedWeight) -> handle (reference/quant.py:
+                     codes unpacked in the scheme's canonical layout; the backend packs them)
+                     run(handle, x, topk_weights, topk_ids, out=None, expert_map=None) -> out [T, H]
   rejection_sampler  see suites/backends/rejection_sampler.py
   engine             see suites/backends/engine.py
 """
@@ -30,7 +33,7 @@ class UnsupportedShape(ValueError):
 @dataclass
 class Backend:
     name: str
-    kind: str  # "experts" | "router" | "moe_block" | "rejection_sampler" | "engine"
+    kind: str  # "experts" | "quant_experts" | "router" | "moe_block" | "rejection_sampler" | "engine"
     device: str = "cpu"  # "cpu" | "cuda"
     description: str = ""
     is_reference: bool = False
@@ -86,6 +89,32 @@ class ExpertsBackend(Backend, abc.ABC):
                  w2_bias=None, out=None, expert_map=None) -> torch.Tensor:
         handle = self.prepare(w13, w2, w13_bias, w2_bias, activation)
         return self.run(handle, x, topk_weights, topk_ids, out=out, expert_map=expert_map)
+
+
+@dataclass
+class QuantExpertsBackend(Backend, abc.ABC):
+    """Routed experts of a quantized checkpoint: weights arrive quantized (reference.quant's
+    QuantizedWeight, one scheme per backend); activations arrive in the model dtype and are
+    quantized by the implementation itself (dynamically, where the scheme says so)."""
+
+    kind: str = "quant_experts"
+    scheme_kind: str = ""  # "fp8_block" | "int8_channel" | "int_weight_only"
+    dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.float32)
+    supports_expert_map: bool = True
+    draw_limits: dict = field(default_factory=dict)
+
+    def check(self, *, dtype: torch.dtype) -> None:
+        if dtype not in self.dtypes:
+            raise UnsupportedShape(f"{self.name}: dtype {dtype} not in {self.dtypes}")
+
+    @abc.abstractmethod
+    def prepare(self, w13, w2) -> Any:
+        """Pack the quantized weights and scales the way the kernel reads them."""
+
+    @abc.abstractmethod
+    def run(self, handle: Any, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+            out: torch.Tensor | None = None, expert_map: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the experts (silu gate-then-up); writes into `out` when given."""
 
 
 @dataclass

@@ -8,8 +8,15 @@ import torch
 
 from reference.experts import fused_experts
 from reference.moe import moe_block
+from reference.quant import quantized_fused_experts
 from reference.routing import route
-from suites.backends.base import REGISTRY, ExpertsBackend, MoEBlockBackend, RouterBackend
+from suites.backends.base import (
+    REGISTRY,
+    ExpertsBackend,
+    MoEBlockBackend,
+    QuantExpertsBackend,
+    RouterBackend,
+)
 
 
 @dataclass
@@ -42,6 +49,27 @@ REGISTRY.register("reference.experts", lambda: ReferenceExperts(
     name="reference.experts", description="fp64 oracle (reference/experts.py)", is_reference=True))
 REGISTRY.register("reference.router", lambda: ReferenceRouter(
     name="reference.router", description="fp64 oracle (reference/routing.py)", is_reference=True))
+
+
+@dataclass
+class ReferenceQuantExperts(QuantExpertsBackend):
+    dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
+    def prepare(self, w13, w2):
+        return (w13, w2)
+
+    def run(self, handle, x, topk_weights, topk_ids, out=None, expert_map=None):
+        y = quantized_fused_experts(x, *handle, topk_weights, topk_ids, expert_map=expert_map)
+        if out is None:
+            return y.to(x.dtype)
+        out.copy_(y)
+        return out
+
+
+for _kind in ("fp8_block", "int8_channel", "int_weight_only"):
+    REGISTRY.register(f"reference.quant_experts.{_kind}", lambda k=_kind: ReferenceQuantExperts(
+        name=f"reference.quant_experts.{k}", scheme_kind=k, is_reference=True,
+        description="fp64 dequantizing oracle (reference/quant.py)"))
 
 
 @dataclass

@@ -40,6 +40,7 @@ import torch
 from suites.backends.base import (
     REGISTRY,
     ExpertsBackend,
+    QuantExpertsBackend,
     RouterBackend,
     UnsupportedShape,
     vllm_build_reason,
@@ -51,6 +52,7 @@ INTERPRETER_BF16 = ("Triton's interpreter (3.9) computes bf16 on raw uint16 bit 
 # vLLM looks for tuned tile configs by GPU name; an interpreted run takes the choice vLLM would
 # make on this GPU (a tuned file when one exists for the shape, else get_default_config).
 EMULATED_GPU = "NVIDIA_H200"
+EMULATED_CAPABILITY = 90  # H200: compute capability 9.0
 # The interpreter runs each program instance in Python (~0.1-0.5 s a small MoE call here):
 # drawn problems stay within these bounds (tile tails, several M blocks and experts included).
 INTERPRETER_LIMITS = dict(max_tokens=40, max_experts=16, max_dim_units=4)
@@ -89,11 +91,57 @@ def triton_reason(device: str) -> str | None:
     return None
 
 
+def _torch_dtypes() -> dict:
+    import triton.language as tl
+
+    return {tl.float32: torch.float32, tl.float16: torch.float16, tl.bfloat16: torch.bfloat16,
+            tl.float8e4nv: torch.float8_e4m3fn, tl.float8e5: torch.float8_e5m2,
+            tl.float8e4b8: torch.float8_e4m3fnuz, tl.float8e5b16: torch.float8_e5m2fnuz}
+
+
+def rounding_float_conversion(original):
+    """Triton 3.9's interpreter converts floats down (fp32 -> fp8 / bf16 / fp16) with its own
+    bit manipulation (`triton.runtime.interpreter._convert_float`), which is wrong in two ways
+    (measured; tests/test_triton_interpreter.py keeps strict canaries):
+    - a mantissa that rounds up past its binade is OR-ed into the exponent field instead of
+      carried: fp32 126.58 -> e4m3 64 instead of 128 (any value just below a power of two
+      whose exponent field is odd comes out halved);
+    - ties round up instead of to even, and the fp32 -> bf16 cast truncates.
+    Compiled Triton rounds to nearest even (what the GPU's cvt.rn does). This replacement makes
+    the interpreter do the same, through torch's casts, for the round-to-nearest (and exact
+    up-) conversions between the float types torch has; anything else keeps the original."""
+    import numpy as np
+    from triton._C.libtriton import ir
+
+    types = _torch_dtypes()
+
+    def convert(input, input_dtype, output_dtype, rounding_mode):
+        src, dst = types.get(input_dtype), types.get(output_dtype)
+        if src is None or dst is None or rounding_mode not in (None, ir.ROUNDING_MODE.RTNE):
+            return original(input, input_dtype, output_dtype, rounding_mode)
+        bits_in, bits_out = input_dtype.primitive_bitwidth, output_dtype.primitive_bitwidth
+        raw = np.frombuffer(np.ascontiguousarray(input).tobytes(), dtype=f"int{bits_in}")
+        t = torch.from_numpy(raw.copy()).view(src).to(dst)
+        out = t.view(getattr(torch, f"int{bits_out}")).numpy().view(f"uint{bits_out}")
+        return out.reshape(np.shape(input))
+
+    return convert
+
+
 def interpreter_context():
     """What an interpreted run needs around vLLM's launch code; compiled runs patch nothing.
 
     - The GPU name that vLLM's launch code keys tuned MoE tile configs by: there is no GPU
       (the platform raises NotImplementedError), so the answer is EMULATED_GPU.
+    - Float down-conversions (fp32 -> fp8 in the activation quantizers, -> fp16 at the store):
+      rounded to nearest even as compiled Triton does (rounding_float_conversion: the
+      interpreter's own conversion halves values that round up across a power of two).
+    - vLLM's `round_int8` (int8 activation quantization) calls CUDA's libdevice `round`, which
+      the interpreter cannot run: a Triton stand-in with libdevice's semantics (round half away
+      from zero), named as such (_round_int8_standin).
+    - Whether the fp8 launch swaps A and B (`enable_swap_ab`: Hopper, compute capability 9.0,
+      small M tiles): answered as on EMULATED_GPU, so the interpreter runs the kernel branch
+      (SWAP_AB) that an H200 runs at decode batch sizes.
     - vLLM's Triton top-k/top-p kernel (v1/sample/ops/topk_topp_triton.py) cannot run under
       Triton 3.9's interpreter: `tl.range` yields Python ints there and the kernel calls
       `row_id.to(tl.int64)` (valid compiled Triton). apply_top_k_top_p then takes vLLM's own
@@ -105,10 +153,29 @@ def interpreter_context():
         return stack
     from unittest import mock
 
+    import triton.runtime.interpreter as ti
     import vllm.model_executor.layers.fused_moe.fused_moe as fm
+
+    stack.enter_context(mock.patch.object(ti, "_convert_float",
+                                          rounding_float_conversion(ti._convert_float)))
+    try:
+        import vllm.model_executor.layers.quantization.utils.int8_utils as iu
+    except ImportError:
+        iu = None
+    if iu is not None and hasattr(iu, "round_int8"):
+        stack.enter_context(mock.patch.object(iu, "round_int8", _round_int8_standin()))
 
     stack.enter_context(mock.patch.object(fm, "get_device_name_as_file_name",
                                           lambda: EMULATED_GPU))
+    if hasattr(fm, "enable_swap_ab"):
+        import vllm.model_executor.layers.fused_moe.utils as mu
+
+        def swap_ab_on_emulated_gpu(block_m, block_n, _orig=mu.enable_swap_ab):
+            with mock.patch.object(mu.current_platform, "is_device_capability",
+                                   lambda cap: cap == EMULATED_CAPABILITY):
+                return _orig(block_m, block_n)
+
+        stack.enter_context(mock.patch.object(fm, "enable_swap_ab", swap_ab_on_emulated_gpu))
     try:
         import vllm.v1.sample.ops.topk_topp_sampler as ts
     except ImportError:
@@ -119,6 +186,12 @@ def interpreter_context():
 
         stack.enter_context(mock.patch.object(ts, "apply_top_k_top_p_triton", torch_top_k_top_p))
     return stack
+
+
+def _round_int8_standin():
+    from suites.backends.triton_standins import round_int8
+
+    return round_int8
 
 
 @functools.cache
@@ -210,6 +283,106 @@ class TritonFusedExperts(ExpertsBackend):
         return out
 
 
+def pack_uint4(codes: torch.Tensor, dim: int) -> torch.Tensor:
+    """Two uint4 codes a byte along `dim` (even index in the low nibble), the layout vLLM's
+    fused_moe_kernel_gptq_awq unpacks with `(b >> (k % 2) * 4) & 0xF`."""
+    c = codes.to(torch.uint8).movedim(dim, -1)
+    if c.shape[-1] % 2:
+        raise UnsupportedShape(f"uint4 packing needs an even size along dim {dim}, got {c.shape[-1]}")
+    packed = c[..., 0::2] | (c[..., 1::2] << 4)
+    return packed.movedim(-1, dim).contiguous()
+
+
+@dataclass
+class TritonQuantExperts(QuantExpertsBackend):
+    """vLLM's quantized Triton MoE path: `fused_experts` with a FusedMoEQuantConfig made by
+    vLLM's own helpers (fp8_w8a8_moe_quant_config, int8_w8a8_moe_quant_config,
+    int4_w4a16_moe_quant_config / int8_w8a16_moe_quant_config); vLLM quantizes the activations
+    itself (per_token_group_quant_fp8 / per_token_quant_int8, Triton kernels) and launches
+    fused_moe_kernel (w8a8) or fused_moe_kernel_gptq_awq (weight-only int4/int8).
+
+    The adapter's own work is the checkpoint layout the kernels read: fp8 codes and block
+    scales [E, N/bn, K/bk] as stored; int8 per-channel scales as [E, N, 1]; weight-only codes
+    as uint8 [E, N, K] (int8) or packed two a byte along K [E, N, K/2] (int4), scales
+    [E, N, K/g], zero points [E, N, K/g] (int8) or packed along N [E, N/2, K/g] (int4)."""
+
+    device: str = "cuda"
+
+    def unavailable_reason(self):
+        return triton_reason(self.device)
+
+    def check(self, *, dtype):
+        if self.device == "cpu" and dtype == torch.bfloat16:
+            raise UnsupportedShape(f"{self.name}: {INTERPRETER_BF16}")
+        super().check(dtype=dtype)
+
+    def prepare(self, w13, w2):
+        s = w13.scheme
+        dev = self.device
+
+        def put(t):
+            return None if t is None else t.to(dev).contiguous()
+
+        if s.weight == "float8_e4m3fn":
+            from vllm.platforms import current_platform
+
+            if current_platform.fp8_dtype() != torch.float8_e4m3fn:
+                raise UnsupportedShape(f"{self.name}: this platform's fp8 is "
+                                       f"{current_platform.fp8_dtype()}, the checkpoint e4m3fn")
+            return dict(scheme=s, w13=put(w13.q), w2=put(w2.q),
+                        w13_scale=put(w13.scale), w2_scale=put(w2.scale), E=w13.shape[0])
+        if s.weight == "int8":
+            return dict(scheme=s, w13=put(w13.q), w2=put(w2.q), w13_scale=put(w13.scale[..., None]),
+                        w2_scale=put(w2.scale[..., None]), E=w13.shape[0])
+        if s.weight == "uint4":
+            def zero(w):
+                return None if w.zero is None else put(pack_uint4(w.zero, 1))
+
+            return dict(scheme=s, w13=put(pack_uint4(w13.q, 2)), w2=put(pack_uint4(w2.q, 2)),
+                        w13_scale=put(w13.scale), w2_scale=put(w2.scale),
+                        w13_zero=zero(w13), w2_zero=zero(w2), E=w13.shape[0])
+        return dict(scheme=s, w13=put(w13.q), w2=put(w2.q), w13_scale=put(w13.scale),
+                    w2_scale=put(w2.scale), w13_zero=put(w13.zero), w2_zero=put(w2.zero),
+                    E=w13.shape[0])
+
+    @staticmethod
+    def quant_config(h):
+        from vllm.model_executor.layers.fused_moe import config as C
+
+        s = h["scheme"]
+        if s.weight == "float8_e4m3fn":
+            return C.fp8_w8a8_moe_quant_config(h["w13_scale"], h["w2_scale"],
+                                               block_shape=list(s.weight_block))
+        if s.weight == "int8":
+            return C.int8_w8a8_moe_quant_config(h["w13_scale"], h["w2_scale"], None, None,
+                                                per_act_token_quant=True)
+        make = C.int4_w4a16_moe_quant_config if s.weight == "uint4" else C.int8_w8a16_moe_quant_config
+        return make(h["w13_scale"], h["w2_scale"], h["w13_zero"], h["w2_zero"],
+                    block_shape=[0, s.group_size])
+
+    def run(self, handle, x, topk_weights, topk_ids, out=None, expert_map=None):
+        from vllm.model_executor.layers.fused_moe.fused_moe import fused_experts
+
+        self.check(dtype=x.dtype)
+        dev = self.device
+        n_global = handle["E"] if expert_map is None else expert_map.numel()
+        with interpreter_context():
+            y = fused_experts(
+                x.to(dev).contiguous(), handle["w13"], handle["w2"],
+                topk_weights.to(dev, torch.float32).contiguous(),
+                topk_ids.to(dev, torch.int32).contiguous(),
+                global_num_experts=n_global,
+                expert_map=None if expert_map is None else expert_map.to(dev, torch.int32),
+                quant_config=self.quant_config(handle),
+            )
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        if out is None:
+            return y
+        out.copy_(y)
+        return out
+
+
 @dataclass
 class TritonRouter(RouterBackend):
     device: str = "cuda"
@@ -258,8 +431,25 @@ class TritonRouter(RouterBackend):
         return w.float(), ids.int()
 
 
+# Interpreted quantized problems: dims are multiples of the quantization block (fp8 block k,
+# weight-only group), so the bounds are in those units.
+QUANT_INTERPRETER_LIMITS = dict(max_tokens=40, max_experts=16, max_blocks=2)
+QUANT_KERNELS = {
+    "fp8_block": "fused_moe_kernel, fp8 w8a8 with block scales",
+    "int8_channel": "fused_moe_kernel, int8 w8a8 per channel / per token",
+    "int_weight_only": "fused_moe_kernel_gptq_awq, int4/int8 weight-only groups",
+}
+
 for _suffix, _device, _how in (("", "cuda", "compiled on CUDA"),
                                (".interp", "cpu", "Triton interpreter on CPU tensors")):
+    for _kind, _kernel in QUANT_KERNELS.items():
+        REGISTRY.register(f"triton.quant_experts.{_kind}{_suffix}", functools.partial(
+            TritonQuantExperts, name=f"triton.quant_experts.{_kind}{_suffix}", device=_device,
+            scheme_kind=_kind,
+            dtypes=(torch.float16, torch.float32) if _device == "cpu" else
+            (torch.bfloat16, torch.float16, torch.float32),
+            draw_limits=QUANT_INTERPRETER_LIMITS if _device == "cpu" else {},
+            description=f"vllm fused_experts + quant config, Triton {_kernel} ({_how})"))
     REGISTRY.register(f"triton.fused_experts{_suffix}", functools.partial(
         TritonFusedExperts, name=f"triton.fused_experts{_suffix}", device=_device,
         draw_limits=INTERPRETER_LIMITS if _device == "cpu" else {},

@@ -1,0 +1,282 @@
+"""Quantized MoE weights and activations: the formats, their quantizers, and exact dequantization.
+
+Written from the formats' definitions, not from vLLM's code:
+
+  float8_e4m3fn  OCP 8-bit floating point E4M3, "fn" = finite (no infinities; NaN is S.1111.111):
+                 1 sign bit, 4 exponent bits (bias 7), 3 mantissa bits.
+                 normals     2^(e - 7) * (1 + m / 8),  e = 1..15 (e = 15, m = 7 is NaN)
+                 subnormals  2^-6 * m / 8,              e = 0
+                 largest 448, smallest normal 2^-6, smallest subnormal 2^-9.
+                 Rounding: to nearest, ties to even. A saturating quantizer clamps to +-448 first.
+  int8           two's complement [-128, 127]; symmetric quantizers use [-127, 127].
+  uint4 / uint8  GPTQ/AWQ codes [0, 2^b - 1] with a zero point z: w = (q - z) * s. Without
+                 stored zero points the zero point is the middle code, 2^(b-1) (8 / 128).
+
+Scale layouts (what a scale is shared by), with one dequantization formula each:
+  block [bn, bk]   fp8 weights of DeepSeek-V3 / Qwen3.5-FP8: scale[e, n // bn, k // bk]
+                   (the checkpoints' `weight_scale_inv`), w = q * scale
+  per-channel      int8 w8a8 weights: scale[e, n], w = q * scale
+  group g along K  GPTQ/AWQ weight-only int4/int8: scale[e, n, k // g], zero[e, n, k // g]
+  per-token-group  dynamic fp8 activations: one scale per token per bk consecutive channels
+  per-token        dynamic int8 activations: one scale per token
+
+Dynamic activation quantization is modelled the way the kernels do it, in float32, so that the
+oracle's codes are the kernel's codes given the same input:
+  fp8, per token group (vLLM `per_token_group_quant_fp8`): s = max(amax, eps) * (1 / 448),
+      q = e4m3(clamp(x / s, -448, 448))
+  int8, per token (vLLM `per_token_quant_int8`): s = amax / 127, q = round(x * (127 / amax))
+      (round half away from zero)
+Everything after the codes (dequantization, the expert GEMMs, the weighted sum) is float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from reference.experts import Activation, fused_experts
+
+E4M3_MAX = 448.0
+E4M3_MIN_NORMAL_EXP = -6  # smallest normal 2^-6
+E4M3_MANTISSA_BITS = 3
+ACT_EPS = 1e-10  # lower bound on a dynamic activation scale's amax (vLLM's eps)
+
+
+# --------------------------------------------------------------------------- element formats
+
+
+def round_e4m3fn(x: torch.Tensor) -> torch.Tensor:  # any shape, float64 values on the e4m3 grid
+    """Round to the nearest float8_e4m3fn value, ties to even; |x| > 448 after rounding -> NaN
+    (the format has no infinity: saturate before calling when that is the contract)."""
+    x = x.double()
+    a = x.abs()
+    # exponent of the binade, subnormals share the smallest normal binade's spacing
+    e = torch.floor(torch.log2(torch.where(a > 0, a, torch.ones_like(a))))
+    e = e.clamp(min=E4M3_MIN_NORMAL_EXP)
+    quantum = torch.exp2(e - E4M3_MANTISSA_BITS)  # spacing of the grid in that binade
+    r = torch.round(a / quantum) * quantum  # torch.round: half to even
+    r = torch.where(r > E4M3_MAX, torch.full_like(r, float("nan")), r)
+    r = torch.where(torch.isnan(x), x, r)
+    return torch.copysign(r, x)
+
+
+def round_half_away(x: torch.Tensor) -> torch.Tensor:
+    """Round to the nearest integer, halves away from zero (C `round`, CUDA libdevice round)."""
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+# --------------------------------------------------------------------------- schemes
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """One quantized-MoE recipe: weight format and scale layout, activation quantization.
+
+    weight          "float8_e4m3fn" | "int8" | "uint8" | "uint4"
+    weight_block    [bn, bk] block scales (fp8 block); None with group_size 0: per channel
+    group_size      g > 0: one scale (and zero point) per g weights along K (GPTQ/AWQ)
+    zero_point      stored zero points (asymmetric codes); else the middle code
+    activation      "float8_e4m3fn" (dynamic, per token group of bk) | "int8" (dynamic, per
+                    token) | None (activations stay in the model dtype: w4a16, w8a16)
+    """
+
+    name: str
+    weight: str
+    weight_block: tuple[int, int] | None = None
+    group_size: int = 0
+    zero_point: bool = False
+    activation: str | None = None
+
+    @property
+    def bits(self) -> int:
+        return 4 if self.weight == "uint4" else 8
+
+    def describe(self) -> str:
+        parts = [self.weight]
+        if self.weight_block:
+            parts.append(f"block {list(self.weight_block)}")
+        elif self.group_size:
+            parts.append(f"group {self.group_size}" + (" + zero points" if self.zero_point else ""))
+        else:
+            parts.append("per channel")
+        parts.append(f"activations {self.activation or 'unquantized'}")
+        return f"{self.name} ({', '.join(parts)})"
+
+
+def fp8_block(bn: int = 128, bk: int = 128) -> QuantScheme:
+    """DeepSeek-V3 / Qwen3.5-397B-A17B-FP8: e4m3 weights, [128, 128] block scales, activations
+    e4m3 with a dynamic scale per token per 128 channels."""
+    return QuantScheme(f"fp8_w8a8_block{bn}x{bk}", "float8_e4m3fn", weight_block=(bn, bk),
+                       activation="float8_e4m3fn")
+
+
+INT8_W8A8_CHANNEL = QuantScheme("int8_w8a8_channel", "int8", activation="int8")
+
+
+def int_weight_only(bits: int, group_size: int, zero_point: bool) -> QuantScheme:
+    """GPTQ/AWQ-style weight-only int4 / int8 with a scale (and zero point) per group along K."""
+    w = "uint4" if bits == 4 else "uint8"
+    zp = "_zp" if zero_point else ""
+    return QuantScheme(f"int{bits}_w{bits}a16_g{group_size}{zp}", w, group_size=group_size,
+                       zero_point=zero_point)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+@dataclass
+class QuantizedWeight:
+    """One stacked expert weight [E, N, K] (N output rows, K input columns) in a scheme's
+    canonical layout: codes unpacked, one element per weight.
+
+    q      [E, N, K]  torch.float8_e4m3fn | torch.int8 | torch.uint8 (uint4 codes 0..15 too)
+    scale  [E, ceil(N/bn), ceil(K/bk)] (block) | [E, N] (per channel) | [E, N, K/g] (group), fp32
+    zero   [E, N, K/g] uint8 codes, or None
+    """
+
+    scheme: QuantScheme
+    q: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor | None = None
+    shape: tuple[int, int, int] = field(init=False)
+
+    def __post_init__(self):
+        self.shape = tuple(self.q.shape)
+
+    def dequantize(self) -> torch.Tensor:  # [E, N, K] float64
+        s = self.scheme
+        E, N, K = self.shape
+        q = self.q.double()
+        if s.weight_block is not None:
+            bn, bk = s.weight_block
+            scale = self.scale.double().repeat_interleave(bn, 1)[:, :N].repeat_interleave(bk, 2)[:, :, :K]
+            return q * scale
+        if s.group_size == 0:  # per output channel
+            return q * self.scale.double()[:, :, None]
+        g = s.group_size
+        scale = self.scale.double().repeat_interleave(g, 2)[:, :, :K]
+        if self.zero is not None:
+            zero = self.zero.double().repeat_interleave(g, 2)[:, :, :K]
+        else:
+            zero = float(2 ** (s.bits - 1))
+        return (q - zero) * scale
+
+
+def quantize_weight(w: torch.Tensor, scheme: QuantScheme) -> QuantizedWeight:
+    """Quantize a float weight [E, N, K] as a checkpoint would (round to nearest, scales from
+    each block's / row's / group's range, stored in float32)."""
+    E, N, K = w.shape
+    w = w.double()
+    if scheme.weight == "float8_e4m3fn":
+        bn, bk = scheme.weight_block
+        nb, kb = math.ceil(N / bn), math.ceil(K / bk)
+        padded = torch.zeros(E, nb * bn, kb * bk, dtype=torch.float64)
+        padded[:, :N, :K] = w
+        amax = padded.abs().view(E, nb, bn, kb, bk).amax(dim=(2, 4))  # [E, nb, kb]
+        scale = (torch.clamp(amax, min=1e-12) / E4M3_MAX).float()
+        full = scale.double().repeat_interleave(bn, 1)[:, :N].repeat_interleave(bk, 2)[:, :, :K]
+        q = round_e4m3fn((w / full).clamp(-E4M3_MAX, E4M3_MAX))
+        return QuantizedWeight(scheme, q.to(torch.float8_e4m3fn), scale)
+    if scheme.weight == "int8":  # symmetric per channel
+        amax = w.abs().amax(dim=2)  # [E, N]
+        scale = (torch.clamp(amax, min=1e-12) / 127.0).float()
+        q = torch.round(w / scale.double()[:, :, None]).clamp(-127, 127)
+        return QuantizedWeight(scheme, q.to(torch.int8), scale)
+    g = scheme.group_size
+    if K % g:
+        raise ValueError(f"group size {g} must divide K={K}")
+    top = 2 ** scheme.bits - 1
+    groups = w.view(E, N, K // g, g)
+    if scheme.zero_point:  # asymmetric: [min, max] onto [0, top]
+        lo, hi = groups.amin(-1).clamp(max=0), groups.amax(-1).clamp(min=0)
+        scale = (torch.clamp(hi - lo, min=1e-12) / top).float()
+        zero = torch.round(-lo / scale.double()).clamp(0, top)
+    else:  # symmetric around the middle code
+        scale = (torch.clamp(groups.abs().amax(-1), min=1e-12) / (2 ** (scheme.bits - 1) - 1)).float()
+        zero = torch.full_like(scale, 2 ** (scheme.bits - 1), dtype=torch.float64)
+    q = torch.round(groups / scale.double()[..., None] + zero[..., None]).clamp(0, top)
+    return QuantizedWeight(scheme, q.view(E, N, K).to(torch.uint8), scale,
+                           zero.to(torch.uint8) if scheme.zero_point else None)
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def quantize_activation(x: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic activation quantization of x [T, C]: (codes as float64 [T, C], scales float32
+    [T, C // bk] (fp8 per token group) or [T, 1] (int8 per token)). Computed in float32 like
+    the kernels."""
+    x32 = x.float()
+    T, C = x32.shape
+    if scheme.activation == "float8_e4m3fn":
+        bk = scheme.weight_block[1]
+        if C % bk:
+            raise ValueError(f"per-token-group quantization needs {C} channels divisible by {bk}")
+        groups = x32.view(T, C // bk, bk)
+        amax = groups.abs().amax(-1).clamp(min=ACT_EPS)  # [T, C/bk] fp32
+        scale = amax * torch.tensor(1.0 / E4M3_MAX, dtype=torch.float32)
+        ratio = (groups / scale[..., None]).clamp(-E4M3_MAX, E4M3_MAX)  # fp32 division
+        return round_e4m3fn(ratio).view(T, C), scale
+    if scheme.activation == "int8":
+        amax = x32.abs().amax(-1, keepdim=True).clamp(min=ACT_EPS)  # [T, 1]
+        scale = amax / 127
+        q = round_half_away(x32 * (127 / amax)).clamp(-128, 127)
+        return q.double(), scale
+    raise ValueError(f"{scheme.name}: activations are not quantized")
+
+
+def dequantize_activation(q: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
+    T, C = q.shape
+    per = C // scale.shape[1]
+    return q.double() * scale.double().repeat_interleave(per, 1)
+
+
+def fake_quantize_activation(x: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:  # [T, C] fp64
+    """x as the kernel sees it after quantization: dequantize(quantize(x))."""
+    if scheme.activation is None:
+        return x.double()
+    return dequantize_activation(*quantize_activation(x, scheme), scheme)
+
+
+# --------------------------------------------------------------------------- experts
+
+
+def quantized_fused_experts(
+    hidden_states: torch.Tensor,  # [T, H]
+    w13: QuantizedWeight,  # [E_local, 2I, H]
+    w2: QuantizedWeight,  # [E_local, H, I]
+    topk_weights: torch.Tensor,  # [T, K]
+    topk_ids: torch.Tensor,  # [T, K] global ids
+    activation: Activation = "silu",
+    expert_map: torch.Tensor | None = None,  # [E_global] -> local id or -1
+    activation_dtype: torch.dtype | None = None,
+) -> torch.Tensor:  # [T, H] float64
+    """The routed experts of a quantized checkpoint: each GEMM's input quantized as the scheme
+    says (activations), its weight dequantized exactly, the arithmetic in float64.
+
+    activation_dtype: the dtype the model holds activations in between the GEMMs (the
+    checkpoint's compute dtype). A dynamic quantizer sees the intermediate in that dtype, so
+    the oracle rounds it there before quantizing; with float64 intermediates a code would flip
+    wherever the model dtype's rounding crosses a quantization boundary (one e4m3 step is 2^-3
+    of the value), an error of the oracle's, not of the kernel. None: no rounding."""
+    scheme = w13.scheme
+
+    def act_quant(a: torch.Tensor) -> torch.Tensor:
+        if activation_dtype is not None:
+            a = a.to(activation_dtype)
+        return fake_quantize_activation(a, scheme)
+
+    return fused_experts(act_quant(hidden_states), w13.dequantize(), w2.dequantize(), topk_weights,
+                         topk_ids, activation, expert_map=expert_map,
+                         quantize_intermediate=act_quant if scheme.activation else None)
+
+
+def scale_unit(scheme: QuantScheme, N: int, K: int) -> tuple[int, int]:
+    """The [rows, columns] of weights that share one scale under `scheme`."""
+    if scheme.weight_block is not None:
+        return scheme.weight_block
+    if scheme.group_size == 0:
+        return (1, K)
+    return (1, scheme.group_size)

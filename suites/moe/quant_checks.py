@@ -1,0 +1,117 @@
+"""Quantized-experts properties as plain functions: (backend, problem) -> figures, AssertionError
+with the whole story on failure (the same contract as suites/moe/checks.py).
+
+The oracle is reference.quant.quantized_fused_experts: the checkpoint's codes dequantized
+exactly, activations quantized the way the scheme says, float64 arithmetic. Tolerances are
+per scheme kind and dtype (suites/tolerances.py QUANT_TOLERANCES, with their derivation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from fixtures.strategies import QuantExpertsProblem, quant_experts_problems
+from reference.quant import quantized_fused_experts
+from suites.backends.base import QuantExpertsBackend
+from suites.compare import Closeness, closeness
+from suites.moe.checks import DTYPE_NAMES, _assert_self_close, expert_maps
+from suites.tolerances import quant_tolerance
+
+
+def problems_for(b: QuantExpertsBackend, **kw):
+    """Problems of backend b's scheme kind in its dtypes, within its draw_limits."""
+    names = tuple(DTYPE_NAMES[str(d)] for d in b.dtypes if str(d) in DTYPE_NAMES)
+    limits = {k: min(v, kw[k]) if k in kw else v for k, v in b.draw_limits.items()}
+    return quant_experts_problems(b.scheme_kind, dtypes=names, **{**kw, **limits})
+
+
+def _ctx(backend, p: QuantExpertsProblem, prop: str, extra: str = "") -> str:
+    return f"[{prop}] backend={backend.name} problem: {p.describe()}" + (f"\n{extra}" if extra else "")
+
+
+def run(backend: QuantExpertsBackend, t: dict, *, x=None, topk_weights=None, topk_ids=None,
+        w13=None, w2=None, expert_map=None) -> torch.Tensor:
+    """Run with a NaN-poisoned output (rows the kernel forgets to write stay NaN)."""
+    x = t["x"] if x is None else x
+    backend.check(dtype=x.dtype)
+    handle = backend.prepare(t["w13"] if w13 is None else w13, t["w2"] if w2 is None else w2)
+    out = torch.full((x.shape[0], t["w2"].shape[1]), float("nan"), dtype=x.dtype)  # [T, H]
+    return backend.run(handle, x, t["topk_weights"] if topk_weights is None else topk_weights,
+                       t["topk_ids"] if topk_ids is None else topk_ids, out=out,
+                       expert_map=expert_map)
+
+
+def oracle(t: dict, **over) -> torch.Tensor:
+    """The dequantizing oracle, activations held in the problem's dtype between the GEMMs."""
+    a = {**t, **over}
+    return quantized_fused_experts(a["x"], a["w13"], a["w2"], a["topk_weights"], a["topk_ids"],
+                                   expert_map=a.get("expert_map"), activation_dtype=a["x"].dtype)
+
+
+def check_matches_oracle(backend: QuantExpertsBackend, p: QuantExpertsProblem) -> Closeness:
+    """Output vs the dequantizing fp64 oracle; NaN-poisoned out buffer; all outputs finite."""
+    t = p.tensors()
+    out = run(backend, t)
+    ref = oracle(t)
+    c = closeness(out, ref, quant_tolerance(backend.scheme_kind, p.torch_dtype))
+    if not c.ok:
+        raise AssertionError(_ctx(backend, p, "matches_oracle", c.report()))
+    return c
+
+
+def check_token_permutation(backend: QuantExpertsBackend, p: QuantExpertsProblem) -> float:
+    """out(x[perm]) == out(x)[perm]: dynamic activation scales travel with their token."""
+    t = p.tensors()
+    perm = torch.randperm(p.T, generator=torch.Generator().manual_seed(p.seed))
+    base = run(backend, t)
+    permuted = run(backend, t, x=t["x"][perm].contiguous(),
+                   topk_weights=t["topk_weights"][perm].contiguous(),
+                   topk_ids=t["topk_ids"][perm].contiguous())
+    return _assert_self_close(permuted, base[perm], p.torch_dtype,
+                              _ctx(backend, p, "token_permutation", f"perm[:8]={perm[:8].tolist()}"),
+                              "out(x[perm]) vs out(x)[perm]")
+
+
+def check_batch_invariance(backend: QuantExpertsBackend, p: QuantExpertsProblem) -> float:
+    """A token's output does not depend on its companions, even with dynamic activation scales
+    (per token / per token group: a batch-wide scale would make it depend on them)."""
+    t = p.tensors()
+    full = run(backend, t)
+    worst = 0.0
+    for r in sorted({0, p.T - 1, p.T // 2}):
+        alone = run(backend, t, x=t["x"][r : r + 1].contiguous(),
+                    topk_weights=t["topk_weights"][r : r + 1].contiguous(),
+                    topk_ids=t["topk_ids"][r : r + 1].contiguous())
+        worst = max(worst, _assert_self_close(
+            alone[0], full[r], p.torch_dtype,
+            _ctx(backend, p, "batch_invariance", f"token {r} alone (T=1) vs in the batch of {p.T}"),
+            "alone vs embedded"))
+    return worst
+
+
+def _local(w, idx: torch.Tensor):
+    return replace(w, q=w.q[idx].contiguous(), scale=w.scale[idx].contiguous(),
+                   zero=None if w.zero is None else w.zero[idx].contiguous())
+
+
+def check_ep_sharding(backend: QuantExpertsBackend, p: QuantExpertsProblem, n_shards: int = 2
+                      ) -> Closeness:
+    """Sum over EP shards (local experts' codes and scales, expert_map) equals the full layer:
+    scales must follow their expert into the shard."""
+    t = p.tensors()
+    total = torch.zeros(p.T, p.H, dtype=torch.float64)
+    for m in expert_maps(p.E, n_shards):
+        local = (m >= 0).nonzero().squeeze(1)
+        if local.numel() == 0:
+            continue
+        total += run(backend, t, w13=_local(t["w13"], local), w2=_local(t["w2"], local),
+                     expert_map=m).double()
+    tol = quant_tolerance(backend.scheme_kind, p.torch_dtype)
+    tol = replace(tol, max_norm=tol.max_norm * n_shards, rms_norm=tol.rms_norm * n_shards,
+                  reason=f"{n_shards} shard outputs each rounded to {p.dtype}")
+    c = closeness(total, oracle(t), tol)
+    if not c.ok:
+        raise AssertionError(_ctx(backend, p, f"ep_sharding(shards={n_shards})", c.report()))
+    return c
