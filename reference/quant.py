@@ -147,7 +147,7 @@ class QuantizedWeight:
 
     def dequantize(self) -> torch.Tensor:  # [E, N, K] float64
         s = self.scheme
-        E, N, K = self.shape
+        _, N, K = self.shape  # [E, N, K]
         q = self.q.double()
         if s.weight_block is not None:
             bn, bk = s.weight_block
@@ -228,7 +228,7 @@ def quantize_activation(x: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Ten
 
 
 def dequantize_activation(q: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
-    T, C = q.shape
+    C = q.shape[1]  # q [T, C]
     per = C // scale.shape[1]
     return q.double() * scale.double().repeat_interleave(per, 1)
 

@@ -90,7 +90,7 @@ def test_weight_round_trip_within_half_a_quantum(scheme):
     w = _weights()
     qw = Q.quantize_weight(w, scheme)
     err = (qw.dequantize() - w).abs()
-    E, N, K = w.shape
+    _, N, K = w.shape
     un, uk = Q.scale_unit(scheme, N, K)
     scale = qw.scale.double()
     if scheme.weight_block is None and scheme.group_size == 0:

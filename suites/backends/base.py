@@ -16,6 +16,7 @@ Kinds and their one signature each:
 from __future__ import annotations
 
 import abc
+import contextlib
 import fnmatch
 import functools
 import importlib.util
@@ -106,6 +107,11 @@ class QuantExpertsBackend(Backend, abc.ABC):
     def check(self, *, dtype: torch.dtype) -> None:
         if dtype not in self.dtypes:
             raise UnsupportedShape(f"{self.name}: dtype {dtype} not in {self.dtypes}")
+
+    def tile_config(self, config: dict | None):
+        """Launch with this tile config instead of the implementation's own choice (for
+        properties that must hold at a fixed configuration); default: nothing to fix."""
+        return contextlib.nullcontext()
 
     @abc.abstractmethod
     def prepare(self, w13, w2) -> Any:

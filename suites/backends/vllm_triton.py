@@ -307,6 +307,7 @@ class TritonQuantExperts(QuantExpertsBackend):
     [E, N, K/g], zero points [E, N, K/g] (int8) or packed along N [E, N/2, K/g] (int4)."""
 
     device: str = "cuda"
+    tile_config = TritonFusedExperts.tile_config
 
     def unavailable_reason(self):
         return triton_reason(self.device)
@@ -433,7 +434,7 @@ class TritonRouter(RouterBackend):
 
 # Interpreted quantized problems: dims are multiples of the quantization block (fp8 block k,
 # weight-only group), so the bounds are in those units.
-QUANT_INTERPRETER_LIMITS = dict(max_tokens=40, max_experts=16, max_blocks=2)
+QUANT_INTERPRETER_LIMITS = dict(max_tokens=33, max_experts=8, max_blocks=4, max_dim=128)
 QUANT_KERNELS = {
     "fp8_block": "fused_moe_kernel, fp8 w8a8 with block scales",
     "int8_channel": "fused_moe_kernel, int8 w8a8 per channel / per token",
