@@ -104,16 +104,18 @@ def _cast(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return y[: values.numel()]
 
 
-@pytest.mark.xfail(strict=True, reason="Triton 3.9 interpreter: a float downcast whose mantissa "
-                                       "rounds up past its binade ORs the carry into the exponent "
-                                       "(fp32 126.58 -> e4m3 64, not 128)")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="Triton 3.9 interpreter: a float downcast whose mantissa "
+                          "rounds up past its binade ORs the carry into the exponent "
+                          "(fp32 126.58 -> e4m3 64, not 128)")
 def test_interpreter_fp8_downcast_carries():
     torch.testing.assert_close(_cast(_EDGES, torch.float8_e4m3fn).float(),
                                _EDGES.to(torch.float8_e4m3fn).float(), rtol=0, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="Triton 3.9 interpreter: fp32 -> bf16 truncates instead "
-                                       "of rounding to nearest even")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="Triton 3.9 interpreter: fp32 -> bf16 truncates instead "
+                          "of rounding to nearest even")
 def test_interpreter_bf16_downcast_rounds():
     x = torch.tensor([1.0 + 2.0**-8 + 2.0**-12, -3.0 - 2.0**-7 - 2.0**-11, 255.9])
     torch.testing.assert_close(_cast(x, torch.bfloat16).float(), x.bfloat16().float(),

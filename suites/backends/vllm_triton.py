@@ -258,29 +258,36 @@ class TritonFusedExperts(ExpertsBackend):
     def run(self, handle, x, topk_weights, topk_ids, out=None, expert_map=None):
         from vllm.model_executor.layers.fused_moe.activation import MoEActivation
         from vllm.model_executor.layers.fused_moe.config import biased_moe_quant_config
-        from vllm.model_executor.layers.fused_moe.fused_moe import fused_experts
 
-        dev = self.device
         quant = None
         if handle["w13_bias"] is not None:
             quant = biased_moe_quant_config(handle["w13_bias"], handle["w2_bias"])
-        n_global = handle["E"] if expert_map is None else expert_map.numel()
-        with interpreter_context():
-            y = fused_experts(
-                x.to(dev).contiguous(), handle["w13"], handle["w2"],
-                topk_weights.to(dev, torch.float32).contiguous(),
-                topk_ids.to(dev, torch.int32).contiguous(),
-                activation=MoEActivation(handle["activation"]),
-                global_num_experts=n_global,
-                expert_map=None if expert_map is None else expert_map.to(dev, torch.int32),
-                quant_config=quant,
-            )
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        if out is None:
-            return y
-        out.copy_(y)
-        return out
+        return launch_fused_experts(self.device, handle, x, topk_weights, topk_ids, out, expert_map,
+                                    quant, activation=MoEActivation(handle["activation"]))
+
+
+def launch_fused_experts(dev: str, handle: dict, x, topk_weights, topk_ids, out, expert_map,
+                         quant_config, **kw) -> torch.Tensor:
+    """vLLM's fused_experts on `dev` (inputs moved there once; interpreted runs copy nothing),
+    under interpreter_context, into `out` when given."""
+    from vllm.model_executor.layers.fused_moe.fused_moe import fused_experts
+
+    n_global = handle["E"] if expert_map is None else expert_map.numel()
+    with interpreter_context():
+        y = fused_experts(
+            x.to(dev).contiguous(), handle["w13"], handle["w2"],
+            topk_weights.to(dev, torch.float32).contiguous(),
+            topk_ids.to(dev, torch.int32).contiguous(),
+            global_num_experts=n_global,
+            expert_map=None if expert_map is None else expert_map.to(dev, torch.int32),
+            quant_config=quant_config, **kw,
+        )
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    if out is None:
+        return y
+    out.copy_(y)
+    return out
 
 
 def pack_uint4(codes: torch.Tensor, dim: int) -> torch.Tensor:
@@ -362,26 +369,9 @@ class TritonQuantExperts(QuantExpertsBackend):
                     block_shape=[0, s.group_size])
 
     def run(self, handle, x, topk_weights, topk_ids, out=None, expert_map=None):
-        from vllm.model_executor.layers.fused_moe.fused_moe import fused_experts
-
         self.check(dtype=x.dtype)
-        dev = self.device
-        n_global = handle["E"] if expert_map is None else expert_map.numel()
-        with interpreter_context():
-            y = fused_experts(
-                x.to(dev).contiguous(), handle["w13"], handle["w2"],
-                topk_weights.to(dev, torch.float32).contiguous(),
-                topk_ids.to(dev, torch.int32).contiguous(),
-                global_num_experts=n_global,
-                expert_map=None if expert_map is None else expert_map.to(dev, torch.int32),
-                quant_config=self.quant_config(handle),
-            )
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        if out is None:
-            return y
-        out.copy_(y)
-        return out
+        return launch_fused_experts(self.device, handle, x, topk_weights, topk_ids, out, expert_map,
+                                    self.quant_config(handle))
 
 
 @dataclass
