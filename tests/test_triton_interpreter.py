@@ -138,3 +138,50 @@ def test_backends_conversion_rounds_like_compiled_triton(dtype):
             got = _cast(values, dtype)
         torch.testing.assert_close(got.float(), values.to(dtype).float(), rtol=0, atol=0,
                                    equal_nan=True)
+
+
+def _rect_dot_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def rect_dot(a_ptr, b_ptr, c_ptr, M: tl.constexpr, K: tl.constexpr, N: tl.constexpr):
+        m, k, n = tl.arange(0, M), tl.arange(0, K), tl.arange(0, N)
+        a = tl.load(a_ptr + m[:, None] * K + k[None, :])
+        b = tl.load(b_ptr + k[:, None] * N + n[None, :])
+        acc = tl.full((M, N), 0.25, tl.float32)
+        tl.store(c_ptr + m[:, None] * N + n[None, :], tl.dot(a, b, acc))
+
+    return rect_dot
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_backends_dot_is_row_invariant(dtype):
+    """What interpreter_context installs for tl.dot (row_invariant_dot): a row's result does
+    not depend on where the row sits in the tile (compiled Triton computes every row alike;
+    the interpreter's sgemm does not: the token-permutation and batch-invariance properties
+    failed on it by a few ulps), and it is the fp64 product plus the accumulator, rounded once
+    to fp32. Rows permuted, and each row alone at the top of an otherwise zero tile."""
+    from suites.backends.vllm_triton import interpreter_context
+
+    M, K, N = 16, 64, 32
+    g = torch.Generator().manual_seed(3)
+    a = (torch.randn(M, K, generator=g) * 3).to(dtype)
+    b = torch.randn(K, N, generator=g).to(dtype)
+    kernel = _rect_dot_kernel()
+
+    def dot(x):
+        c = torch.empty(M, N, dtype=torch.float32)
+        with interpreter_context():
+            kernel[(1,)](x.contiguous(), b, c, M, K, N)
+        return c
+
+    base = dot(a)
+    exact = (a.double() @ b.double() + 0.25).float()
+    torch.testing.assert_close(base, exact, rtol=0, atol=0)
+    perm = torch.randperm(M, generator=g)
+    torch.testing.assert_close(dot(a[perm]), base[perm], rtol=0, atol=0)
+    for r in (0, 7, M - 1):
+        alone = torch.zeros_like(a)
+        alone[0] = a[r]
+        torch.testing.assert_close(dot(alone)[0], base[r], rtol=0, atol=0)

@@ -33,9 +33,13 @@ Backends:
                                 nox -s triton_interpret)
   vllm.rejection_sample.interp  the "kernels" entry likewise
 
+Interpreted shares: vllm.rejection_sampler.interp runs the statistical laws of constrained
+requests and mixed batches, vllm.rejection_sample.interp the rest (law_share); both run every
+deterministic check.
+
 Sensitivity: the statistical checks size their samples so that a total-variation or acceptance
 shift of `detect_shift` is found with power POWER at a false-positive rate <= 1e-6 per test. The
-interpreter runs a Triton program per request in Python (~3 ms a request here), so its backends
+interpreter runs a Triton program per request in Python (~15 ms a request here), so its backends
 declare a coarser shift (INTERPRETER_SHIFT): same false-positive rate, ~36x fewer requests.
 """
 
@@ -61,6 +65,14 @@ class RejectionSamplerBackend(Backend, abc.ABC):
     # TV / acceptance shift the statistical checks must detect with power POWER (sample sizes
     # follow); suites.stats.TV_SHIFT unless the backend is too slow for that many requests.
     detect_shift: float = TV_SHIFT
+    # Which statistical laws this backend runs: "all"; or, for the two interpreted entries,
+    # which run the same greedy/random/recovered Triton programs, one share each so that no
+    # law runs twice at the interpreter's speed: "constraints" (the laws of requests with
+    # temperature/top-k/top-p and mixed batches: per-request constraints, which the forward
+    # entry expands with vLLM's Triton expand kernel) or "verification" (the others: q given
+    # or absent, shapes, vocabulary edges, depth). `law_partner` names the other share's backend.
+    law_share: str = "all"
+    law_partner: str = ""
 
     @abc.abstractmethod
     def sample(self, batch: SpecBatch, seed: int) -> torch.Tensor:
@@ -262,11 +274,13 @@ REGISTRY.register("vllm.rejection_sampler.cuda", lambda: VllmRejectionSampler(
     description="vllm RejectionSampler.forward (Triton kernels)"))
 REGISTRY.register("vllm.rejection_sampler.interp", lambda: VllmRejectionSampler(
     name="vllm.rejection_sampler.interp", interpreted=True, detect_shift=INTERPRETER_SHIFT,
+    law_share="constraints", law_partner="vllm.rejection_sample.interp",
     description="vllm RejectionSampler.forward, Triton kernels under Triton's interpreter "
                 "(top-k/top-p by vLLM's PyTorch apply_top_k_top_p_pytorch: its Triton kernel "
                 "does not run interpreted)"))
 REGISTRY.register("vllm.rejection_sample.interp", lambda: VllmRejectionSampler(
     name="vllm.rejection_sample.interp", entry="kernels", interpreted=True,
-    detect_shift=INTERPRETER_SHIFT,
+    detect_shift=INTERPRETER_SHIFT, law_share="verification",
+    law_partner="vllm.rejection_sampler.interp",
     description="vllm rejection_sample with constraints expanded by the adapter, Triton kernels "
                 "under Triton's interpreter (top-k/top-p by vLLM's PyTorch path)"))

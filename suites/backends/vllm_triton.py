@@ -28,6 +28,7 @@ Inputs move to the adapter's device once (weights at prepare); an interpreted ru
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -128,11 +129,106 @@ def rounding_float_conversion(original):
     return convert
 
 
+def row_invariant_dot(original):
+    """Triton 3.9's interpreter computes `tl.dot` with `np.matmul` in the accumulator's dtype,
+    i.e. the host BLAS's sgemm, whose result for one row depends on where the row sits in the
+    block (OpenBLAS's Haswell kernel, measured: rows permuted inside a 16 x 32 @ 32 x 64 fp32
+    dot move by up to 2.9e-6, several ulps; tests/test_triton_interpreter.py checks it). A
+    compiled tl.dot computes every row of a tile the same way, so a token's output does not
+    depend on its position in the batch; under the plain interpreter it does, and the suite's
+    token-permutation and batch-invariance properties fail on the interpreter, not on vLLM.
+    This replacement forms the float dot in fp64 (the products of fp16/bf16/fp32 inputs are
+    exact there, the sum nearly so), adds the accumulator and rounds once to its dtype: the
+    result no longer depends on the row's position (0 of 7.2e5 elements moved, measured) and
+    is at least as accurate as the GPU's fp32 accumulation. Integer dots (int8 w8a8) are exact
+    already and keep the original."""
+    import numpy as np
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        acc = d.data
+        if not np.issubdtype(acc.dtype, np.floating):
+            return original(self, a, b, d, input_precision, max_num_imprecise_acc)
+        import triton.language as tl
+        import triton.runtime.interpreter as ti
+
+        a_data, b_data = a.data, b.data
+        if (a.dtype.primitive_bitwidth == 8 and a.dtype.is_floating()) or \
+           (b.dtype.primitive_bitwidth == 8 and b.dtype.is_floating()):
+            # as the original: fp8 operands widened to fp16 (exact) through the conversion
+            a_data = ti._convert_float(a_data, a.dtype, tl.float16, None).view(np.float16)
+            b_data = ti._convert_float(b_data, b.dtype, tl.float16, None).view(np.float16)
+        wide = np.matmul(_as_float64(a_data, a.dtype), _as_float64(b_data, b.dtype))
+        return ti.TensorHandle((wide + acc.astype(np.float64)).astype(acc.dtype), d.dtype.scalar)
+
+    return create_dot
+
+
+def patch_lang_once(original):
+    """Triton 3.9's interpreter re-patches `triton.language` (an `inspect.getmembers` walk of
+    tl, tl.tensor, tl.math, tl.core) on every call of a @triton.jit device function made from
+    inside a running kernel, e.g. the combine function of every `tl.max(..., return_indices=
+    True)`, although the launch already patched those same module objects and restores them
+    when it ends (the nested patch is never restored: it only re-installs what is there). That
+    was ~20% of an interpreted rejection-sampler call. This replacement skips a nested patch
+    whose modules the running launch has already patched; a launch (or a device function whose
+    module reaches a language module the launch did not patch) patches as before."""
+    import inspect
+
+    import triton.language as tl
+
+    active: list[set[int]] = []  # ids of the language modules the running launch patched
+
+    def langs_of(fn) -> set[int]:
+        return {id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core)}
+
+    def patch_lang(fn):
+        import triton.runtime.interpreter as ti
+
+        langs = langs_of(fn)
+        if active:  # a device-function call inside a running launch (launches do not nest)
+            if langs <= active[-1]:
+                return ti._LangPatchScope()  # nothing to patch, nothing to restore
+            active[-1] |= langs  # the interpreter never restores a nested patch
+            return original(fn)
+        scope = original(fn)
+        active.append(langs)
+        restore = scope.restore
+
+        def restore_and_pop():
+            active.pop()
+            restore()
+
+        scope.restore = restore_and_pop
+        return scope
+
+    return patch_lang
+
+
+def _as_float64(data, dtype):
+    """An interpreter tensor's values in fp64 (bf16 is held as uint16 bit patterns)."""
+    import numpy as np
+    import triton.language as tl
+
+    if dtype == tl.bfloat16:
+        bits = np.ascontiguousarray(data).view(np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32).astype(np.float64)
+    return data.astype(np.float64)
+
+
 def interpreter_context():
     """What an interpreted run needs around vLLM's launch code; compiled runs patch nothing.
 
     - The GPU name that vLLM's launch code keys tuned MoE tile configs by: there is no GPU
       (the platform raises NotImplementedError), so the answer is EMULATED_GPU.
+    - `tl.dot` formed in fp64 and rounded once (row_invariant_dot: the interpreter's sgemm
+      makes a row's result depend on its position in the tile, which compiled Triton does not).
+    - The integer-overflow sanitizer off while `debug` is off (interpreter_options): Triton
+      3.9's interpreter computes, for every int32 add/sub/mul, an int64 copy and a range test,
+      then hands it to `device_assert`, which drops it unless `debug` is on (compiled Triton
+      does not emit it at all then). Nothing observable changes; it was 40% of an interpreted
+      rejection-sampler call (measured with cProfile: 11.6 of 28.3 s).
+    - A device-function call inside a running kernel does not re-patch the language modules
+      the launch already patched (patch_lang_once; ~20% of a rejection-sampler call).
     - Float down-conversions (fp32 -> fp8 in the activation quantizers, -> fp16 at the store):
       rounded to nearest even as compiled Triton does (rounding_float_conversion: the
       interpreter's own conversion halves values that round up across a power of two).
@@ -158,6 +254,13 @@ def interpreter_context():
 
     stack.enter_context(mock.patch.object(ti, "_convert_float",
                                           rounding_float_conversion(ti._convert_float)))
+    stack.enter_context(mock.patch.object(ti, "_patch_lang", patch_lang_once(ti._patch_lang)))
+    options = ti.interpreter_builder.options
+    if not options.debug and options.sanitize_overflow:
+        stack.enter_context(mock.patch.object(ti.interpreter_builder, "options",
+                                              dataclasses.replace(options, sanitize_overflow=False)))
+    stack.enter_context(mock.patch.object(ti.InterpreterBuilder, "create_dot",
+                                          row_invariant_dot(ti.InterpreterBuilder.create_dot)))
     try:
         import vllm.model_executor.layers.quantization.utils.int8_utils as iu
     except ImportError:
@@ -247,13 +350,20 @@ class TritonFusedExperts(ExpertsBackend):
     @contextlib.contextmanager
     def tile_config(self, config: dict | None):
         """Launch with this tile config instead of vLLM's own choice (vLLM's override_config)."""
-        from vllm.model_executor.layers.fused_moe import override_config
+        import vllm.model_executor.layers.fused_moe as fmoe
 
         if config is None:
             yield
             return
-        with override_config(dict(config)):
-            yield
+        previous = fmoe.get_config()
+        try:
+            with fmoe.override_config(dict(config)):
+                yield
+        finally:
+            # vLLM 0.32's override_config restores the previous config only when the body
+            # returns normally: after a failing launch, every later call in the process would
+            # run with this config (measured: one failure cascaded into unrelated tests).
+            fmoe._config = previous
 
     def run(self, handle, x, topk_weights, topk_ids, out=None, expert_map=None):
         from vllm.model_executor.layers.fused_moe.activation import MoEActivation

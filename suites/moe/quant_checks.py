@@ -76,7 +76,8 @@ def check_token_permutation(backend: QuantExpertsBackend, p: QuantExpertsProblem
 
 # One tile configuration for batch sizes 1..T (valid for every scheme: BLOCK_SIZE_K <= the
 # smallest fp8 block and weight-only group drawn).
-FIXED_TILES = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 1}
+FIXED_TILES = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 1,
+               "SPLIT_K": 1}
 
 
 def check_batch_invariance(backend: QuantExpertsBackend, p: QuantExpertsProblem) -> float:

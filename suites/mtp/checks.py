@@ -202,6 +202,18 @@ def identical_requests_batch(pl: Plan, seed: int) -> SpecBatch:
 # --------------------------------------------------------------------------- structural check
 
 
+def require_law_share(backend, share: str, what: str) -> None:
+    """Skip a statistical law that this backend leaves to its partner (law_share: the two
+    interpreted entries split the laws; both run the same Triton programs)."""
+    import pytest
+
+    mine = getattr(backend, "law_share", "all")
+    if mine not in ("all", share):
+        pytest.skip(f"{what}: a '{share}' law; under the interpreter it runs on "
+                    f"{backend.law_partner} (same Triton kernels), {backend.name} runs the "
+                    f"'{mine}' laws")
+
+
 def detect_shift(backend) -> float:
     """The TV / acceptance shift this backend's statistical checks are sized to detect."""
     return float(getattr(backend, "detect_shift", TV_SHIFT))

@@ -17,6 +17,7 @@ from suites.mtp.checks import (
     detect_shift,
     mixed_batch,
     position0_acceptance,
+    require_law_share,
 )
 from suites.stats import FALSE_POSITIVE_RATE
 
@@ -39,6 +40,7 @@ MIXED_Q_ABSENT = [t if t.params.greedy else RequestTemplate(t.k, t.params, "peak
 def test_mixed_batch(sampler_backend, draft_probs_known, record):
     """Greedy requests exact; each random template's law per position holds inside the mixed,
     ragged, shuffled batch (false-positive rate <= 1e-6 for the whole test)."""
+    require_law_share(sampler_backend, "constraints", "mixed batch")
     seed = stable_seed("mixed batch", draft_probs_known)
     templates = MIXED if draft_probs_known else MIXED_Q_ABSENT
     results = check_mixed_batch(sampler_backend, templates, 16, seed, draft_probs_known)
@@ -62,6 +64,7 @@ def test_seeded_requests_deterministic_and_reorderable(sampler_backend, draft_pr
 
 def test_position0_acceptance_independent_of_depth(sampler_backend, record):
     """Acceptance at position 0 is Binomial(N, beta_0) for k = 1, 2, 4 and 7 speculative tokens."""
+    require_law_share(sampler_backend, "verification", "position-0 acceptance by depth")
     case = RandomCase("position-0", num_spec_tokens=7)
     seed = stable_seed("position0")
     results = position0_acceptance(sampler_backend, case, (1, 2, 4, 7), seed)

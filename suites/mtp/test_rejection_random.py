@@ -20,6 +20,7 @@ from suites.mtp.checks import (
     check_random_verification,
     check_target_processing,
     detect_shift,
+    require_law_share,
 )
 from suites.stats import FALSE_POSITIVE_RATE
 
@@ -39,6 +40,8 @@ RANDOM_CASES = [
 
 @pytest.mark.parametrize("case", RANDOM_CASES, ids=[c.name for c in RANDOM_CASES])
 def test_random_verification_law(sampler_backend, case, record):
+    constrained = case.temperature != 1.0 or case.top_k or case.top_p < 1.0
+    require_law_share(sampler_backend, "constraints" if constrained else "verification", str(case))
     seed = stable_seed("random verification", case.name)
     pl, results = check_random_verification(sampler_backend, case, seed)
     powers = [r.power for r in results]
