@@ -176,7 +176,7 @@ def patch_lang_once(original):
 
     import triton.language as tl
 
-    active: list[set[int]] = []  # ids of the language modules the running launch patched
+    launch: dict[str, set[int] | None] = {"langs": None}  # modules the running launch patched
 
     def langs_of(fn) -> set[int]:
         return {id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core)}
@@ -185,20 +185,20 @@ def patch_lang_once(original):
         import triton.runtime.interpreter as ti
 
         langs = langs_of(fn)
-        if active:  # a device-function call inside a running launch (launches do not nest)
-            if langs <= active[-1]:
+        if launch["langs"] is not None:  # a device-function call inside the running launch
+            if langs <= launch["langs"]:
                 return ti._LangPatchScope()  # nothing to patch, nothing to restore
-            active[-1] |= langs  # the interpreter never restores a nested patch
+            launch["langs"] |= langs  # the interpreter never restores a nested patch
             return original(fn)
-        scope = original(fn)
-        active.append(langs)
+        scope = original(fn)  # a launch (launches do not nest)
+        launch["langs"] = langs
         restore = scope.restore
 
-        def restore_and_pop():
-            active.pop()
+        def restore_and_end():
+            launch["langs"] = None
             restore()
 
-        scope.restore = restore_and_pop
+        scope.restore = restore_and_end
         return scope
 
     return patch_lang
@@ -222,7 +222,7 @@ def interpreter_context():
       (the platform raises NotImplementedError), so the answer is EMULATED_GPU.
     - `tl.dot` formed in fp64 and rounded once (row_invariant_dot: the interpreter's sgemm
       makes a row's result depend on its position in the tile, which compiled Triton does not).
-    - The integer-overflow sanitizer off while `debug` is off (interpreter_options): Triton
+    - The integer-overflow sanitizer off while `debug` is off (set here, on interpreter_builder.options): Triton
       3.9's interpreter computes, for every int32 add/sub/mul, an int64 copy and a range test,
       then hands it to `device_assert`, which drops it unless `debug` is on (compiled Triton
       does not emit it at all then). Nothing observable changes; it was 40% of an interpreted
