@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import shlex
 
 import pytest
@@ -39,6 +40,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="device of the implementations under test (default cpu)")
     g.addoption("--nox-session", default=os.environ.get("SUITE_NOX_SESSION", "cpu"),
                 help="nox session named in reproduce commands (set by noxfile.py)")
+    g.addoption("--hypothesis-replay", default=None, metavar="VERSION:BLOB",
+                help="replay one failing hypothesis example (what @reproduce_failure would): "
+                     "the value a failure's printed reproduce command carries; the selection "
+                     "must be exactly one property test")
 
 
 # Set by the nox sessions that installed a vLLM to test (tests, cpu, gpu, bench,
@@ -219,10 +224,30 @@ def record(request) -> Recorder:
     return Recorder(request.node)
 
 
-def reproduce_command(item: pytest.Item) -> str:
+# Hypothesis prints this with print_blob=True (every profile here): the failing example's
+# choice sequence, valid for that Hypothesis version.
+_BLOB = re.compile(r"@reproduce_failure\('(?P<version>[^']+)', b'(?P<blob>[A-Za-z0-9+/=]+)'\)")
+
+
+def replay_value(longrepr: str) -> str | None:
+    """VERSION:BLOB of the failing example in a failure's text, or None."""
+    m = _BLOB.search(longrepr or "")
+    return f"{m.group('version')}:{m.group('blob')}" if m else None
+
+
+def reproduce_command(item: pytest.Item, longrepr: str = "") -> str:
+    """One command that replays this failure in a clean clone: the node id, and the failing
+    example itself when Hypothesis printed it (no example database needed); derandomized
+    profiles replay by themselves."""
     config = item.config
     session = config.getoption("--nox-session")
     profile = settings._current_profile  # the profile in force for this run
+    replay = replay_value(longrepr)
+    if replay:
+        return (f"nox -s {session} -- " + " ".join(shlex.quote(a) for a in (
+            item.nodeid, "--hypothesis-profile=repro", f"--hypothesis-replay={replay}"))
+            + ("" if config.getoption("--device") == "cpu"
+               else f" --device={config.getoption('--device')}"))
     args = [item.nodeid, f"--hypothesis-profile={profile}"]
     if config.getoption("--device") != "cpu":
         args.append(f"--device={config.getoption('--device')}")
@@ -237,10 +262,34 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     rep.under_test = _is_under_test(item)
+    if rep.when == "call" and rep.passed and hasattr(rep, "wasxfail"):
+        item.user_properties.append(("xpassed", rep.wasxfail))  # a non-strict ledger XPASS
     if rep.when == "call" and rep.failed:
-        rep.sections.append(("Reproduce", reproduce_command(item)
-                             + "\n(derandomized profiles replay the same examples; with 'repro' "
-                               "only the failing example saved in .hypothesis/ is replayed)"))
+        cmd = reproduce_command(item, str(rep.longreprtext))
+        # into the JUnit XML too (the teardown report carries the item's properties)
+        item.user_properties.append(("reproduce", cmd))
+        rep.sections.append(("Reproduce", cmd + (
+            "\n(replays the failing example given after --hypothesis-replay; no example "
+            "database needed)" if "--hypothesis-replay=" in cmd else
+            "\n(derandomized profiles replay the same examples; with 'repro' only the failing "
+            "example saved in .hypothesis/ is replayed)")))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """--hypothesis-replay arms the one selected test (after -k / -m deselection)."""
+    config, items = session.config, session.items
+    value = config.getoption("--hypothesis-replay")
+    if not value:
+        return
+    version, _, blob = value.partition(":")
+    hyp = [i for i in items if getattr(getattr(i, "obj", None), "is_hypothesis_test", False)]
+    if not blob or len(hyp) != 1 or len(items) != 1:
+        raise pytest.UsageError(
+            f"--hypothesis-replay needs VERSION:BLOB and exactly one selected property test "
+            f"(got {'no blob' if not blob else f'{len(items)} selected tests'}); pass the node id "
+            f"the failure's reproduce command names")
+    # what @reproduce_failure(version, blob) sets; Hypothesis reads it when the test runs
+    hyp[0].obj._hypothesis_internal_use_reproduce_failure = (version, blob)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -57,6 +57,26 @@ def test_cpu_router_without_renormalization_keeps_weights_within_bf16_rounding()
     assert rel.item() < 5e-3, f"routing weights off by {rel.item():.3e} relative"
 
 
+@pytest.mark.xfail(strict=True, reason=ENTRIES["router-sigmoid-renorm-zero-sum-nan"].reason)
+@pytest.mark.parametrize("name", ["cpu_router", "triton.router.interp"])
+def test_sigmoid_grouped_router_weights_finite_when_selected_scores_underflow(name):
+    from reference.routing import RouterConfig, route
+
+    router = _needs(name)
+    # The nightly case, minimal: the correction bias selects expert 1, whose logit -98.2 has
+    # an fp32 sigmoid of exactly 0 (1 / (1 + exp(98.2)), exp overflows).
+    logits = torch.tensor([[-3.45, -98.2]])
+    bias = torch.tensor([-0.025, 0.011])
+    cfg = RouterConfig(num_experts=2, num_experts_per_tok=1, topk_method="noaux_tc",
+                       scoring_func="sigmoid", norm_topk_prob=True, n_group=1, topk_group=1)
+    out_w, out_ids = router.route(logits, cfg, bias)
+    ref_w, ref_ids = route(logits.double(), cfg, bias)
+    assert out_ids.tolist() == ref_ids.tolist() == [[1]]
+    w = float(out_w[0, 0])
+    # exact renormalization: 1.0; transformers' DeepseekV3TopkRouter (+1e-20): 0.0
+    assert w == 0.0 or abs(w - float(ref_w[0, 0])) < 1e-6, f"routed weight {w}, oracle 1.0 or 0"
+
+
 @pytest.mark.xfail(strict=True, reason=ENTRIES["cpu-fused-moe-no-id-bounds-check"].reason)
 def test_cpu_fused_moe_invalid_id_is_refused_not_corrupting():
     _needs("cpu_fused_moe.vec")

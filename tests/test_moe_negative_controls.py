@@ -136,6 +136,18 @@ class BrokenRouter(RouterBackend):
             ids = top.indices[:, 1:]
             w = top.values[:, 1:]
             return (w / w.sum(-1, keepdim=True)).float(), ids.int()
+        if self.bug in ("fp32_plain_sum", "fp32_sum_plus_1e-20", "half_weight_when_dead"):
+            # vLLM's fp32 renormalization (0/0 when every selected score underflows), the
+            # transformers guard (a clean alternative: 0), or a finite but wrong weight there
+            _, ids = route(logits, cfg, e_score_correction_bias)
+            s = torch.sigmoid(logits.float()).gather(1, ids)
+            if self.bug == "fp32_plain_sum":
+                w = s / s.sum(-1, keepdim=True)
+            elif self.bug == "fp32_sum_plus_1e-20":
+                w = s / (s.sum(-1, keepdim=True) + 1e-20)
+            else:
+                w = torch.where(s == 0, 0.5, s / s.sum(-1, keepdim=True).clamp_min(1e-30))
+            return (w * cfg.routed_scaling_factor).float(), ids.int()
         w, ids = route(logits, cfg, e_score_correction_bias)
         return w.float(), ids.int()
 
@@ -148,7 +160,27 @@ RP_V3 = RouterProblem(T=64, cfg=RouterConfig(num_experts=64, num_experts_per_tok
                       logits_dtype="float32", routing="uniform", seed=6)
 
 
+# The nightly case (issue 14): biased selection of experts whose logits are ~-100, so their
+# fp32 sigmoid scores are exactly 0 (suites/moe/checks.py renorm_underflow).
+RP_DEAD = RouterProblem(T=255, cfg=RouterConfig(num_experts=2, num_experts_per_tok=1,
+                                                topk_method="noaux_tc", scoring_func="sigmoid",
+                                                n_group=1, topk_group=1),
+                        logits_dtype="float32", routing="idle_experts", seed=1)
+
+
+def test_router_dead_expert_case_is_in_the_underflow_region():
+    logits, bias = RP_DEAD.tensors()
+    _, ids = route(logits.double(), RP_DEAD.cfg, bias)
+    assert checks.renorm_underflow(logits, RP_DEAD.cfg, ids).any()
+
+
+def test_router_transformers_guard_is_accepted_in_the_underflow_region():
+    checks.check_router(BrokenRouter(name="guarded-router", bug="fp32_sum_plus_1e-20"), RP_DEAD)
+
+
 @pytest.mark.parametrize(("bug", "rp"), [
+    ("fp32_plain_sum", RP_DEAD),
+    ("half_weight_when_dead", RP_DEAD),
     ("no_renormalization", RP_GREEDY),
     ("off_by_one_rank", RP_GREEDY),
     ("bias_in_weights", RP_V3),

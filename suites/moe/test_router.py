@@ -23,5 +23,9 @@ def test_router_matches_oracle(router_backend, method, logits_dtype, data, recor
     rp = data.draw(router_problems(methods=(method,), logits_dtypes=(logits_dtype,)))
     figures = checks.check_router(router_backend, rp)
     record.sum(tokens=figures["tokens"], near_ties=figures["near_ties"],
-               near_tie_candidates=figures["near_tie_candidates"], examples=1)
+               near_tie_candidates=figures["near_tie_candidates"], examples=1,
+               renorm_underflow_tokens=figures["renorm_underflow_tokens"],
+               known_defect_tokens=figures["known_defect_tokens"])
     record.max(worst_weights_max_norm=figures["weights_max_norm"])
+    if figures["known_defect"]:
+        record(known_defect=figures["known_defect"])
