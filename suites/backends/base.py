@@ -43,6 +43,12 @@ class Backend:
         """None when usable here; otherwise one line saying why not."""
         return None
 
+    def hardware_reason(self) -> str | None:
+        """The part of unavailable_reason that is this machine's hardware (no CUDA device, no
+        AMX, an ISA vLLM builds no kernel for), else None. A session that installed a vLLM to
+        test fails when an expected backend is unavailable for any other reason (conftest.py)."""
+        return cuda_unavailable_reason() if self.device == "cuda" else None
+
     @property
     def available(self) -> bool:
         return self.unavailable_reason() is None

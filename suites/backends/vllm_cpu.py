@@ -82,6 +82,9 @@ class CpuFusedMoE(ExpertsBackend):
     def unavailable_reason(self):
         return vllm_build_reason("cpu") or (_amx_reason() if self.isa == "amx" else None)
 
+    def hardware_reason(self):
+        return _amx_reason() if self.isa == "amx" else None
+
     def check(self, *, H, I, E, dtype, activation="silu", bias=False):
         super().check(H=H, I=I, E=E, dtype=dtype, activation=activation, bias=bias)
         if self.isa == "amx" and dtype != torch.bfloat16:
@@ -125,6 +128,11 @@ class FusedExpertsCpu(ExpertsBackend):
 
     def unavailable_reason(self):
         return vllm_build_reason("cpu") or _sgl_kernels_reason()
+
+    def hardware_reason(self):
+        # hardware only on a CPU without AVX-512; on one with it, missing kernels are a defect
+        isa = torch.backends.cpu.get_cpu_capability()
+        return None if isa.startswith(("AVX512", "AMX")) else _sgl_kernels_reason()
 
     def prepare(self, w13, w2, w13_bias=None, w2_bias=None, activation="silu"):
         E, _, H = w13.shape
