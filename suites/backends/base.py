@@ -146,6 +146,9 @@ class MoEBlockBackend(Backend, abc.ABC):
     experts, shared expert. Weights and shapes come as reference.moe's MoEConfig / MoEWeights."""
 
     kind: str = "moe_block"
+    # The model family whose block this is (fixtures/strategies.py BLOCK_FAMILIES): the block
+    # properties draw that family's configs.
+    family: str = "qwen3_next"
 
     def check(self, cfg) -> None:
         """Raise UnsupportedShape when this layer cannot express cfg (another model family)."""

@@ -1,29 +1,38 @@
-"""vLLM's MoE layer as its models call it, built outside an engine: Qwen3NextSparseMoeBlock
-(vllm/model_executor/models/qwen3_next.py; Qwen3.5 uses the same block), i.e.
+"""vLLM's MoE layers as its model files build them, outside an engine, one backend per family:
 
-    gate (bf16 linear, GateLinear) -> softmax top-k routing, norm_topk_prob -> routed experts
-    through FusedMoEFactory / the CPU MoE kernels -> + sigmoid(x @ shared_expert_gate.T) x
-    shared expert (Qwen2MoeMLP)
+    vllm.qwen3_next_moe_block   Qwen3NextSparseMoeBlock (qwen3_next.py; Qwen3.5 uses it): bf16
+                                gate -> softmax top-k, norm_topk_prob -> FusedMoE -> + sigmoid(
+                                x @ shared_expert_gate.T) x shared expert
+    vllm.qwen3_moe_block        Qwen3MoeSparseMoeBlock (qwen3_moe.py): the same routing, no
+                                shared expert
+    vllm.mixtral_moe_block      MixtralMoE (mixtral.py): softmax top-k, renormalize hard-wired
+    vllm.deepseek_v3_moe_block  DeepseekV2MoE (deepseek_v2.py) with a DeepSeek-V3 config:
+                                sigmoid scores, e_score_correction_bias, grouped top-k,
+                                routed_scaling_factor, ungated shared experts
 
-Kind "moe_block": forward(cfg: MoEConfig, w: MoEWeights, x [T, H]) -> [T, H] in x.dtype.
+Kind "moe_block": forward(cfg: MoEConfig, w: MoEWeights, x [T, H]) -> [T, H] in x.dtype; each
+backend's `family` names the block family (fixtures/strategies.py BlockProblem.for_family).
 
-Each shape gets a config.json (the committed tiny Qwen3-Next fixture's, with the MoE fields
-replaced) and a vLLM ModelConfig/VllmConfig; the distributed state (world size 1, gloo) is set
-up once per process. Each forward builds a fresh block (about a millisecond), copies the
-weights in, lets the quantization method pack them (process_weights_after_loading, as the model
-loader does) and runs it under a forward context. Only Qwen3-Next-family configs apply: softmax
-greedy routing, SiLU, a gated shared expert, no biases; anything else is UnsupportedShape.
+Each shape gets a config.json in the family's format (Qwen3-Next: the committed tiny fixture's
+with the MoE fields replaced) and a vLLM ModelConfig/VllmConfig; the distributed state (world
+size 1, gloo) is set up once per process. Each forward builds a fresh block as the family's
+decoder layer does (about a millisecond), copies the weights in by vLLM's parameter names, lets
+the quantization method pack them (process_weights_after_loading, as the model loader does) and
+runs it under a forward context. A config the family's block cannot express (another routing,
+activation, biases, shared-expert layout) is UnsupportedShape.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import json
 import pathlib
 import socket
 import tempfile
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -40,11 +49,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# The parts of a model's config.json every family's file needs to build a ModelConfig (the
+# block itself reads only its MoE fields; attention and vocabulary are a token size).
+_COMMON = dict(dtype="bfloat16", torch_dtype="bfloat16", hidden_act="silu", num_hidden_layers=1,
+               num_attention_heads=2, num_key_value_heads=1, head_dim=64, vocab_size=512,
+               max_position_embeddings=1024, rms_norm_eps=1e-6, tie_word_embeddings=False,
+               bos_token_id=0, eos_token_id=4)
+
+
 @dataclass
-class VllmQwen3NextMoEBlock(MoEBlockBackend):
+class VllmMoEBlock(MoEBlockBackend):
+    """One family's MoE block from its vLLM model file, built per shape outside an engine."""
+
     dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)
     # Negative controls (tests/) plant wiring bugs here: a function applied to the built block.
     tamper: object = None
+    module: ClassVar[str] = ""  # vllm.model_executor.models.<module>
+    block_class: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         # vLLM state lives outside the dataclass fields: failure printers (hypothesis) walk the
@@ -57,45 +78,51 @@ class VllmQwen3NextMoEBlock(MoEBlockBackend):
         reason = vllm_build_reason(self.device)
         if reason is None:
             try:
-                from vllm.model_executor.models import qwen3_next  # noqa: F401
+                importlib.import_module(f"vllm.model_executor.models.{self.module}")
             except Exception as e:  # any import failure means: cannot run here
-                return f"vllm.model_executor.models.qwen3_next does not import: {e}"
+                return f"vllm.model_executor.models.{self.module} does not import: {e}"
         return reason
 
+    # ------------------------------------------------------------------ per family
+    def _refusals(self, cfg) -> list[str]:
+        """What of cfg this family's block cannot express (empty: it can)."""
+        raise NotImplementedError
+
+    def _hf_config(self, cfg) -> dict:
+        """config.json for cfg in this family's format."""
+        raise NotImplementedError
+
+    def _build(self, vc, hf, prefix: str):
+        """The block, as the family's decoder layer constructs it."""
+        raise NotImplementedError
+
+    def _parameters(self, w) -> dict:
+        """vLLM parameter name -> the reference tensor that goes there."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared
     def check(self, cfg) -> None:
-        why = []
-        if cfg.topk_method != "greedy" or cfg.scoring_func != "softmax":
-            why.append(f"routing {cfg.topk_method}/{cfg.scoring_func} (Qwen3-Next: softmax top-k)")
+        why = self._refusals(cfg)
         if cfg.hidden_act != "silu":
             why.append(f"activation {cfg.hidden_act}")
         if cfg.router_bias or cfg.expert_bias:
             why.append("router/expert biases")
-        if cfg.shared_expert_intermediate_size <= 0 or not cfg.shared_expert_gated:
-            why.append("no gated shared expert")
-        if cfg.routed_scaling_factor != 1.0:
-            why.append(f"routed_scaling_factor {cfg.routed_scaling_factor}")
         if why:
-            raise UnsupportedShape(f"{self.name}: Qwen3NextSparseMoeBlock cannot express "
+            raise UnsupportedShape(f"{self.name}: {self.block_class} cannot express "
                                    + ", ".join(why))
 
     def _vllm_config(self, cfg):
-        key = (cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts,
-               cfg.num_experts_per_tok, cfg.norm_topk_prob, cfg.shared_expert_intermediate_size)
-        if key not in self._configs:
+        if cfg not in self._configs:
             from vllm.config import ModelConfig, VllmConfig
 
-            base = json.loads(FIXTURE_CONFIG.read_text())
-            base.update(hidden_size=cfg.hidden_size, moe_intermediate_size=cfg.moe_intermediate_size,
-                        num_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok,
-                        norm_topk_prob=cfg.norm_topk_prob,
-                        shared_expert_intermediate_size=cfg.shared_expert_intermediate_size)
-            folder = self._tmp / "-".join(str(k) for k in key)
+            hf = {**_COMMON, **self._hf_config(cfg)}
+            folder = self._tmp / f"{self.family}-{len(self._configs)}"
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "config.json").write_text(json.dumps(base))
+            (folder / "config.json").write_text(json.dumps(hf))
             mc = ModelConfig(model=str(folder), skip_tokenizer_init=True, dtype="bfloat16",
                              enforce_eager=True)
-            self._configs[key] = VllmConfig(model_config=mc)
-        return self._configs[key]
+            self._configs[cfg] = VllmConfig(model_config=mc)
+        return self._configs[cfg]
 
     def _ensure_distributed(self) -> None:
         if self._distributed:
@@ -119,8 +146,6 @@ class VllmQwen3NextMoEBlock(MoEBlockBackend):
         vc = self._vllm_config(cfg)
         with set_current_vllm_config(vc):
             self._ensure_distributed()
-            from vllm.model_executor.models.qwen3_next import Qwen3NextSparseMoeBlock
-
             # The block registers its experts in the config's static forward context by layer
             # name (a model has one per layer); a fresh block per call takes the name over.
             cc = vc.compilation_config
@@ -131,18 +156,14 @@ class VllmQwen3NextMoEBlock(MoEBlockBackend):
             default = torch.get_default_dtype()
             torch.set_default_dtype(x.dtype)
             try:
-                block = Qwen3NextSparseMoeBlock(vllm_config=vc, prefix=PREFIX)
+                block = self._build(vc, vc.model_config.hf_text_config, PREFIX)
             finally:
                 torch.set_default_dtype(default)
             params = dict(block.named_parameters())
-            wanted = {"gate.weight": w.gate, "shared_expert_gate.weight": w.shared_expert_gate,
-                      "shared_expert.gate_up_proj.weight": w.shared_w13,
-                      "shared_expert.down_proj.weight": w.shared_w2,
-                      "experts.routed_experts.w13_weight": w.w13,
-                      "experts.routed_experts.w2_weight": w.w2}
+            wanted = self._parameters(w)
             missing = sorted(set(wanted) - set(params))
             if missing:
-                raise RuntimeError(f"{self.name}: this vLLM's Qwen3NextSparseMoeBlock has no "
+                raise RuntimeError(f"{self.name}: this vLLM's {self.block_class} has no "
                                    f"{missing}; its parameters: {sorted(params)}")
             with torch.no_grad():
                 for name, value in wanted.items():
@@ -160,6 +181,167 @@ class VllmQwen3NextMoEBlock(MoEBlockBackend):
                 return block(x.clone())
 
 
+def _experts(prefix: str, w) -> dict:
+    return {f"{prefix}.w13_weight": w.w13, f"{prefix}.w2_weight": w.w2}
+
+
+def _softmax_refusals(cfg, *, renormalizes: bool | None = None) -> list[str]:
+    why = []
+    if cfg.topk_method != "greedy" or cfg.scoring_func != "softmax":
+        why.append(f"routing {cfg.topk_method}/{cfg.scoring_func} (softmax top-k)")
+    if renormalizes is not None and cfg.norm_topk_prob != renormalizes:
+        why.append(f"norm_topk_prob={cfg.norm_topk_prob} (always {renormalizes})")
+    if cfg.routed_scaling_factor != 1.0:
+        why.append(f"routed_scaling_factor {cfg.routed_scaling_factor}")
+    return why
+
+
+@dataclass
+class VllmQwen3NextMoEBlock(VllmMoEBlock):
+    """Qwen3NextSparseMoeBlock (qwen3_next.py; Qwen3.5 uses the same block)."""
+
+    family: str = "qwen3_next"
+    module: ClassVar[str] = "qwen3_next"
+    block_class: ClassVar[str] = "Qwen3NextSparseMoeBlock"
+
+    def _refusals(self, cfg):
+        why = _softmax_refusals(cfg)
+        if cfg.shared_expert_intermediate_size <= 0 or not cfg.shared_expert_gated:
+            why.append("no gated shared expert")
+        return why
+
+    def _hf_config(self, cfg):
+        base = json.loads(FIXTURE_CONFIG.read_text())
+        base.update(hidden_size=cfg.hidden_size, moe_intermediate_size=cfg.moe_intermediate_size,
+                    num_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok,
+                    norm_topk_prob=cfg.norm_topk_prob,
+                    shared_expert_intermediate_size=cfg.shared_expert_intermediate_size)
+        return base
+
+    def _build(self, vc, hf, prefix):
+        from vllm.model_executor.models.qwen3_next import Qwen3NextSparseMoeBlock
+
+        return Qwen3NextSparseMoeBlock(vllm_config=vc, prefix=prefix)
+
+    def _parameters(self, w):
+        return {"gate.weight": w.gate, "shared_expert_gate.weight": w.shared_expert_gate,
+                "shared_expert.gate_up_proj.weight": w.shared_w13,
+                "shared_expert.down_proj.weight": w.shared_w2,
+                **_experts("experts.routed_experts", w)}
+
+
+@dataclass
+class VllmQwen3MoeBlock(VllmMoEBlock):
+    """Qwen3MoeSparseMoeBlock (qwen3_moe.py): Qwen3-30B-A3B / 235B-A22B, no shared expert."""
+
+    family: str = "qwen3_moe"
+    module: ClassVar[str] = "qwen3_moe"
+    block_class: ClassVar[str] = "Qwen3MoeSparseMoeBlock"
+
+    def _refusals(self, cfg):
+        why = _softmax_refusals(cfg)
+        if cfg.shared_expert_intermediate_size:
+            why.append("a shared expert (Qwen3-MoE has none)")
+        return why
+
+    def _hf_config(self, cfg):
+        return dict(architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe",
+                    hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size,
+                    moe_intermediate_size=cfg.moe_intermediate_size,
+                    num_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok,
+                    norm_topk_prob=cfg.norm_topk_prob, decoder_sparse_step=1, mlp_only_layers=[],
+                    rope_theta=10000.0)
+
+    def _build(self, vc, hf, prefix):
+        from vllm.model_executor.models.qwen3_moe import Qwen3MoeSparseMoeBlock
+
+        return Qwen3MoeSparseMoeBlock(vllm_config=vc, prefix=prefix)
+
+    def _parameters(self, w):
+        return {"gate.weight": w.gate, **_experts("experts.routed_experts", w)}
+
+
+@dataclass
+class VllmMixtralMoE(VllmMoEBlock):
+    """MixtralMoE (mixtral.py): softmax top-k, renormalized (hard-wired), no shared expert."""
+
+    family: str = "mixtral"
+    module: ClassVar[str] = "mixtral"
+    block_class: ClassVar[str] = "MixtralMoE"
+
+    def _refusals(self, cfg):
+        why = _softmax_refusals(cfg, renormalizes=True)
+        if cfg.shared_expert_intermediate_size:
+            why.append("a shared expert (Mixtral has none)")
+        return why
+
+    def _hf_config(self, cfg):
+        return dict(architectures=["MixtralForCausalLM"], model_type="mixtral",
+                    hidden_size=cfg.hidden_size, intermediate_size=cfg.moe_intermediate_size,
+                    num_local_experts=cfg.num_experts,
+                    num_experts_per_tok=cfg.num_experts_per_tok, rope_theta=1e6)
+
+    def _build(self, vc, hf, prefix):
+        from vllm.model_executor.models.mixtral import MixtralMoE
+
+        # as MixtralDecoderLayer constructs it
+        return MixtralMoE(num_experts=hf.num_local_experts, top_k=hf.num_experts_per_tok,
+                          hidden_size=hf.hidden_size, intermediate_size=hf.intermediate_size,
+                          quant_config=vc.quant_config, prefix=prefix)
+
+    def _parameters(self, w):
+        return {"gate.weight": w.gate, **_experts("experts.routed_experts", w)}
+
+
+@dataclass
+class VllmDeepseekV3MoE(VllmMoEBlock):
+    """DeepseekV2MoE with a DeepSeek-V3 config (deepseek_v2.py): sigmoid scores, the
+    e_score_correction_bias steering a group-limited top-k (noaux_tc), routed_scaling_factor on
+    the routed part, n_shared_experts ungated shared experts."""
+
+    family: str = "deepseek_v3"
+    module: ClassVar[str] = "deepseek_v2"
+    block_class: ClassVar[str] = "DeepseekV2MoE"
+
+    def _refusals(self, cfg):
+        why = []
+        if cfg.topk_method != "noaux_tc" or cfg.scoring_func != "sigmoid":
+            why.append(f"routing {cfg.topk_method}/{cfg.scoring_func} (DeepSeek-V3: noaux_tc, "
+                       "sigmoid)")
+        Is, I = cfg.shared_expert_intermediate_size, cfg.moe_intermediate_size
+        if not Is or Is % I or cfg.shared_expert_gated:
+            why.append(f"shared expert width {Is}, gated={cfg.shared_expert_gated} (DeepSeek: "
+                       f"n_shared_experts ungated experts of width {I})")
+        return why
+
+    def _hf_config(self, cfg):
+        return dict(architectures=["DeepseekV3ForCausalLM"], model_type="deepseek_v3",
+                    hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size,
+                    moe_intermediate_size=cfg.moe_intermediate_size,
+                    n_routed_experts=cfg.num_experts,
+                    n_shared_experts=cfg.shared_expert_intermediate_size
+                    // cfg.moe_intermediate_size,
+                    num_experts_per_tok=cfg.num_experts_per_tok, n_group=cfg.n_group,
+                    topk_group=cfg.topk_group, topk_method="noaux_tc", scoring_func="sigmoid",
+                    norm_topk_prob=cfg.norm_topk_prob,
+                    routed_scaling_factor=cfg.routed_scaling_factor, first_k_dense_replace=0,
+                    moe_layer_freq=1, num_key_value_heads=2, kv_lora_rank=32, q_lora_rank=None,
+                    qk_rope_head_dim=16, qk_nope_head_dim=32, v_head_dim=32,
+                    rope_theta=10000.0)
+
+    def _build(self, vc, hf, prefix):
+        from vllm.model_executor.models.deepseek_v2 import DeepseekV2MoE
+
+        return DeepseekV2MoE(config=hf, parallel_config=vc.parallel_config,
+                             quant_config=vc.quant_config, prefix=prefix)
+
+    def _parameters(self, w):
+        return {"gate.weight": w.gate, "gate.e_score_correction_bias": w.e_score_correction_bias,
+                "shared_experts.gate_up_proj.weight": w.shared_w13,
+                "shared_experts.down_proj.weight": w.shared_w2,
+                **_experts("experts.routed_experts", w)}
+
+
 @contextlib.contextmanager
 def tampered(backend: VllmQwen3NextMoEBlock, fn):
     """Run with a planted bug: fn(block) after the weights are copied in, before they are
@@ -171,7 +353,16 @@ def tampered(backend: VllmQwen3NextMoEBlock, fn):
         backend.tamper = old
 
 
-REGISTRY.register("vllm.qwen3_next_moe_block", functools.partial(
-    VllmQwen3NextMoEBlock, name="vllm.qwen3_next_moe_block",
-    description="vLLM's Qwen3NextSparseMoeBlock (gate, routing, FusedMoE, gated shared expert) "
-                "on CPU"))
+BLOCKS = {
+    "vllm.qwen3_next_moe_block": (VllmQwen3NextMoEBlock, "vLLM's Qwen3NextSparseMoeBlock (gate, "
+                                  "softmax top-k, FusedMoE, gated shared expert) on CPU"),
+    "vllm.qwen3_moe_block": (VllmQwen3MoeBlock, "vLLM's Qwen3MoeSparseMoeBlock (gate, softmax "
+                             "top-k, FusedMoE) on CPU"),
+    "vllm.mixtral_moe_block": (VllmMixtralMoE, "vLLM's MixtralMoE (gate, softmax top-k "
+                               "renormalized, FusedMoE) on CPU"),
+    "vllm.deepseek_v3_moe_block": (VllmDeepseekV3MoE, "vLLM's DeepseekV2MoE with a DeepSeek-V3 "
+                                   "config (grouped sigmoid top-k with correction bias, routed "
+                                   "scaling, shared experts) on CPU"),
+}
+for _name, (_cls, _description) in BLOCKS.items():
+    REGISTRY.register(_name, functools.partial(_cls, name=_name, description=_description))

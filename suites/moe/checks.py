@@ -365,12 +365,27 @@ def renorm_underflow(logits: torch.Tensor, cfg, ids: torch.Tensor) -> torch.Tens
 # ----------------------------------------------------------------------------- whole block
 
 
-def block_near_ties(logits: torch.Tensor, cfg, dtype: torch.dtype) -> torch.Tensor:
+def block_near_ties(logits: torch.Tensor, cfg, dtype: torch.dtype,
+                    e_score_correction_bias: torch.Tensor | None = None) -> torch.Tensor:
     """[T] bool: tokens whose top-k choice can flip when the router logits are rounded to the
-    model dtype (vLLM's gate is a linear layer in that dtype: each logit carries up to half a
-    unit of rounding, two of them a full unit of the largest logit's scale)."""
-    margin = selection_margin(logits, cfg.router)
-    return margin <= resolution(dtype) * logits.abs().amax(1).clamp_min(1.0)
+    model dtype (vLLM's gate is a linear layer in that dtype: each logit l carries up to half a
+    unit of rounding, two of them a full unit, r(dtype) * max(|l|, 1)).
+
+    Softmax top-k selects on the logits: a near-tie is a margin within one unit of the largest
+    logit. Grouped routers select on scores: a logit error d moves a sigmoid score by at most
+    s(1 - s) d, a softmax score by at most d / 2 (its partials sum to 2 s (1 - s)); a margin
+    compares two scores (expert boundary) or two sums of two (DeepSeek-V3 group scores), so a
+    near-tie is a margin within 4 such moves."""
+    margin = selection_margin(logits, cfg.router, e_score_correction_bias)
+    unit = resolution(dtype) * logits.double().abs().clamp_min(1.0)  # [T, E]
+    if cfg.topk_method in ("greedy", "topk_softmax"):
+        return margin <= unit.amax(1)
+    if cfg.scoring_func == "sigmoid":
+        s = torch.sigmoid(logits.double())
+        move = (s * (1 - s) * unit).amax(1)
+    else:
+        move = 0.5 * unit.amax(1)
+    return margin <= 4 * move
 
 
 def check_block_matches_oracle(backend, bp) -> dict:
@@ -395,7 +410,7 @@ def check_block_matches_oracle(backend, bp) -> dict:
     if bad.any():
         raise AssertionError(_ctx(backend, bp, "block", f"{int(bad.sum())} / {bp.T} rows not "
                                   f"finite, first {int(bad.nonzero()[0])}"))
-    tie = block_near_ties(router_logits(x, w.gate), cfg, bp.torch_dtype)
+    tie = block_near_ties(router_logits(x, w.gate), cfg, bp.torch_dtype, w.e_score_correction_bias)
     keep = ~tie
     figures = {"near_ties": int(tie.sum()), "compared": int(keep.sum())}
     if keep.any():
