@@ -108,22 +108,21 @@ PLANTED = {
 }
 
 
+def _as_family(bp, family):
+    """bp as the family's block; Mixtral's models all route top-2 (at K=8 the 8th weight of a
+    sharp softmax is below bf16 resolution, so dropping it is not an error a block can show)."""
+    bp = bp.for_family(family)
+    return dataclasses.replace(bp, K=2) if family == "mixtral" else bp
+
+
 def _problems(family):
-    """PROBLEMS as the family's block; Mixtral's models all route top-2 (at K=8 the 8th weight of
-    a sharp softmax is below bf16 resolution, so dropping it is not an error a block can show)."""
-    problems = [bp.for_family(family) for bp in PROBLEMS]
-    if family == "mixtral":
-        problems = [dataclasses.replace(bp, K=2) for bp in problems]
-    return problems
+    return [_as_family(bp, family) for bp in PROBLEMS]
 
 
 @pytest.mark.moe
 @pytest.mark.parametrize("bp", PROBLEMS, ids=lambda bp: f"E{bp.E}-K{bp.K}-T{bp.T}")
 def test_clean_block_passes(vllm_block, bp):
-    bp = bp.for_family(vllm_block.family)
-    if vllm_block.family == "mixtral":
-        bp = dataclasses.replace(bp, K=2)
-    figures = check_block_matches_oracle(vllm_block, bp)
+    figures = check_block_matches_oracle(vllm_block, _as_family(bp, vllm_block.family))
     assert figures["compared"] > 0
 
 

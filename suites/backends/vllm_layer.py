@@ -24,6 +24,7 @@ activation, biases, shared-expert layout) is UnsupportedShape.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import importlib
@@ -84,21 +85,27 @@ class VllmMoEBlock(MoEBlockBackend):
         return reason
 
     # ------------------------------------------------------------------ per family
+    @abc.abstractmethod
     def _refusals(self, cfg) -> list[str]:
         """What of cfg this family's block cannot express (empty: it can)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _hf_config(self, cfg) -> dict:
         """config.json for cfg in this family's format."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _build(self, vc, hf, prefix: str):
         """The block, as the family's decoder layer constructs it."""
-        raise NotImplementedError
+
+    def _shared_parameters(self, w) -> dict:
+        """vLLM parameter name -> reference tensor for the family's shared expert, if any."""
+        return {}
 
     def _parameters(self, w) -> dict:
-        """vLLM parameter name -> the reference tensor that goes there."""
-        raise NotImplementedError
+        """vLLM parameter name -> the reference tensor that goes there (vLLM 0.32 registers
+        every family's routed experts under experts.routed_experts)."""
+        return {"gate.weight": w.gate, "experts.routed_experts.w13_weight": w.w13,
+                "experts.routed_experts.w2_weight": w.w2, **self._shared_parameters(w)}
 
     # ------------------------------------------------------------------ shared
     def check(self, cfg) -> None:
@@ -181,10 +188,6 @@ class VllmMoEBlock(MoEBlockBackend):
                 return block(x.clone())
 
 
-def _experts(prefix: str, w) -> dict:
-    return {f"{prefix}.w13_weight": w.w13, f"{prefix}.w2_weight": w.w2}
-
-
 def _softmax_refusals(cfg, *, renormalizes: bool | None = None) -> list[str]:
     why = []
     if cfg.topk_method != "greedy" or cfg.scoring_func != "softmax":
@@ -223,11 +226,10 @@ class VllmQwen3NextMoEBlock(VllmMoEBlock):
 
         return Qwen3NextSparseMoeBlock(vllm_config=vc, prefix=prefix)
 
-    def _parameters(self, w):
-        return {"gate.weight": w.gate, "shared_expert_gate.weight": w.shared_expert_gate,
+    def _shared_parameters(self, w):
+        return {"shared_expert_gate.weight": w.shared_expert_gate,
                 "shared_expert.gate_up_proj.weight": w.shared_w13,
-                "shared_expert.down_proj.weight": w.shared_w2,
-                **_experts("experts.routed_experts", w)}
+                "shared_expert.down_proj.weight": w.shared_w2}
 
 
 @dataclass
@@ -257,9 +259,6 @@ class VllmQwen3MoeBlock(VllmMoEBlock):
 
         return Qwen3MoeSparseMoeBlock(vllm_config=vc, prefix=prefix)
 
-    def _parameters(self, w):
-        return {"gate.weight": w.gate, **_experts("experts.routed_experts", w)}
-
 
 @dataclass
 class VllmMixtralMoE(VllmMoEBlock):
@@ -288,9 +287,6 @@ class VllmMixtralMoE(VllmMoEBlock):
         return MixtralMoE(num_experts=hf.num_local_experts, top_k=hf.num_experts_per_tok,
                           hidden_size=hf.hidden_size, intermediate_size=hf.intermediate_size,
                           quant_config=vc.quant_config, prefix=prefix)
-
-    def _parameters(self, w):
-        return {"gate.weight": w.gate, **_experts("experts.routed_experts", w)}
 
 
 @dataclass
@@ -335,11 +331,10 @@ class VllmDeepseekV3MoE(VllmMoEBlock):
         return DeepseekV2MoE(config=hf, parallel_config=vc.parallel_config,
                              quant_config=vc.quant_config, prefix=prefix)
 
-    def _parameters(self, w):
-        return {"gate.weight": w.gate, "gate.e_score_correction_bias": w.e_score_correction_bias,
+    def _shared_parameters(self, w):
+        return {"gate.e_score_correction_bias": w.e_score_correction_bias,
                 "shared_experts.gate_up_proj.weight": w.shared_w13,
-                "shared_experts.down_proj.weight": w.shared_w2,
-                **_experts("experts.routed_experts", w)}
+                "shared_experts.down_proj.weight": w.shared_w2}
 
 
 @contextlib.contextmanager
