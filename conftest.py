@@ -176,7 +176,8 @@ def backend_params(config: pytest.Config, kind: str) -> list:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for argname, kind in (("experts_backend", "experts"), ("quant_backend", "quant_experts"),
                           ("router_backend", "router"),
-                          ("block_backend", "moe_block"), ("sampler_backend", "rejection_sampler"),
+                          ("block_backend", "moe_block"), ("mtp_backend", "mtp_module"),
+                          ("sampler_backend", "rejection_sampler"),
                           ("engine_backend", "engine")):
         if argname in metafunc.fixturenames:
             metafunc.parametrize(argname, backend_params(metafunc.config, kind), indirect=True)
@@ -205,6 +206,13 @@ def router_backend(request):
 
 @pytest.fixture
 def block_backend(request):
+    from suites.backends import REGISTRY
+
+    return REGISTRY.get(request.param)
+
+
+@pytest.fixture
+def mtp_backend(request):
     from suites.backends import REGISTRY
 
     return REGISTRY.get(request.param)

@@ -1,6 +1,7 @@
 """Transformer building blocks of the MTP modules, in float64: RMSNorm (plain and Qwen3-Next's
-zero-centred one), partial rotary embeddings (neox layout), Qwen3-Next gated full attention, and
-the Qwen3-Next decoder layer with the sparse MoE block of reference/moe.py.
+zero-centred one), partial rotary embeddings (neox layout), Qwen3-Next gated full attention, the
+Qwen3-Next decoder layer with the sparse MoE block of reference/moe.py, and DeepSeek-V2/V3's
+decoder layer with its attention as a parameter (MLA has no oracle here yet).
 
 Names follow Qwen3-Next's config.json / checkpoint (q_proj, k_proj, v_proj, o_proj, q_norm,
 k_norm, input_layernorm, post_attention_layernorm, partial_rotary_factor, rope_theta).
@@ -8,6 +9,7 @@ k_norm, input_layernorm, post_attention_layernorm, partial_rotary_factor, rope_t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -119,10 +121,37 @@ def qwen3_next_decoder_layer(
     attn_cfg: AttentionConfig,
     moe_cfg: MoEConfig,
     w: DecoderLayerWeights,
+    trace: dict | None = None,
 ) -> torch.Tensor:  # [T, H] (residual stream after the layer)
-    """Pre-norm full-attention layer: x + attn(norm(x)), then h + moe(norm(h))."""
+    """Pre-norm full-attention layer: x + attn(norm(x)), then h + moe(norm(h)). trace, if
+    given, receives the MoE block's input ("moe_input" [T, H])."""
     eps = attn_cfg.rms_norm_eps
     h = x.double() + gated_attention(zero_centred_rms_norm(x, w.input_layernorm, eps), positions,
                                      attn_cfg, w.self_attn)
-    moe_out, _, _ = moe_block(zero_centred_rms_norm(h, w.post_attention_layernorm, eps), moe_cfg, w.mlp)
+    moe_in = zero_centred_rms_norm(h, w.post_attention_layernorm, eps)
+    if trace is not None:
+        trace["moe_input"] = moe_in
+    moe_out, _, _ = moe_block(moe_in, moe_cfg, w.mlp)
+    return h + moe_out
+
+
+def deepseek_v2_decoder_layer(
+    x: torch.Tensor,  # [T, H]
+    positions: torch.Tensor,  # [T]
+    attention: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],  # (x [T, H], positions) -> [T, H]
+    moe_cfg: MoEConfig,
+    input_layernorm: torch.Tensor,  # [H] plain RMSNorm
+    post_attention_layernorm: torch.Tensor,  # [H]
+    mlp: MoEWeights,
+    eps: float,
+    trace: dict | None = None,
+) -> torch.Tensor:  # [T, H] (residual stream after the layer)
+    """DeepseekV2DecoderLayer (DeepSeek-V2/V3 and their MTP block): x + attn(rms(x)), then
+    h + moe(rms(h)) with plain RMSNorm. DeepSeek-V3's attention is MLA; it is a parameter here
+    (the MTP suites substitute the same attention on both sides). trace: as above."""
+    h = x.double() + attention(rms_norm(x, input_layernorm, eps), positions).double()
+    moe_in = rms_norm(h, post_attention_layernorm, eps)
+    if trace is not None:
+        trace["moe_input"] = moe_in
+    moe_out, _, _ = moe_block(moe_in, moe_cfg, mlp)
     return h + moe_out

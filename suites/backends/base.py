@@ -9,6 +9,8 @@ Kinds and their one signature each:
   quant_experts      prepare(w13: QuantizedWeight, w2: QuantizedWeight) -> handle (reference/quant.py:
                      codes unpacked in the scheme's canonical layout; the backend packs them)
                      run(handle, x, topk_weights, topk_ids, out=None, expert_map=None) -> out [T, H]
+  mtp_module         prepare(p: MTPProblem, inputs: MTPInputs) -> handle (fixtures/strategies.py)
+                     step(handle, input_ids [T], hidden [T, H], positions [T]) -> MTPStepOutput
   rejection_sampler  see suites/backends/rejection_sampler.py
   engine             see suites/backends/engine.py
 """
@@ -34,7 +36,8 @@ class UnsupportedShape(ValueError):
 @dataclass
 class Backend:
     name: str
-    kind: str  # "experts" | "quant_experts" | "router" | "moe_block" | "rejection_sampler" | "engine"
+    kind: str  # "experts" | "quant_experts" | "router" | "moe_block" | "mtp_module" |
+    #            "rejection_sampler" | "engine"
     device: str = "cpu"  # "cpu" | "cuda"
     description: str = ""
     is_reference: bool = False
@@ -156,6 +159,37 @@ class MoEBlockBackend(Backend, abc.ABC):
     @abc.abstractmethod
     def forward(self, cfg, w, x: torch.Tensor) -> torch.Tensor:
         """[T, H] in x.dtype for the block of cfg with weights w."""
+
+
+@dataclass
+class MTPStepOutput:
+    fed_back: torch.Tensor  # [T, H] the hidden state the module hands to the next draft step
+    logits: torch.Tensor  # [T, V]
+    pre_norm: torch.Tensor | None = None  # [T, H] before the final norm, where the module exposes it
+
+
+@dataclass
+class MTPModuleBackend(Backend, abc.ABC):
+    """One MTP draft module as the drafter calls it, one step at a time: the suites chain the
+    steps (drafted token and fed-back hidden state appended as a new position)."""
+
+    kind: str = "mtp_module"
+    family: str = "qwen3_next"  # fixtures/strategies.py MTP_FAMILIES
+    # What the module hands back for the next step: "normed" (after the final norm) or
+    # "pre_norm". The suites hold it to the oracle with the same convention.
+    feeds_back: str = "normed"
+
+    def check(self, problem) -> None:
+        """Raise UnsupportedShape when this module cannot run the problem here."""
+
+    @abc.abstractmethod
+    def prepare(self, problem, inputs):
+        """A handle for the module with the problem's weights loaded."""
+
+    @abc.abstractmethod
+    def step(self, handle, input_ids: torch.Tensor, hidden_states: torch.Tensor,
+             positions: torch.Tensor) -> MTPStepOutput:
+        """One draft step over a sequence (hidden_states in the model dtype)."""
 
 
 @dataclass

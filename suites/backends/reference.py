@@ -14,6 +14,8 @@ from suites.backends.base import (
     REGISTRY,
     ExpertsBackend,
     MoEBlockBackend,
+    MTPModuleBackend,
+    MTPStepOutput,
     QuantExpertsBackend,
     RouterBackend,
 )
@@ -80,3 +82,20 @@ class ReferenceMoEBlock(MoEBlockBackend):
 
 REGISTRY.register("reference.moe_block", lambda: ReferenceMoEBlock(
     name="reference.moe_block", description="fp64 oracle (reference/moe.py)", is_reference=True))
+
+
+@dataclass
+class ReferenceMTPModule(MTPModuleBackend):
+    def prepare(self, problem, inputs):
+        return inputs
+
+    def step(self, handle, input_ids, hidden_states, positions):
+        fed, logits, pre = handle.oracle_step(input_ids, hidden_states.double(), positions)
+        dt = hidden_states.dtype
+        return MTPStepOutput(fed.to(dt), logits.to(dt), None if pre is None else pre.to(dt))
+
+
+for _family in ("qwen3_next", "deepseek_v3"):
+    REGISTRY.register(f"reference.mtp_module.{_family}", lambda f=_family: ReferenceMTPModule(
+        name=f"reference.mtp_module.{f}", family=f, is_reference=True,
+        description="fp64 oracle (reference/mtp.py)"))

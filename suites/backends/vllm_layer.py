@@ -25,11 +25,13 @@ activation, biases, shared-expert layout) is UnsupportedShape.
 from __future__ import annotations
 
 import abc
+import atexit
 import contextlib
 import functools
 import importlib
 import json
 import pathlib
+import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -48,6 +50,50 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_SCRATCH: list[pathlib.Path] = []
+
+
+def scratch_dir() -> pathlib.Path:
+    """One temporary folder per process for the config.json files vLLM's ModelConfig reads,
+    removed when the process exits."""
+    if not _SCRATCH:
+        _SCRATCH.append(pathlib.Path(tempfile.mkdtemp(prefix="vllm-layer-configs-")))
+        atexit.register(shutil.rmtree, _SCRATCH[0], True)
+    return _SCRATCH[0]
+
+
+def write_config(name: str, hf: dict) -> pathlib.Path:
+    """A model folder holding config.json = hf (name unique per config in this process)."""
+    folder = scratch_dir() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(hf))
+    return folder
+
+
+def model_file_reason(device: str, module: str) -> str | None:
+    """Why vllm.model_executor.models.<module> cannot be used on device here, else None."""
+    reason = vllm_build_reason(device)
+    if reason is None:
+        try:
+            importlib.import_module(f"vllm.model_executor.models.{module}")
+        except Exception as e:  # any import failure means: cannot run here
+            return (f"vllm.model_executor.models.{module} does not import here: "
+                    f"{type(e).__name__}: {e}".splitlines()[0])
+    return reason
+
+
+def ensure_distributed() -> None:
+    """vLLM's distributed state, world size 1 over gloo, once per process (its layers ask
+    for the tensor-parallel group even at size 1). Call inside set_current_vllm_config."""
+    from vllm.distributed import init_distributed_environment, initialize_model_parallel
+    from vllm.distributed.parallel_state import model_parallel_is_initialized
+
+    if not model_parallel_is_initialized():
+        init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
+                                     distributed_init_method=f"tcp://127.0.0.1:{_free_port()}")
+        initialize_model_parallel(1, 1)
 
 
 # The parts of a model's config.json every family's file needs to build a ModelConfig (the
@@ -72,17 +118,9 @@ class VllmMoEBlock(MoEBlockBackend):
         # vLLM state lives outside the dataclass fields: failure printers (hypothesis) walk the
         # fields, and a VllmConfig's repr is not safe to take.
         self._configs: dict = {}
-        self._distributed = False
-        self._tmp = pathlib.Path(tempfile.mkdtemp(prefix="vllm-moe-block-"))
 
     def unavailable_reason(self) -> str | None:
-        reason = vllm_build_reason(self.device)
-        if reason is None:
-            try:
-                importlib.import_module(f"vllm.model_executor.models.{self.module}")
-            except Exception as e:  # any import failure means: cannot run here
-                return f"vllm.model_executor.models.{self.module} does not import: {e}"
-        return reason
+        return model_file_reason(self.device, self.module)
 
     # ------------------------------------------------------------------ per family
     @abc.abstractmethod
@@ -123,25 +161,11 @@ class VllmMoEBlock(MoEBlockBackend):
             from vllm.config import ModelConfig, VllmConfig
 
             hf = {**_COMMON, **self._hf_config(cfg)}
-            folder = self._tmp / f"{self.family}-{len(self._configs)}"
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "config.json").write_text(json.dumps(hf))
+            folder = write_config(f"{self.name}-{len(self._configs)}", hf)
             mc = ModelConfig(model=str(folder), skip_tokenizer_init=True, dtype="bfloat16",
                              enforce_eager=True)
             self._configs[cfg] = VllmConfig(model_config=mc)
         return self._configs[cfg]
-
-    def _ensure_distributed(self) -> None:
-        if self._distributed:
-            return
-        from vllm.distributed import init_distributed_environment, initialize_model_parallel
-        from vllm.distributed.parallel_state import model_parallel_is_initialized
-
-        if not model_parallel_is_initialized():
-            init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
-                                         distributed_init_method=f"tcp://127.0.0.1:{_free_port()}")
-            initialize_model_parallel(1, 1)
-        self._distributed = True
 
     def forward(self, cfg, w, x):
         from vllm.config import set_current_vllm_config
@@ -152,7 +176,7 @@ class VllmMoEBlock(MoEBlockBackend):
             raise UnsupportedShape(f"{self.name}: dtype {x.dtype} (the model dtype is bfloat16)")
         vc = self._vllm_config(cfg)
         with set_current_vllm_config(vc):
-            self._ensure_distributed()
+            ensure_distributed()
             # The block registers its experts in the config's static forward context by layer
             # name (a model has one per layer); a fresh block per call takes the name over.
             cc = vc.compilation_config

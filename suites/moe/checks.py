@@ -366,7 +366,8 @@ def renorm_underflow(logits: torch.Tensor, cfg, ids: torch.Tensor) -> torch.Tens
 
 
 def block_near_ties(logits: torch.Tensor, cfg, dtype: torch.dtype,
-                    e_score_correction_bias: torch.Tensor | None = None) -> torch.Tensor:
+                    e_score_correction_bias: torch.Tensor | None = None,
+                    units: float = 1.0) -> torch.Tensor:
     """[T] bool: tokens whose top-k choice can flip when the router logits are rounded to the
     model dtype (vLLM's gate is a linear layer in that dtype: each logit l carries up to half a
     unit of rounding, two of them a full unit, r(dtype) * max(|l|, 1)).
@@ -375,9 +376,10 @@ def block_near_ties(logits: torch.Tensor, cfg, dtype: torch.dtype,
     logit. Grouped routers select on scores: a logit error d moves a sigmoid score by at most
     s(1 - s) d, a softmax score by at most d / 2 (its partials sum to 2 s (1 - s)); a margin
     compares two scores (expert boundary) or two sums of two (DeepSeek-V3 group scores), so a
-    near-tie is a margin within 4 such moves."""
+    near-tie is a margin within 4 such moves. units scales the unit, for a gate whose input
+    already carries rounding from earlier layers (the MTP modules)."""
     margin = selection_margin(logits, cfg.router, e_score_correction_bias)
-    unit = resolution(dtype) * logits.double().abs().clamp_min(1.0)  # [T, E]
+    unit = units * resolution(dtype) * logits.double().abs().clamp_min(1.0)  # [T, E]
     if cfg.topk_method in ("greedy", "topk_softmax"):
         return margin <= unit.amax(1)
     if cfg.scoring_func == "sigmoid":
