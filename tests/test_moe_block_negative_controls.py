@@ -12,6 +12,11 @@ DeepseekV2MoE with a V3 config) after its weights are loaded (suites/backends/vl
   scaling applied twice     DeepSeek-V3: routed_scaling_factor applied to the weights twice
   correction bias dropped   DeepSeek-V3: e_score_correction_bias not loaded (zeros)
   bias in the weights       DeepSeek-V3 (oracle): the bias added to the routed weights too
+  softmax before top-k      gpt-oss: renormalize off (softmax over all experts, then top-k),
+                            planted as "norm_topk_prob dropped" in vLLM and in the oracle
+  router bias dropped       gpt-oss: the router's bias not loaded
+  expert biases dropped     gpt-oss: gate_up_proj_bias not loaded
+  gate/up de-interleaved    gpt-oss: interleaved gate/up rows loaded as two halves
 
 The clean block passes on the same problems (so the catches are the bugs, not the problems).
 """
@@ -41,6 +46,7 @@ FAMILY_BLOCKS = {
     "qwen3_moe": "vllm.qwen3_moe_block",
     "mixtral": "vllm.mixtral_moe_block",
     "deepseek_v3": "vllm.deepseek_v3_moe_block",
+    "gpt_oss": "vllm.gpt_oss_moe_block",
 }
 
 
@@ -67,7 +73,7 @@ def _swap_shared_halves(block):
 
 
 def _shift_gate_rows(block):
-    w = block.gate.weight
+    w = (block.router if hasattr(block, "router") else block.gate).weight
     with torch.no_grad():
         w.copy_(torch.roll(w, 1, 0))
 
@@ -91,6 +97,24 @@ def _scale_twice(block):
     _router(block).routed_scaling_factor *= block.routed_scaling_factor  # applied twice
 
 
+def _drop_router_bias(block):
+    with torch.no_grad():
+        block.router.bias.zero_()  # gpt-oss: router bias not loaded
+
+
+def _drop_expert_biases(block):
+    with torch.no_grad():
+        block.experts.routed_experts.w13_bias.zero_()  # gpt-oss: gate_up_proj_bias not loaded
+
+
+def _deinterleave_gate_up(block):
+    """gpt-oss: the checkpoint's interleaved gate/up rows loaded as two halves (the layout the
+    silu families use), so swigluoai pairs the wrong rows."""
+    w = block.experts.routed_experts.w13_weight
+    with torch.no_grad():
+        w.copy_(torch.cat([w[:, 0::2], w[:, 1::2]], 1).clone())
+
+
 def _drop_correction_bias(block):
     with torch.no_grad():
         block.gate.e_score_correction_bias.zero_()  # bias not loaded: selection unsteered
@@ -105,6 +129,9 @@ PLANTED = {
     "router on shifted gate rows": (_shift_gate_rows, tuple(FAMILY_BLOCKS)),
     "routed_scaling_factor applied twice": (_scale_twice, ("deepseek_v3",)),
     "e_score_correction_bias dropped": (_drop_correction_bias, ("deepseek_v3",)),
+    "router bias dropped": (_drop_router_bias, ("gpt_oss",)),
+    "expert biases dropped": (_drop_expert_biases, ("gpt_oss",)),
+    "gate/up de-interleaved": (_deinterleave_gate_up, ("gpt_oss",)),
 }
 
 
@@ -180,12 +207,15 @@ class _ReferenceForward:
 
 
 ALL = tuple(FAMILY_BLOCKS)
+RENORMALIZING = tuple(f for f in FAMILY_BLOCKS if f != "gpt_oss")  # gpt-oss: softmax over top-k
 # bug -> (the backend with it, the families whose block has the part it breaks)
 REFERENCE_BUGS = {
     "ungated shared expert": (_ReferenceWithBug(lambda cfg, w: (
         cfg, dataclasses.replace(w, shared_expert_gate=None))), ("qwen3_next",)),
     "norm_topk_prob dropped": (_ReferenceWithBug(lambda cfg, w: (
-        dataclasses.replace(cfg, norm_topk_prob=False), w)), ALL),
+        dataclasses.replace(cfg, norm_topk_prob=False), w)), RENORMALIZING),
+    "router softmax before top-k": (_ReferenceWithBug(lambda cfg, w: (
+        dataclasses.replace(cfg, topk_method="greedy", norm_topk_prob=False), w)), ("gpt_oss",)),
     "top-k off by one": (_ReferenceWithBug(lambda cfg, w: (
         dataclasses.replace(cfg, num_experts_per_tok=cfg.num_experts_per_tok - 1), w)), ALL),
     "no shared expert": (_ReferenceWithBug(lambda cfg, w: (

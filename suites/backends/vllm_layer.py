@@ -9,6 +9,8 @@
     vllm.deepseek_v3_moe_block  DeepseekV2MoE (deepseek_v2.py) with a DeepSeek-V3 config:
                                 sigmoid scores, e_score_correction_bias, grouped top-k,
                                 routed_scaling_factor, ungated shared experts
+    vllm.gpt_oss_moe_block      MLPBlock (gpt_oss.py): router with a bias, softmax over the
+                                top-k, expert biases, interleaved clamped SwiGLU (swigluoai)
 
 Kind "moe_block": forward(cfg: MoEConfig, w: MoEWeights, x [T, H]) -> [T, H] in x.dtype; each
 backend's `family` names the block family (fixtures/strategies.py BlockProblem.for_family).
@@ -361,6 +363,52 @@ class VllmDeepseekV3MoE(VllmMoEBlock):
                 "shared_experts.down_proj.weight": w.shared_w2}
 
 
+@dataclass
+class VllmGptOssMoE(VllmMoEBlock):
+    """gpt-oss's MLPBlock (gpt_oss.py): a router with a bias (GateLinear), FusedMoE with
+    renormalize=True (softmax over the top-k logits), expert biases and the interleaved clamped
+    SwiGLU (activation swigluoai, swiglu_limit 7), no shared expert."""
+
+    family: str = "gpt_oss"
+    module: ClassVar[str] = "gpt_oss"
+    block_class: ClassVar[str] = "MLPBlock"
+
+    def check(self, cfg) -> None:  # the base refuses biases and non-silu: this block has them
+        why = []
+        if cfg.topk_method != "topk_softmax":
+            why.append(f"routing {cfg.topk_method}/{cfg.scoring_func} (softmax over the top-k)")
+        if cfg.hidden_act != "swigluoai" or not (cfg.router_bias and cfg.expert_bias):
+            why.append(f"activation {cfg.hidden_act}, router_bias={cfg.router_bias}, "
+                       f"expert_bias={cfg.expert_bias} (gpt-oss: swigluoai with both biases)")
+        if cfg.shared_expert_intermediate_size or cfg.routed_scaling_factor != 1.0:
+            why.append("a shared expert or routed scaling (gpt-oss has neither)")
+        if why:
+            raise UnsupportedShape(f"{self.name}: {self.block_class} cannot express " + ", ".join(why))
+
+    def _refusals(self, cfg):
+        return []
+
+    def _hf_config(self, cfg):
+        return dict(architectures=["GptOssForCausalLM"], model_type="gpt_oss",
+                    hidden_size=cfg.hidden_size, intermediate_size=cfg.moe_intermediate_size,
+                    num_local_experts=cfg.num_experts,
+                    num_experts_per_tok=cfg.num_experts_per_tok, swiglu_limit=7.0,
+                    sliding_window=128, layer_types=["full_attention"], rope_theta=150000.0,
+                    max_position_embeddings=131072)
+
+    def _build(self, vc, hf, prefix):
+        from vllm.model_executor.models.gpt_oss import MLPBlock
+
+        return MLPBlock(vllm_config=vc, layer_idx=0, prefix=prefix)
+
+    def _parameters(self, w):
+        return {"router.weight": w.gate, "router.bias": w.gate_bias,
+                "experts.routed_experts.w13_weight": w.w13,
+                "experts.routed_experts.w13_bias": w.w13_bias,
+                "experts.routed_experts.w2_weight": w.w2,
+                "experts.routed_experts.w2_bias": w.w2_bias}
+
+
 @contextlib.contextmanager
 def tampered(backend: VllmQwen3NextMoEBlock, fn):
     """Run with a planted bug: fn(block) after the weights are copied in, before they are
@@ -379,6 +427,9 @@ BLOCKS = {
                              "top-k, FusedMoE) on CPU"),
     "vllm.mixtral_moe_block": (VllmMixtralMoE, "vLLM's MixtralMoE (gate, softmax top-k "
                                "renormalized, FusedMoE) on CPU"),
+    "vllm.gpt_oss_moe_block": (VllmGptOssMoE, "vLLM's gpt-oss MLPBlock (router with bias, "
+                               "softmax over the top-k, expert biases, clamped interleaved "
+                               "SwiGLU) on CPU"),
     "vllm.deepseek_v3_moe_block": (VllmDeepseekV3MoE, "vLLM's DeepseekV2MoE with a DeepSeek-V3 "
                                    "config (grouped sigmoid top-k with correction bias, routed "
                                    "scaling, shared experts) on CPU"),

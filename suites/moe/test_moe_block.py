@@ -1,5 +1,5 @@
 """vLLM's MoE layers as each model family's file builds them (suites/backends/vllm_layer.py:
-Qwen3-Next / Qwen3.5, Qwen3-MoE, Mixtral, DeepSeek-V3), held to the fp64 block of
+Qwen3-Next / Qwen3.5, Qwen3-MoE, Mixtral, DeepSeek-V3, gpt-oss), held to the fp64 block of
 reference/moe.py on hypothesis-drawn shapes (E up to 512, top-k up to 10, decode and awkward
 token counts) made into the backend's family (BlockProblem.for_family) and on the catalogue's
 CPU-sized shapes of that family's models.
@@ -57,6 +57,7 @@ FAMILY_MODELS = {
     "qwen3_moe": ("qwen3-30b-a3b",),
     "mixtral": ("mixtral-8x7b",),
     "deepseek_v3": ("deepseek-v3",),
+    "gpt_oss": ("gpt-oss-20b",),
 }
 
 
