@@ -30,6 +30,7 @@ import torch
 
 from fixtures.strategies import BlockProblem
 from reference.moe import moe_block
+from suites.backends.vllm_layer import FAMILY_BLOCKS
 from suites.moe.checks import check_block_matches_oracle
 
 PROBLEMS = [
@@ -39,15 +40,6 @@ PROBLEMS = [
     BlockProblem(E=512, K=10, H=256, I=64, Is=64, norm_topk_prob=True, T=16, gate_scale=4.0,
                  seed=3),
 ]
-
-
-FAMILY_BLOCKS = {
-    "qwen3_next": "vllm.qwen3_next_moe_block",
-    "qwen3_moe": "vllm.qwen3_moe_block",
-    "mixtral": "vllm.mixtral_moe_block",
-    "deepseek_v3": "vllm.deepseek_v3_moe_block",
-    "gpt_oss": "vllm.gpt_oss_moe_block",
-}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILY_BLOCKS))

@@ -434,5 +434,7 @@ BLOCKS = {
                                    "config (grouped sigmoid top-k with correction bias, routed "
                                    "scaling, shared experts) on CPU"),
 }
+# family -> its block backend (the MoE block suites and tools pick a family's backend from here)
+FAMILY_BLOCKS = {cls.family: name for name, (cls, _) in BLOCKS.items()}
 for _name, (_cls, _description) in BLOCKS.items():
     REGISTRY.register(_name, functools.partial(_cls, name=_name, description=_description))

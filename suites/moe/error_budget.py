@@ -21,14 +21,7 @@ import sys
 import torch
 
 from fixtures.strategies import BlockProblem
-
-BLOCKS = {
-    "qwen3_next": "vllm.qwen3_next_moe_block",
-    "qwen3_moe": "vllm.qwen3_moe_block",
-    "mixtral": "vllm.mixtral_moe_block",
-    "deepseek_v3": "vllm.deepseek_v3_moe_block",
-    "gpt_oss": "vllm.gpt_oss_moe_block",
-}
+from suites.backends.vllm_layer import FAMILY_BLOCKS
 
 
 def transformers_block(family: str, cfg, w) -> torch.nn.Module:
@@ -121,12 +114,11 @@ def errors(family: str, bp: BlockProblem, vllm_backend) -> tuple[dict, dict | No
         hf = transformers_block(family, cfg, w)(x[None])
     hf = (hf[0] if isinstance(hf, tuple) else hf).reshape(ref.shape)
     c = closeness(hf[keep], ref[keep], tol)
-    ours = {"max": c.max_norm, "rms": c.rms_norm}
-    theirs = None
+    hf_err, vllm_err = {"max": c.max_norm, "rms": c.rms_norm}, None
     if vllm_backend is not None:
         c = closeness(vllm_backend.forward(cfg, w, x)[keep], ref[keep], tol)
-        theirs = {"max": c.max_norm, "rms": c.rms_norm}
-    return ours, theirs
+        vllm_err = {"max": c.max_norm, "rms": c.rms_norm}
+    return hf_err, vllm_err
 
 
 def table(n: int) -> str:
@@ -135,7 +127,7 @@ def table(n: int) -> str:
     lines = ["| family | vLLM block | vLLM max (worst / median) | vLLM rms (worst) | "
              "transformers bf16 max (worst / median) | transformers rms (worst) | ratio |",
              "|---|---|---|---|---|---|---|"]
-    for family, name in BLOCKS.items():
+    for family, name in FAMILY_BLOCKS.items():
         b = REGISTRY.get(name)
         reason = b.unavailable_reason()
         hf, vl = [], []

@@ -51,7 +51,8 @@ def _moe_cfg(inputs):
     return inputs.cfg.moe if hasattr(inputs.cfg, "moe") else inputs.weights.block.moe
 
 
-def _oracle(inputs, ids, hidden, pos, normed: bool, dtype, with_logits: bool = False):
+def _oracle(inputs, ids, hidden, pos, normed: bool, dtype):
+    """The oracle's step: fed-back, logits, pre-norm, near-tie rows and the router logits."""
     trace: dict = {}
     fed, logits, pre = inputs.oracle_step(ids, hidden.double(), pos, feed_back_normed=normed,
                                           trace=trace)
@@ -59,13 +60,13 @@ def _oracle(inputs, ids, hidden, pos, normed: bool, dtype, with_logits: bool = F
     lg = router_logits(trace["moe_input"], mlp.gate)
     ties = block_near_ties(lg, _moe_cfg(inputs), dtype, mlp.e_score_correction_bias,
                            units=NEAR_TIE_UNITS)
-    return (fed, logits, pre, ties, lg) if with_logits else (fed, logits, pre, ties)
+    return fed, logits, pre, ties, lg
 
 
 def _chain_ties(inputs, ids, hid_b, pos, normed: bool, dtype, ties_o, lg_o) -> torch.Tensor:
     """Near-ties on the module's trajectory (its own fed-back states as the appended rows'
     inputs), or rows the two trajectories route to different experts."""
-    _, _, _, ties_b, lg_b = _oracle(inputs, ids, hid_b, pos, normed, dtype, with_logits=True)
+    _, _, _, ties_b, lg_b = _oracle(inputs, ids, hid_b, pos, normed, dtype)
     moe, bias = _moe_cfg(inputs).router, inputs.layer.mlp.e_score_correction_bias
     ids_o = route(lg_o, moe, bias)[1].sort(-1).values
     ids_b = route(lg_b, moe, bias)[1].sort(-1).values
@@ -95,8 +96,8 @@ def check_mtp_step(backend, p, inputs=None, handle=None) -> StepFigures:
     dt = p.torch_dtype
     normed = backend.feeds_back == "normed"
     out = backend.step(handle, inputs.input_ids, inputs.hidden_states, inputs.positions)
-    fed, logits, pre, ties = _oracle(inputs, inputs.input_ids, inputs.hidden_states,
-                                     inputs.positions, normed, dt)
+    fed, logits, pre, ties, _ = _oracle(inputs, inputs.input_ids, inputs.hidden_states,
+                                        inputs.positions, normed, dt)
     keep = ~ties
     figs = [(0.0, 0.0)]
     if keep.any():
@@ -131,7 +132,7 @@ def check_mtp_chain(backend, p, inputs=None, handle=None) -> ChainFigures:
     worst, clear = 0.0, 0
     for s in range(p.k):
         out = backend.step(handle, ids, hid_b, pos)
-        fed, logits, _, ties, lg = _oracle(inputs, ids, hid_o, pos, normed, dt, with_logits=True)
+        fed, logits, _, ties, lg = _oracle(inputs, ids, hid_o, pos, normed, dt)
         if s:  # step 0: both trajectories are the prompt
             ties = _chain_ties(inputs, ids, hid_b, pos, normed, dt, ties, lg)
         keep = ~ties
