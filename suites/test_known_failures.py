@@ -125,3 +125,23 @@ def test_cpu_expand_batch_to_tokens_writes_its_output(dtype):
     out = expand_batch_to_tokens(per_request, cu_num_draft_tokens, 5)
     expected = torch.tensor([3, 3, 5, 7, 7]).to(dtype)
     assert torch.equal(out, expected), f"expanded {out.tolist()}, expected {expected.tolist()}"
+
+
+@pytest.mark.xfail(strict=True,
+                   reason=ENTRIES["cpu-fp8-w8a16-block-k-not-128-silently-wrong"].reason)
+@pytest.mark.parametrize("block", [(128, 64), (64, 64), (128, 32)], ids=str)
+def test_cpu_fp8_w8a16_block_k_not_128_refused_or_right(block):
+    """The op given bk != 128 must refuse (RuntimeError) or be right; it is neither."""
+    from dataclasses import replace
+
+    from fixtures.strategies import QuantExpertsProblem
+    from reference import quant as Q
+    from suites.moe import quant_checks
+
+    b = replace(_needs("fused_experts_cpu.fp8_w8a16"), fp8_blocks=(block,))  # past our refusal
+    p = QuantExpertsProblem(T=9, H=256, I=128, E=4, K=2, dtype="bfloat16", routing="uniform",
+                            scheme=Q.fp8_block(*block, quantize_activations=False), seed=3)
+    try:
+        quant_checks.check_matches_oracle(b, p)
+    except RuntimeError:
+        return  # a refusal is a fix

@@ -197,3 +197,160 @@ def test_quantized_experts_equal_an_independent_loop(scheme):
             h = Q.fake_quantize_activation(h, scheme)
             want[t] += float(wts[t, k]) * (h @ d2[e].T)[0]
     assert torch.allclose(out, want, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- mxfp4 (OCP MX v1.0)
+
+E2M1_CODES = torch.arange(16, dtype=torch.uint8)
+
+
+def test_e2m1_grid_is_the_format():
+    """Code s.ee.m: exponent bias 1, e = 0 subnormal (m * 0.5), else 2^(e-1) * (1 + m / 2)."""
+    want = []
+    for c in range(16):
+        s, e, m = c >> 3, (c >> 1) & 3, c & 1
+        v = m * 0.5 if e == 0 else 2.0 ** (e - 1) * (1 + m / 2)
+        want.append(-v if s else v)
+    assert Q.e2m1_decode(E2M1_CODES).tolist() == want
+    assert max(want) == 6.0 and sorted({abs(v) for v in want}) == [0, 0.5, 1, 1.5, 2, 3, 4, 6]
+
+
+def test_e2m1_representable_values_are_fixed_points():
+    assert torch.equal(Q.round_e2m1(Q.e2m1_decode(E2M1_CODES)), E2M1_CODES)
+
+
+def test_e2m1_ties_to_even_and_saturation():
+    x = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 0.26, 5.01, 7.0, 1e9, -0.75, -5.0])
+    want = [0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0, 0.5, 6.0, 6.0, 6.0, -1.0, -4.0]
+    assert Q.e2m1_decode(Q.round_e2m1(x)).tolist() == want
+
+
+def test_e2m1_matches_torch_float4_cast():
+    """torch's float4_e2m1fn_x2 (an independent implementation): the codes of our rounding,
+    packed two a byte, read back by torch as the same values."""
+    if not hasattr(torch, "float4_e2m1fn_x2"):
+        pytest.skip("this torch has no float4_e2m1fn_x2")
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(3)) * 3
+    codes = Q.round_e2m1(x)
+    from reference.quant_layouts import pack_mxfp4
+
+    packed = pack_mxfp4(codes).view(torch.float4_e2m1fn_x2)
+    # torch has no float4 -> float cast: read back through the bit pattern of each nibble
+    raw = packed.view(torch.uint8)
+    lo, hi = raw & 0xF, raw >> 4
+    assert torch.equal(torch.stack([lo, hi], -1).flatten(), codes)
+
+
+def test_e8m0_matches_torch():
+    codes = torch.arange(256, dtype=torch.uint8)
+    ours = Q.e8m0_decode(codes)
+    theirs = codes.view(torch.float8_e8m0fnu).double()
+    assert torch.equal(ours[:255], theirs[:255]) and torch.isnan(ours[255]) and torch.isnan(theirs[255])
+    assert float(ours[127]) == 1.0 and float(ours[0]) == 2.0**-127
+
+
+def test_mxfp4_quantizer_shared_exponent():
+    """OCP MX 6.3: X = 2^(floor(log2(amax)) - 2); elements round(v / X) after saturation.
+    amax 6 -> X = 1 (exact); amax 7 -> X = 1 as well, 7 saturates to 6; amax 0.75 -> X = 2^-3."""
+    w = torch.zeros(1, 3, 32)
+    w[0, 0, :4] = torch.tensor([6.0, -3.0, 0.5, 1.5])
+    w[0, 1, :2] = torch.tensor([7.0, 1.0])
+    w[0, 2, :2] = torch.tensor([0.75, 0.1875])
+    qw = Q.quantize_weight(w, Q.MXFP4)
+    assert qw.scale.flatten().tolist() == [127, 127, 124]
+    d = qw.dequantize()
+    assert d[0, 0, :4].tolist() == [6.0, -3.0, 0.5, 1.5]
+    assert d[0, 1, :2].tolist() == [6.0, 1.0]
+    assert d[0, 2, :2].tolist() == [0.75, 0.1875]
+    assert torch.equal(Q.quantize_weight(torch.zeros(1, 1, 32), Q.MXFP4).dequantize(),
+                       torch.zeros(1, 1, 32, dtype=torch.float64))
+
+
+def test_mxfp4_round_trip_within_half_a_step():
+    """Within half of e2m1's widest gap (4 -> 6: 2X) where |w| <= 6X; above, the spec's scale
+    choice saturates (amax / X lies in [4, 8)) and the error stays below 8X - 6X."""
+    w = torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(1)) * 0.02
+    qw = Q.quantize_weight(w, Q.MXFP4)
+    X = Q.e8m0_decode(qw.scale).repeat_interleave(32, 2)
+    err = (qw.dequantize() - w.double()).abs()
+    saturated = w.double().abs() > 6 * X
+    assert (err[~saturated] <= X[~saturated] + 1e-12).all()
+    assert (err[saturated] < 2 * X[saturated]).all() and saturated.any()
+
+
+def test_mxfp4_dequantize_matches_transformers():
+    """transformers' gpt-oss loader (convert_moe_packed_tensors) on our packed blocks and
+    e8m0 scales gives our dequantized weights (an independent reading of the checkpoint)."""
+    mx = pytest.importorskip("transformers.integrations.mxfp4")
+    from reference.quant_layouts import pack_mxfp4
+
+    w = torch.randn(2, 16, 64, generator=torch.Generator().manual_seed(2))
+    qw = Q.quantize_weight(w, Q.MXFP4)
+    blocks = pack_mxfp4(qw.q).view(2, 16, 2, 16)  # [E, N, K/32, 16] as the checkpoint has it
+    theirs = mx.convert_moe_packed_tensors(blocks, qw.scale, dtype=torch.float32)  # [E, K, N]
+    assert torch.equal(theirs.transpose(1, 2).double(), qw.dequantize())
+
+
+# --------------------------------------------------------------------------- GPTQ / AWQ layouts
+
+
+def test_gptq_word_by_hand():
+    """Codes 0..7 down K for column 0 -> one word 0x76543210; zeros are stored minus one."""
+    from reference import quant_layouts as L
+
+    codes = torch.zeros(1, 8, 8, dtype=torch.uint8)  # [E, N, K]
+    codes[0, 0] = torch.arange(8)
+    zero = torch.full((1, 8, 1), 8, dtype=torch.uint8)
+    zero[0, 1] = 0  # 0 - 1 wraps to 0xF
+    qweight, qzeros, scales = L.pack_gptq(codes, zero, torch.ones(1, 8, 1))
+    assert qweight.shape == (1, 1, 8) and int(qweight[0, 0, 0]) == 0x76543210
+    assert qzeros.shape == (1, 1, 1) and int(qzeros[0, 0, 0]) & 0xFFFFFFFF == 0x777777F7
+    assert scales.shape == (1, 1, 8)
+    c2, z2, _ = L.unpack_gptq(qweight, qzeros, scales)
+    assert torch.equal(c2, codes) and torch.equal(z2, zero)
+
+
+def test_awq_word_by_hand():
+    """Columns 0..7 with codes 0..7 along N: AWQ's order puts column AWQ_ORDER[i] in nibble i,
+    so the word reads 0x75316420."""
+    from reference import quant_layouts as L
+
+    codes = torch.zeros(1, 8, 1, dtype=torch.uint8)
+    codes[0, :, 0] = torch.arange(8)
+    qweight, qzeros, _ = L.pack_awq(codes, None, torch.ones(1, 8, 1))
+    assert int(qweight[0, 0, 0]) == 0x75316420
+    assert int(qzeros[0, 0, 0]) & 0xFFFFFFFF == 0x88888888  # no zero points: the middle code
+    c2, z2, _ = L.unpack_awq(qweight, qzeros, torch.ones(1, 1, 8))
+    assert torch.equal(c2, codes) and (z2 == 8).all()
+
+
+@pytest.mark.parametrize("layout", ["gptq", "awq", "mxfp4"])
+def test_layouts_round_trip(layout):
+    from reference import quant_layouts as L
+
+    g = torch.Generator().manual_seed(5)
+    codes = torch.randint(0, 16, (3, 16, 64), generator=g, dtype=torch.uint8)
+    zero = torch.randint(0, 16, (3, 16, 2), generator=g, dtype=torch.uint8)
+    scale = torch.rand(3, 16, 2, generator=g)
+    if layout == "mxfp4":
+        assert torch.equal(L.unpack_mxfp4(L.pack_mxfp4(codes)), codes)
+        return
+    pack, unpack = (L.pack_gptq, L.unpack_gptq) if layout == "gptq" else (L.pack_awq, L.unpack_awq)
+    c2, z2, s2 = unpack(*pack(codes, zero, scale))
+    assert torch.equal(c2, codes) and torch.equal(z2, zero) and torch.equal(s2, scale)
+
+
+def test_scale_dtype_is_what_the_codes_are_chosen_against():
+    """int4_w4a8 stores bf16 scales: the codes are chosen against the rounded scale, so the
+    dequantized weight stays within half a step of the float weight wherever the code did not
+    clip at 0 or 15 (a scale rounded down can push the group's extreme past the last code)."""
+    w = torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(4))
+    for zp in (False, True):
+        qw = Q.quantize_weight(w, Q.int4_w4a8(32, zp))
+        assert torch.equal(qw.scale, qw.scale.bfloat16().float())
+        step = qw.scale.double().repeat_interleave(32, 2)
+        zero = qw.zero.double().repeat_interleave(32, 2) if zp else 8.0
+        raw = w.double() / step + zero
+        inside = (raw >= -0.5) & (raw <= 15.5)
+        err = (qw.dequantize() - w.double()).abs()
+        assert (err[inside] <= step[inside] / 2 + 1e-9).all() and inside.float().mean() > 0.99

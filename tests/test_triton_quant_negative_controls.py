@@ -148,8 +148,8 @@ def _adapter_transposes_block_scales(b):
     over transposed (square block grid, so every shape assertion still holds)."""
     orig = type(b).prepare
 
-    def prepare(self, w13, w2):
-        h = orig(self, w13, w2)
+    def prepare(self, w13, w2, *args, **kwargs):
+        h = orig(self, w13, w2, *args, **kwargs)
         h["w13_scale"] = h["w13_scale"].transpose(1, 2).contiguous()
         h["w2_scale"] = h["w2_scale"].transpose(1, 2).contiguous()
         return h

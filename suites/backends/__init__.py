@@ -13,6 +13,7 @@ from suites.backends import (  # noqa: F401  (registration)
     reference,
     rejection_sampler,
     vllm_cpu,
+    vllm_cpu_quant,
     vllm_layer,
     vllm_mtp,
     vllm_triton,

@@ -108,9 +108,14 @@ class QuantExpertsBackend(Backend, abc.ABC):
     quantized by the implementation itself (dynamically, where the scheme says so)."""
 
     kind: str = "quant_experts"
-    scheme_kind: str = ""  # "fp8_block" | "int8_channel" | "int_weight_only"
+    scheme_kind: str = ""  # reference.quant.SCHEME_KINDS
     dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.float32)
+    activations: tuple[str, ...] = ("silu",)
+    supports_bias: bool = False  # expert biases (gpt-oss), drawn with swigluoai
     supports_expert_map: bool = True
+    alignment: int = 1  # hidden and intermediate sizes must be multiples of this
+    fp8_blocks: tuple[tuple[int, int], ...] = ()  # the [bn, bk] block scales it takes (): any
+    zero_points: tuple[bool, ...] = (False, True)  # group schemes: with / without zero points
     draw_limits: dict = field(default_factory=dict)
 
     def check(self, *, dtype: torch.dtype) -> None:
@@ -123,13 +128,14 @@ class QuantExpertsBackend(Backend, abc.ABC):
         return contextlib.nullcontext()
 
     @abc.abstractmethod
-    def prepare(self, w13, w2) -> Any:
-        """Pack the quantized weights and scales the way the kernel reads them."""
+    def prepare(self, w13, w2, w13_bias=None, w2_bias=None, activation: str = "silu") -> Any:
+        """Pack the quantized weights and scales the way the kernel reads them (biases stay in
+        float: no checkpoint quantizes them)."""
 
     @abc.abstractmethod
     def run(self, handle: Any, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
             out: torch.Tensor | None = None, expert_map: torch.Tensor | None = None) -> torch.Tensor:
-        """Run the experts (silu gate-then-up); writes into `out` when given."""
+        """Run the experts (the activation given to prepare); writes into `out` when given."""
 
 
 @dataclass

@@ -8,7 +8,7 @@ import torch
 
 from reference.experts import fused_experts
 from reference.moe import moe_block
-from reference.quant import quantized_fused_experts
+from reference.quant import SCHEME_KINDS, quantized_fused_experts
 from reference.routing import route
 from suites.backends.base import (
     REGISTRY,
@@ -57,18 +57,23 @@ REGISTRY.register("reference.router", lambda: ReferenceRouter(
 class ReferenceQuantExperts(QuantExpertsBackend):
     dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 
-    def prepare(self, w13, w2):
-        return (w13, w2)
+    activations: tuple[str, ...] = ("silu", "swigluoai")
+    supports_bias: bool = True
+
+    def prepare(self, w13, w2, w13_bias=None, w2_bias=None, activation="silu"):
+        return dict(w13=w13, w2=w2, w13_bias=w13_bias, w2_bias=w2_bias, activation=activation)
 
     def run(self, handle, x, topk_weights, topk_ids, out=None, expert_map=None):
-        y = quantized_fused_experts(x, *handle, topk_weights, topk_ids, expert_map=expert_map)
+        y = quantized_fused_experts(x, handle["w13"], handle["w2"], topk_weights, topk_ids,
+                                    handle["activation"], expert_map=expert_map,
+                                    w13_bias=handle["w13_bias"], w2_bias=handle["w2_bias"])
         if out is None:
             return y.to(x.dtype)
         out.copy_(y)
         return out
 
 
-for _kind in ("fp8_block", "int8_channel", "int_weight_only"):
+for _kind in SCHEME_KINDS:
     REGISTRY.register(f"reference.quant_experts.{_kind}", lambda k=_kind: ReferenceQuantExperts(
         name=f"reference.quant_experts.{k}", scheme_kind=k, is_reference=True,
         description="fp64 dequantizing oracle (reference/quant.py)"))

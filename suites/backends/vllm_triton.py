@@ -434,7 +434,9 @@ class TritonQuantExperts(QuantExpertsBackend):
             raise UnsupportedShape(f"{self.name}: {INTERPRETER_BF16}")
         super().check(dtype=dtype)
 
-    def prepare(self, w13, w2):
+    def prepare(self, w13, w2, w13_bias=None, w2_bias=None, activation="silu"):
+        if activation != "silu" or w13_bias is not None or w2_bias is not None:
+            raise UnsupportedShape(f"{self.name}: silu without biases only")
         s = w13.scheme
         dev = self.device
 

@@ -24,7 +24,10 @@ def problems_for(b: QuantExpertsBackend, **kw):
     """Problems of backend b's scheme kind in its dtypes, within its draw_limits."""
     names = tuple(DTYPE_NAMES[str(d)] for d in b.dtypes if str(d) in DTYPE_NAMES)
     limits = {k: min(v, kw[k]) if k in kw else v for k, v in b.draw_limits.items()}
-    return quant_experts_problems(b.scheme_kind, dtypes=names, **{**kw, **limits})
+    return quant_experts_problems(b.scheme_kind, dtypes=names, alignment=b.alignment,
+                                  activations=b.activations, fp8_blocks=b.fp8_blocks,
+                                  zero_points=b.zero_points,
+                                  **{**kw, **limits})
 
 
 def _ctx(backend, p: QuantExpertsProblem, prop: str, extra: str = "") -> str:
@@ -36,7 +39,8 @@ def run(backend: QuantExpertsBackend, t: dict, *, x=None, topk_weights=None, top
     """Run with a NaN-poisoned output (rows the kernel forgets to write stay NaN)."""
     x = t["x"] if x is None else x
     backend.check(dtype=x.dtype)
-    handle = backend.prepare(t["w13"] if w13 is None else w13, t["w2"] if w2 is None else w2)
+    handle = backend.prepare(t["w13"] if w13 is None else w13, t["w2"] if w2 is None else w2,
+                             t["w13_bias"], t["w2_bias"], t["activation"])
     out = torch.full((x.shape[0], t["w2"].shape[1]), float("nan"), dtype=x.dtype)  # [T, H]
     return backend.run(handle, x, t["topk_weights"] if topk_weights is None else topk_weights,
                        t["topk_ids"] if topk_ids is None else topk_ids, out=out,
@@ -47,7 +51,9 @@ def oracle(t: dict, **over) -> torch.Tensor:
     """The dequantizing oracle, activations held in the problem's dtype between the GEMMs."""
     a = {**t, **over}
     return quantized_fused_experts(a["x"], a["w13"], a["w2"], a["topk_weights"], a["topk_ids"],
-                                   expert_map=a.get("expert_map"), activation_dtype=a["x"].dtype)
+                                   a["activation"], expert_map=a.get("expert_map"),
+                                   activation_dtype=a["x"].dtype, w13_bias=a["w13_bias"],
+                                   w2_bias=a["w2_bias"])
 
 
 def check_matches_oracle(backend: QuantExpertsBackend, p: QuantExpertsProblem) -> Closeness:
@@ -118,8 +124,9 @@ def check_ep_sharding(backend: QuantExpertsBackend, p: QuantExpertsProblem, n_sh
         local = (m >= 0).nonzero().squeeze(1)
         if local.numel() == 0:
             continue
-        total += run(backend, t, w13=_local(t["w13"], local), w2=_local(t["w2"], local),
-                     expert_map=m).double()
+        biases = {k: None if t[k] is None else t[k][local] for k in ("w13_bias", "w2_bias")}
+        total += run(backend, {**t, **biases}, w13=_local(t["w13"], local),
+                     w2=_local(t["w2"], local), expert_map=m).double()
     tol = quant_tolerance(backend.scheme_kind, p.torch_dtype)
     tol = replace(tol, max_norm=tol.max_norm * n_shards, rms_norm=tol.rms_norm * n_shards,
                   reason=f"{n_shards} shard outputs each rounded to {p.dtype}")
