@@ -5,6 +5,9 @@ Experts (SwiGLU, w13 [E, 2I, H] gate-then-up, w2 [E, H, I]):
                                                   elementwise ops are left out)
   bytes = weights of the experts actually hit + x read + out written + routing read
         = n_active 3 H I s_w + 2 T H s_x + T K (4 + 4)
+Quantized experts: the same FLOPs; weight bytes are the checkpoint's per expert (codes at
+  their bit width, scales at their stored width, zero points at 4 bits), so the bandwidth
+  roofline fraction stays honest: bytes = n_active B_expert + 2 T H s_x + 8 T K
 Router (logits [T, E] float32 in, weights float32 + ids int32 out):
   flop  = 0 (a selection kernel: no FLOP model; its roofline fraction is against bandwidth)
   bytes = 4 T E (+ 4 E correction bias) + 8 T K
@@ -55,6 +58,35 @@ def experts_problem(cfg: MoEConfig, tokens: int, dtype: torch.dtype) -> ExpertsP
     topk_weights = (w / w.sum(-1, keepdim=True)).float()
     return ExpertsProblem(x=x, topk_weights=topk_weights, topk_ids=topk_ids.contiguous(),
                           n_active=int(topk_ids.unique().numel()))
+
+
+def quantized_expert_bytes(*weights) -> float:
+    """Bytes one expert's quantized weights occupy (reference.quant.QuantizedWeight: codes at
+    the scheme's bit width, scales as stored, packed zero points at the code width)."""
+    total = 0.0
+    for w in weights:
+        E = w.shape[0]
+        total += w.q.numel() * w.scheme.bits / 8 / E + w.scale.numel() * w.scale.element_size() / E
+        if w.zero is not None:
+            total += w.zero.numel() * w.scheme.bits / 8 / E
+    return total
+
+
+def quantized_weights(cfg: MoEConfig, scheme, chunk: int = 8):
+    """expert_weights quantized under `scheme`, a few experts at a time (the float64 quantizer
+    never holds a real shape's 11 G parameters at once): (w13, w2) QuantizedWeight on the host."""
+    from dataclasses import replace as _replace
+
+    from reference.quant import quantize_weight
+
+    w13, w2 = expert_weights(cfg, torch.float32)
+    out = []
+    for w in (w13, w2):
+        parts = [quantize_weight(w[i : i + chunk], scheme) for i in range(0, w.shape[0], chunk)]
+        out.append(_replace(parts[0], q=torch.cat([p.q for p in parts]),
+                            scale=torch.cat([p.scale for p in parts]),
+                            zero=None if parts[0].zero is None else torch.cat([p.zero for p in parts])))
+    return out[0], out[1]
 
 
 def experts_cost(*, tokens: int, H: int, I: int, K: int, n_active: int, act_bytes: int,
