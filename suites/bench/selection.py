@@ -27,3 +27,18 @@ def backends(config: pytest.Config, kind: str, include_reference: bool) -> list[
             marks.append(pytest.mark.skip(reason=f"{name}: {reason}"))
         out.append((name, marks))
     return out
+
+
+def parametrize_cases(metafunc: pytest.Metafunc, argname: str, kind: str) -> None:
+    """One case (backend, shape, dtype, tokens) per backend of `kind` x the bench settings'
+    shapes, dtypes and token counts, tokens innermost (consecutive cases share packed weights)."""
+    from suites.bench.conftest import settings
+
+    if argname not in metafunc.fixturenames:
+        return
+    s = settings(metafunc.config)
+    params = [pytest.param((name, shape, dtype, tokens), marks=marks,
+                           id=f"{name}-{shape}-{dtype}-T{tokens}")
+              for name, marks in backends(metafunc.config, kind, s.include_reference)
+              for shape in s.shapes for dtype in s.dtypes for tokens in s.tokens]
+    metafunc.parametrize(argname, params)

@@ -10,9 +10,8 @@ import pytest
 
 from fixtures.catalogue import get as get_shape
 from suites.bench import workloads
-from suites.bench.conftest import settings
 from suites.bench.roofline import DTYPES
-from suites.bench.selection import backends
+from suites.bench.selection import parametrize_cases
 from suites.bench.timing import run_case
 
 pytestmark = [pytest.mark.bench, pytest.mark.moe]
@@ -21,17 +20,7 @@ _PREPARED: dict[tuple, object] = {}  # the one (backend, shape, dtype) whose wei
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "experts_case" not in metafunc.fixturenames:
-        return
-    s = settings(metafunc.config)
-    params = []
-    for name, marks in backends(metafunc.config, "experts", s.include_reference):
-        for shape in s.shapes:
-            for dtype in s.dtypes:
-                for tokens in s.tokens:  # innermost: consecutive cases share packed weights
-                    params.append(pytest.param((name, shape, dtype, tokens), marks=marks,
-                                               id=f"{name}-{shape}-{dtype}-T{tokens}"))
-    metafunc.parametrize("experts_case", params)
+    parametrize_cases(metafunc, "experts_case", "experts")
 
 
 def _prepared(backend, shape: str, dtype_name: str):
