@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from reference.experts import Activation, fused_experts, shared_expert
+from reference.quant import QuantizedWeight, quantized_fused_experts
 from reference.routing import RouterConfig, TopkMethod, route, router_logits
 
 
@@ -79,13 +80,36 @@ def moe_block(
     """The MoE block in fp64. router_logits_dtype: the dtype a model's gate emits its logits in
     (the gate of a bf16 model is a bf16 linear layer, in transformers as in vLLM: each logit is
     rounded to bf16 before the softmax); None keeps the exact fp64 logits."""
+    return _block(hidden_states, cfg, w, router_logits_dtype, lambda tw, ti: fused_experts(
+        hidden_states, w.w13, w.w2, tw, ti, cfg.hidden_act, w.w13_bias, w.w2_bias))
+
+
+def quantized_moe_block(
+    hidden_states: torch.Tensor,  # [T, H]
+    cfg: MoEConfig,
+    w: MoEWeights,  # router, expert biases and shared expert (w.w13 / w.w2 are not read)
+    w13: QuantizedWeight,  # [E, 2I, H] the checkpoint's routed experts, gate rows then up rows
+    w2: QuantizedWeight,  # [E, H, I]
+    router_logits_dtype: torch.dtype | None = None,
+    activation_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # out [T, H], weights [T, K], ids [T, K]
+    """The MoE block of a quantized release (Qwen3.5-397B-A17B-FP8, DeepSeek-V3, GPTQ/AWQ
+    Qwen3-MoE, gpt-oss mxfp4): the routed experts quantized (reference/quant.py: codes
+    dequantized exactly, activations quantized as the scheme says), the router and the shared
+    expert left unquantized, as those releases keep them. activation_dtype: the model dtype a
+    dynamic activation quantizer sees its input in (quantized_fused_experts)."""
+    return _block(hidden_states, cfg, w, router_logits_dtype, lambda tw, ti: quantized_fused_experts(
+        hidden_states, w13, w2, tw, ti, cfg.hidden_act, activation_dtype=activation_dtype,
+        w13_bias=w.w13_bias, w2_bias=w.w2_bias))
+
+
+def _block(hidden_states, cfg, w, router_logits_dtype, routed_experts):
+    """gate -> routing -> routed_experts(topk_weights, topk_ids) [+ shared expert], fp64."""
     logits = router_logits(hidden_states, w.gate, w.gate_bias)  # [T, E]
     if router_logits_dtype is not None:
         logits = logits.to(router_logits_dtype).double()
     topk_weights, topk_ids = route(logits, cfg.router, w.e_score_correction_bias)  # [T, K]
-    out = fused_experts(
-        hidden_states, w.w13, w.w2, topk_weights, topk_ids, cfg.hidden_act, w.w13_bias, w.w2_bias
-    )
+    out = routed_experts(topk_weights, topk_ids)  # [T, H]
     if w.shared_w13 is not None:
         out = out + shared_expert(hidden_states, w.shared_w13, w.shared_w2, w.shared_expert_gate)
     return out, topk_weights, topk_ids

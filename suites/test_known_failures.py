@@ -145,3 +145,23 @@ def test_cpu_fp8_w8a16_block_k_not_128_refused_or_right(block):
         quant_checks.check_matches_oracle(b, p)
     except RuntimeError:
         return  # a refusal is a fix
+
+
+@pytest.mark.moe
+@pytest.mark.xfail(strict=True, raises=(ValueError, NotImplementedError),
+                   reason=ENTRIES["cpu-int4-moe-layer-hidden-not-128-gpu-path"].reason)
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+def test_cpu_int4_moe_layer_hidden_not_128_builds_and_is_right(fmt):
+    """A GPTQ / AWQ Qwen3-MoE layer at hidden 64 (CPUExpertsInt4 runs it at kernel level) must
+    build on the CPU build and match the oracle; vLLM picks a CUDA-only method and raises."""
+    from dataclasses import replace
+
+    from fixtures.strategies import BlockProblem, QuantBlockProblem
+    from reference import quant as Q
+    from suites.moe.quant_checks import check_quant_block_matches_oracle
+
+    b = replace(_needs(f"vllm.qwen3_moe_block.{fmt}"), hidden_multiple=32)  # past our refusal
+    block = BlockProblem(E=8, K=2, H=64, I=64, Is=32, norm_topk_prob=True, T=5, gate_scale=4.0,
+                         seed=1, family="qwen3_moe")
+    p = QuantBlockProblem(block=block, scheme=Q.int4_w4a8(32, fmt == "awq"))
+    check_quant_block_matches_oracle(b, p)

@@ -199,6 +199,43 @@ def test_quantized_experts_equal_an_independent_loop(scheme):
     assert torch.allclose(out, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("family", ["qwen3_next", "deepseek_v3", "gpt_oss"])
+@pytest.mark.parametrize("scheme", [Q.fp8_block(128, 128), Q.INT8_W8A8_CHANNEL, Q.MXFP4],
+                         ids=lambda s: s.name)
+def test_quantized_moe_block_is_the_block_with_quantized_experts(family, scheme):
+    """reference.moe.quantized_moe_block = moe_block's router and shared expert + the quantized
+    experts: against the unquantized block on the dequantized weights (exact where the scheme
+    leaves activations alone) plus, token by token, the activation quantization's share."""
+    from fixtures.strategies import BlockProblem, QuantBlockProblem
+    from reference.moe import moe_block, quantized_moe_block
+
+    p = QuantBlockProblem(BlockProblem(E=8, K=2, H=128, I=128, Is=64, norm_topk_prob=True, T=6,
+                                       gate_scale=4.0, seed=2, family=family), scheme)
+    x, w, w13, w2 = p.tensors()
+    out, tw, ti = quantized_moe_block(x, p.cfg, w, w13, w2)
+    w.w13, w.w2 = w13.dequantize(), w2.dequantize()
+    dense, tw_ref, ti_ref = moe_block(x, p.cfg, w)
+    assert torch.equal(ti, ti_ref) and torch.equal(tw, tw_ref)
+    # the routed part computed independently: per token, per slot, activations fake-quantized
+    routed = torch.zeros_like(dense)
+    act = ACTIVATIONS[p.cfg.hidden_act]
+    for t in range(p.T):
+        xt = Q.fake_quantize_activation(x[t : t + 1].double(), scheme) if scheme.activation \
+            else x[t : t + 1].double()
+        for k in range(tw.shape[1]):
+            e = int(ti[t, k])
+            h = xt @ w.w13[e].T + (0 if w.w13_bias is None else w.w13_bias[e].double())
+            h = act(h)
+            if scheme.activation:
+                h = Q.fake_quantize_activation(h, scheme)
+            y = h @ w.w2[e].T + (0 if w.w2_bias is None else w.w2_bias[e].double())
+            routed[t] += float(tw[t, k]) * y[0]
+    shared = dense - moe_block(x, p.cfg, type(w)(**{**vars(w), "shared_w13": None}))[0]
+    assert torch.allclose(out, routed + shared, rtol=1e-10, atol=1e-10)
+    if not scheme.activation:
+        assert torch.allclose(out, dense, rtol=1e-12, atol=1e-12)
+
+
 # --------------------------------------------------------------------------- mxfp4 (OCP MX v1.0)
 
 E2M1_CODES = torch.arange(16, dtype=torch.uint8)

@@ -16,6 +16,7 @@ from suites.backends import (  # noqa: F401  (registration)
     vllm_cpu_quant,
     vllm_layer,
     vllm_mtp,
+    vllm_quant_layer,
     vllm_triton,
 )
 from suites.backends.base import (

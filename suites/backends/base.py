@@ -9,6 +9,8 @@ Kinds and their one signature each:
   quant_experts      prepare(w13: QuantizedWeight, w2: QuantizedWeight) -> handle (reference/quant.py:
                      codes unpacked in the scheme's canonical layout; the backend packs them)
                      run(handle, x, topk_weights, topk_ids, out=None, expert_map=None) -> out [T, H]
+  quant_moe_block    forward(cfg: MoEConfig, w: MoEWeights, w13, w2: QuantizedWeight, x [T, H])
+                     -> [T, H] (a quantized checkpoint's MoE layer, loaded by its own loader)
   mtp_module         prepare(p: MTPProblem, inputs: MTPInputs) -> handle (fixtures/strategies.py)
                      step(handle, input_ids [T], hidden [T, H], positions [T]) -> MTPStepOutput
   rejection_sampler  see suites/backends/rejection_sampler.py
@@ -36,8 +38,8 @@ class UnsupportedShape(ValueError):
 @dataclass
 class Backend:
     name: str
-    kind: str  # "experts" | "quant_experts" | "router" | "moe_block" | "mtp_module" |
-    #            "rejection_sampler" | "engine"
+    kind: str  # "experts" | "quant_experts" | "router" | "moe_block" | "quant_moe_block" |
+    #            "mtp_module" | "rejection_sampler" | "engine"
     device: str = "cpu"  # "cpu" | "cuda"
     description: str = ""
     is_reference: bool = False
@@ -165,6 +167,32 @@ class MoEBlockBackend(Backend, abc.ABC):
     @abc.abstractmethod
     def forward(self, cfg, w, x: torch.Tensor) -> torch.Tensor:
         """[T, H] in x.dtype for the block of cfg with weights w."""
+
+
+@dataclass
+class QuantMoEBlockBackend(Backend, abc.ABC):
+    """A whole MoE layer of a quantized checkpoint as a model builds it: the layer is created
+    under the checkpoint's quantization config, its routed experts loaded from checkpoint
+    tensors (reference.quant QuantizedWeight, packed by the backend in the format's layout)
+    through the layer's own weight loader, packed by its quantization method; router and
+    shared expert unquantized (MoEWeights)."""
+
+    kind: str = "quant_moe_block"
+    family: str = "qwen3_next"  # fixtures/strategies.py BLOCK_FAMILIES
+    scheme_kind: str = ""  # reference.quant.SCHEME_KINDS of the scheme the layer runs here
+    alignment: int = 1  # hidden and intermediate sizes must be multiples of this
+    hidden_multiple: int = 1  # and the hidden size of this (a known refusal: see the backend)
+    fp8_blocks: tuple[tuple[int, int], ...] = ()  # the [bn, bk] block scales it takes (): any
+    zero_points: tuple[bool, ...] = (False, True)  # group schemes: with / without zero points
+    selected: str = ""  # what ran the routed experts last time (vLLM: its experts class)
+
+    def check(self, cfg) -> None:
+        """Raise UnsupportedShape when this layer cannot express cfg (another model family)."""
+
+    @abc.abstractmethod
+    def forward(self, cfg, w, w13, w2, x: torch.Tensor) -> torch.Tensor:
+        """[T, H] in x.dtype for the block of cfg: router / shared expert / expert biases from
+        w (MoEWeights), routed experts w13 [E, 2I, H] / w2 [E, H, I] QuantizedWeight."""
 
 
 @dataclass

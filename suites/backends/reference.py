@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from reference.experts import fused_experts
-from reference.moe import moe_block
+from reference.moe import moe_block, quantized_moe_block
 from reference.quant import SCHEME_KINDS, quantized_fused_experts
 from reference.routing import route
 from suites.backends.base import (
@@ -17,6 +17,7 @@ from suites.backends.base import (
     MTPModuleBackend,
     MTPStepOutput,
     QuantExpertsBackend,
+    QuantMoEBlockBackend,
     RouterBackend,
 )
 
@@ -87,6 +88,20 @@ class ReferenceMoEBlock(MoEBlockBackend):
 
 REGISTRY.register("reference.moe_block", lambda: ReferenceMoEBlock(
     name="reference.moe_block", description="fp64 oracle (reference/moe.py)", is_reference=True))
+
+
+@dataclass
+class ReferenceQuantMoEBlock(QuantMoEBlockBackend):
+    def forward(self, cfg, w, w13, w2, x):
+        self.selected = "reference.moe.quantized_moe_block"
+        return quantized_moe_block(x, cfg, w, w13, w2, router_logits_dtype=x.dtype,
+                                   activation_dtype=x.dtype)[0].to(x.dtype)
+
+
+for _kind in SCHEME_KINDS:
+    REGISTRY.register(f"reference.quant_moe_block.{_kind}", lambda k=_kind: ReferenceQuantMoEBlock(
+        name=f"reference.quant_moe_block.{k}", scheme_kind=k, is_reference=True,
+        description="fp64 oracle (reference/moe.py quantized_moe_block)"))
 
 
 @dataclass

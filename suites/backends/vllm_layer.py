@@ -179,31 +179,8 @@ class VllmMoEBlock(MoEBlockBackend):
         vc = self._vllm_config(cfg)
         with set_current_vllm_config(vc):
             ensure_distributed()
-            # The block registers its experts in the config's static forward context by layer
-            # name (a model has one per layer); a fresh block per call takes the name over.
-            cc = vc.compilation_config
-            for name in [n for n in cc.static_forward_context if n.startswith(PREFIX + ".")]:
-                del cc.static_forward_context[name]
-            cc.static_all_moe_layers[:] = [n for n in cc.static_all_moe_layers
-                                           if not n.startswith(PREFIX + ".")]
-            default = torch.get_default_dtype()
-            torch.set_default_dtype(x.dtype)
-            try:
-                block = self._build(vc, vc.model_config.hf_text_config, PREFIX)
-            finally:
-                torch.set_default_dtype(default)
-            params = dict(block.named_parameters())
-            wanted = self._parameters(w)
-            missing = sorted(set(wanted) - set(params))
-            if missing:
-                raise RuntimeError(f"{self.name}: this vLLM's {self.block_class} has no "
-                                   f"{missing}; its parameters: {sorted(params)}")
-            with torch.no_grad():
-                for name, value in wanted.items():
-                    if tuple(params[name].shape) != tuple(value.shape):
-                        raise RuntimeError(f"{self.name}: {name} is {tuple(params[name].shape)} "
-                                           f"in vLLM, {tuple(value.shape)} in the reference")
-                    params[name].copy_(value)
+            block = self._fresh_block(vc, x.dtype)
+            self._copy_in(dict(block.named_parameters()), self._parameters(w))
             if self.tamper is not None:  # a planted loading/wiring bug, before packing
                 self.tamper(block)
             for m in block.modules():
@@ -212,6 +189,35 @@ class VllmMoEBlock(MoEBlockBackend):
                     qm.process_weights_after_loading(m)
             with set_forward_context(None, vc), torch.no_grad():
                 return block(x.clone())
+
+    def _fresh_block(self, vc, dtype: torch.dtype):
+        """A new block of this family under vc (call inside set_current_vllm_config): it
+        registers its experts in the config's static forward context by layer name (a model
+        has one per layer); the fresh block takes the name over."""
+        cc = vc.compilation_config
+        for name in [n for n in cc.static_forward_context if n.startswith(PREFIX + ".")]:
+            del cc.static_forward_context[name]
+        cc.static_all_moe_layers[:] = [n for n in cc.static_all_moe_layers
+                                       if not n.startswith(PREFIX + ".")]
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            return self._build(vc, vc.model_config.hf_text_config, PREFIX)
+        finally:
+            torch.set_default_dtype(default)
+
+    def _copy_in(self, params: dict, wanted: dict) -> None:
+        """Copy reference tensors into vLLM's parameters by name, shapes checked."""
+        missing = sorted(set(wanted) - set(params))
+        if missing:
+            raise RuntimeError(f"{self.name}: this vLLM's {self.block_class} has no "
+                               f"{missing}; its parameters: {sorted(params)}")
+        with torch.no_grad():
+            for name, value in wanted.items():
+                if tuple(params[name].shape) != tuple(value.shape):
+                    raise RuntimeError(f"{self.name}: {name} is {tuple(params[name].shape)} "
+                                       f"in vLLM, {tuple(value.shape)} in the reference")
+                params[name].copy_(value)
 
 
 def _softmax_refusals(cfg, *, renormalizes: bool | None = None) -> list[str]:

@@ -150,3 +150,42 @@ def check_ep_sharding(backend: QuantExpertsBackend, p: QuantExpertsProblem, n_sh
     if not c.ok:
         raise AssertionError(_ctx(backend, p, f"ep_sharding(shards={n_shards})", c.report()))
     return c
+
+
+def check_quant_block_matches_oracle(backend, p) -> dict:
+    """A quantized release's whole MoE block (suites/backends/vllm_quant_layer.py: built under
+    the checkpoint's quantization config, experts loaded by its own loader from checkpoint
+    tensors, packed by its quantization method) vs reference.moe.quantized_moe_block in fp64:
+    the router's logits rounded to the model dtype as its gate emits them, the routed experts
+    dequantized exactly with activations quantized as the scheme vLLM runs here says
+    (backend.scheme_kind), the shared expert unquantized. Every row finite; rows whose routing
+    is a near-tie at the dtype's router logits are excluded and counted; the rest meet the
+    scheme's tolerance (suites/tolerances.py QUANT_TOLERANCES: the routed experts' error
+    dominates; the bf16 shared expert's is within the bf16 default, below every quantized
+    bound)."""
+    from reference.moe import quantized_moe_block
+    from reference.routing import router_logits
+    from suites.moe.checks import block_near_ties
+
+    x, w, w13, w2 = p.tensors()
+    cfg, dt = p.cfg, p.torch_dtype
+    out = backend.forward(cfg, w, w13, w2, x)
+    ref = quantized_moe_block(x, cfg, w, w13, w2, router_logits_dtype=dt, activation_dtype=dt)[0]
+    ctx = f"[quant block matches oracle] backend={backend.name} problem: {p.describe()}"
+    if tuple(out.shape) != tuple(ref.shape):
+        raise AssertionError(f"{ctx}\nshape {tuple(out.shape)} != {tuple(ref.shape)}")
+    bad = (~torch.isfinite(out.double())).any(1)
+    if bad.any():
+        raise AssertionError(f"{ctx}\n{int(bad.sum())} / {p.T} rows not finite, first "
+                             f"{int(bad.nonzero()[0])}")
+    tie = block_near_ties(router_logits(x, w.gate, w.gate_bias), cfg, dt,
+                          w.e_score_correction_bias)
+    keep = ~tie
+    figures = {"near_ties": int(tie.sum()), "compared": int(keep.sum())}
+    if keep.any():
+        c = closeness(out[keep], ref[keep], quant_tolerance(backend.scheme_kind, dt))
+        if not c.ok:
+            raise AssertionError(f"{ctx}\nexperts class {backend.selected}; "
+                                 f"{figures['near_ties']} near-tie tokens excluded\n{c.report()}")
+        figures.update(max_norm=c.max_norm, rms_norm=c.rms_norm)
+    return figures
