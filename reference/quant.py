@@ -235,7 +235,15 @@ class QuantizedWeight:
 
 def quantize_weight(w: torch.Tensor, scheme: QuantScheme) -> QuantizedWeight:
     """Quantize a float weight [E, N, K] as a checkpoint would (round to nearest, scales from
-    each block's / row's / group's range, stored in float32)."""
+    each block's / row's / group's range, stored in float32). One expert at a time (no scale
+    is shared across experts), so the fp64 temporaries are one expert's, not the layer's."""
+    parts = [_quantize_experts(w[e : e + 1], scheme) for e in range(w.shape[0])]
+    zero = None if parts[0].zero is None else torch.cat([p.zero for p in parts])
+    return QuantizedWeight(scheme, torch.cat([p.q.view(torch.uint8) for p in parts]).view(
+        parts[0].q.dtype), torch.cat([p.scale for p in parts]), zero)
+
+
+def _quantize_experts(w: torch.Tensor, scheme: QuantScheme) -> QuantizedWeight:
     E, N, K = w.shape
     w = w.double()
     if scheme.weight == "float8_e4m3fn":
