@@ -3,13 +3,20 @@
   validate FILE...                 check run files against the schema
   merge FILE... --out OUT          one run from the run files of several processes of one
                                    invocation (per-process medians kept; reports/merge.py)
-  store FILE [--history DIR]       validate a run and file it under DIR/<machine-id>/ (atomic,
-                                   never overwrites; the same run twice is stored once)
+  store FILE [--history DIR] [--keep-rounds]
+                                   validate a run and file it, compact, under DIR/<machine-id>/
+                                   (atomic, never overwrites; the same run twice is stored once);
+                                   --keep-rounds: its raw rounds too, gzipped, beside it
+  migrate [--root DIR] [--dry-run] [--keep-rounds]
+                                   rewrite full run files in the history in the compact form, in
+                                   place (atomic, one line a file with its size before and after;
+                                   compact files left as they are)
   list [--history DIR]             machines and their runs
   compare BASE CAND [--history DIR] [--threshold F] [--rule FILE]
                     [--markdown OUT] [--json OUT]
                                    noise-aware verdict per benchmark; BASE/CAND are run files or
-                                   [MACHINE:]latest|previous|~N in the history
+                                   [MACHINE:]latest|previous|~N in the history; BASE may be
+                                   [MACHINE:]pool:N, the last N clean runs pooled
   render [--history DIR] [--runs FILE...] [--compare BASE CAND] [--out DIR] [--skip-invalid]
                                    Markdown + self-contained HTML with plots
   calibrate [--benchmarks N] [--processes P] [--disturbed F] [--rule FILE]
@@ -78,8 +85,20 @@ def cmd_merge(a) -> int:
 
 
 def cmd_store(a) -> int:
-    path, created = _history.store(load_run(a.file), a.history)
+    path, created = _history.store(load_run(a.file), a.history, keep_rounds=a.keep_rounds)
     print(f"{'stored' if created else 'already stored'}: {path}")
+    return EXIT_OK
+
+
+def cmd_migrate(a) -> int:
+    if not a.history.is_dir():
+        raise _BadInput(f"{a.history}: no such history folder")
+    before, after = _history.migrate(a.history, keep_rounds=a.keep_rounds, dry_run=a.dry_run)
+    if before:
+        print(f"{'would be' if a.dry_run else 'now'} {_history.human_size(after)} "
+              f"(was {_history.human_size(before)}, {after / before:.1%})")
+    else:
+        print(f"{a.history}: no runs")
     return EXIT_OK
 
 
@@ -96,6 +115,11 @@ def cmd_list(a) -> int:
 
 
 def _load_pair(a):
+    if _history.is_pool(a.base):  # CAND first: its machine is the pool's, and it is left out
+        machine = a.base.split(":pool:")[0] if ":pool:" in a.base else None
+        cand = load_run(_history.resolve(a.cand, a.history, machine_id=machine))
+        base = _history.pool(a.base, a.history, machine_id=cand.machine_id, exclude=cand)
+        return base, cand
     base_path = _history.resolve(a.base, a.history)
     base = load_run(base_path)
     cand = load_run(_history.resolve(a.cand, a.history, machine_id=base.machine_id))
@@ -120,7 +144,8 @@ def cmd_compare(a) -> int:
         print(f"REGRESSION: {'; '.join(what)} ({', '.join(r.label for r in cmp.regressions[:5])}"
               f"{', ...' if len(cmp.regressions) > 5 else ''})", file=sys.stderr)
     else:
-        print(f"no regression ({len(cmp.rows)} benchmarks compared)")
+        print(f"no regression ({len(cmp.rows)} benchmarks compared: "
+              + ", ".join(f"{_compare.MARK[v]} {n}" for v, n in c.items() if n) + ")")
     return cmp.exit_code
 
 
@@ -192,7 +217,15 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("store")
     s.add_argument("file")
     s.add_argument("--history", **hist)
+    s.add_argument("--keep-rounds", action="store_true",
+                   help="also keep the raw rounds, gzipped, in <run>.rounds.json.gz")
     s.set_defaults(fn=cmd_store)
+    s = sub.add_parser("migrate")
+    s.add_argument("--root", "--history", dest="history", **hist)
+    s.add_argument("--dry-run", action="store_true", help="say what would change, write nothing")
+    s.add_argument("--keep-rounds", action="store_true",
+                   help="keep each file's raw rounds, gzipped, in <run>.rounds.json.gz")
+    s.set_defaults(fn=cmd_migrate)
     s = sub.add_parser("list")
     s.add_argument("--history", **hist)
     s.set_defaults(fn=cmd_list)

@@ -6,8 +6,10 @@ shuffles the processes, deals them into runs of P, and compares every ordered pa
 with reports/compare.py's interval (widened as compare widens it): any "regression" is a false alarm (the code is the same);
 then each CAND run's process medians are multiplied by 1 + power_slowdown and by
 1 + threshold / 2, and the share called "regression" is the power and the below-threshold flag
-rate. Trials reuse the same processes, so the figures are those of this sample of the machine's
-behaviour (report how many processes went in); reports/synthetic.py gives the model's.
+rate; multiplied by 1 + 2 x threshold, the share called "same" (unchanged) is the false-same
+rate; unchanged_rate is the share of clean comparisons called "same". Trials reuse the same
+processes, so the figures are those of this sample of the machine's behaviour (report how many
+processes went in); reports/synthetic.py gives the model's.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def from_processes(rule: Rule, runs: list[Run], *, processes: int, trials: int =
     se = np.array([[r.by_name[n].median_se for n in names] for r in runs])
     rng = np.random.default_rng(seed)
     counts = {"comparisons": 0, "false_alarms": 0, "improvements": 0, "unchanged": 0,
-              "detected": 0, "below_threshold_flagged": 0}
+              "detected": 0, "below_threshold_flagged": 0, "false_same": 0}
     for _ in range(trials):
         perm = rng.permutation(len(runs))
         groups = [perm[i * processes:(i + 1) * processes] for i in range(len(runs) // processes)]
@@ -63,6 +65,8 @@ def from_processes(rule: Rule, runs: list[Run], *, processes: int, trials: int =
                 counts["detected"] += slow == "regression"
                 half = classify(*process_interval(b, c * (1 + t / 2), **kw)[1:], t)
                 counts["below_threshold_flagged"] += half == "regression"
+                twice = classify(*process_interval(b, c * (1 + 2 * t), **kw)[1:], t)
+                counts["false_same"] += twice == "unchanged"
     n = counts["comparisons"]
     return {"process_files": len(runs), "benchmarks": len(names), "processes_per_run": processes,
             "trials": trials, "comparisons": n, "threshold": rule.threshold,
@@ -70,4 +74,5 @@ def from_processes(rule: Rule, runs: list[Run], *, processes: int, trials: int =
             "false_improvement_rate": counts["improvements"] / n,
             "unchanged_rate": counts["unchanged"] / n,
             "power": counts["detected"] / n, "power_slowdown": rule.power_slowdown,
-            "below_threshold_flag_rate": counts["below_threshold_flagged"] / n}
+            "below_threshold_flag_rate": counts["below_threshold_flagged"] / n,
+            "false_same_rate": counts["false_same"] / n}

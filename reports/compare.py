@@ -22,10 +22,21 @@ the threshold (reports/thresholds.json, default 5%):
 
   regression    the whole interval lies above 1 + t
   improvement   the whole interval lies below 1 / (1 + t)
-  unchanged     the interval lies inside [1 / (1 + t), 1 + t]
+  unchanged     shown "same": the whole interval lies inside [1 / (1 + t), 1 + t], equivalence
+                within the threshold (TOST-style: both one-sided claims "not slower by more than
+                t" and "not faster by more than t" hold at the interval's level), not merely "no
+                regression found". The tables show the interval beside the verdict. Reaching it
+                takes many rounds a process and processes that agree: the rounds' widening alone
+                is exp(2.576 x se), ~4.4% a side at 10 rounds of 3% jitter (no room left inside
+                +-5%), ~1.4% at 100; the order statistics do not narrow with more processes
+                (min over more processes only reaches further), and runs taken at different
+                times on a drifting machine stay "noisy" whatever P (that is the A/B mode's
+                job). Synthetic model (calibrate: same_rate on clean runs, false_same_rate =
+                "same" claimed for a 2t slowdown): 10 rounds, P = 5: 3% / 0%; 100 rounds, P = 5:
+                76% / 0%; 100 rounds, P = 10: 89% / 0%.
   inconclusive  the interval straddles a boundary (too noisy to tell at this threshold), or a run
                 has fewer than min_processes processes (one process cannot say how far its
-                median would move in the next)
+                median would move in the next); shown "noisy"
   drift         a regression or improvement that the machine explains: the benchmark's control
                 op (timed around its rounds, suites/bench/timing.py) was slower in CAND by more
                 than t (for a regression) or faster by more than t (for an improvement)
@@ -37,6 +48,10 @@ the threshold (reports/thresholds.json, default 5%):
                 verdict (a drafter or sampler that accepts less is a regression at any speed)
 
 Regressions and acceptance drops fail (exit 1).
+
+BASE may be a pooled baseline (`[MACHINE:]pool:N`, reports/history.py pool, reports/merge.py
+pool): the process medians of the machine's last N clean runs, pooled per benchmark, judged by
+the same rule with P_base = all pooled processes.
 
 Measured on those 20 processes (`python -m reports calibrate --processes-from ...`, random splits
 into runs of P, 12,960 comparisons at P = 5): false-alarm rate 0.12% per benchmark and
@@ -226,7 +241,8 @@ class Comparison:
     def as_dict(self) -> dict:
         return {"base": self.base.source, "cand": self.cand.source,
                 "rule": dataclasses.asdict(self.rule), "notes": self.notes,
-                "counts": self.counts(), "rows": [dataclasses.asdict(r) for r in self.rows]}
+                "counts": self.counts(), "verdict_names": MARK,
+                "rows": [dataclasses.asdict(r) for r in self.rows]}
 
 
 def _drift_notes(base: Run, cand: Run, threshold: float) -> list[str]:
@@ -257,6 +273,16 @@ def compare(base: Run, cand: Run, rule: Rule | None = None) -> Comparison:
     for k in ("vllm", "vllm_commit", "torch"):
         if sb.get(k) != sc.get(k):
             notes.append(f"{k}: BASE {sb.get(k)} -> CAND {sc.get(k)}")
+    for side, run in (("BASE", base), ("CAND", cand)):
+        pooled = run.raw.get("pool")
+        if pooled:
+            runs = pooled["runs"]
+            vs = sorted({str(r.get("vllm")) for r in runs})
+            notes.append(f"{side} pools the process medians of {len(runs)} clean run(s) "
+                         f"({runs[0]['label']} .. {runs[-1]['label']})"
+                         + (f", {len(pooled['skipped'])} planted run(s) skipped"
+                            if pooled.get("skipped") else "")
+                         + (f"; vllm versions {', '.join(vs)}" if len(vs) > 1 else ""))
     notes.extend(_drift_notes(base, cand, rule.threshold))
     bmap, cmap = base.by_name, cand.by_name
     rows = []
@@ -317,21 +343,29 @@ def _fmt_time(s: float) -> str:
     return f"{s / 1e-9:.3g} ns"
 
 
-_MARK = {"acceptance_drop": "ACCEPTANCE DROP", "regression": "REGRESSION", "improvement": "improved", "unchanged": "same",
-         "inconclusive": "noisy", "drift": "machine drift", "new": "new", "missing": "missing"}
+# How each verdict reads in tables and on the console ("unchanged" is the verdict "same").
+MARK = {"acceptance_drop": "ACCEPTANCE DROP", "regression": "REGRESSION",
+        "improvement": "improved", "unchanged": "same", "inconclusive": "noisy",
+        "drift": "machine drift", "new": "new", "missing": "missing"}
 
 
 def to_markdown(cmp: Comparison, *, only_changes: bool = False) -> str:
     c = cmp.counts()
+    t = cmp.rule.threshold
     lines = [
         f"Compare: BASE {cmp.base.source} ({cmp.base.label}) vs CAND {cmp.cand.source} "
         f"({cmp.cand.label})",
         "",
-        "Rule: regression when the interval [min(CAND) / fast-half(BASE), fast-half(CAND) / "
-        "min(BASE)] of the runs' process medians lies above 1 + threshold (default "
-        f"{cmp.rule.threshold:.0%}); ratio = median(CAND) / median(BASE).",
+        "Rule: ratio = median(CAND) / median(BASE) of the runs' process medians; interval "
+        "[min(CAND) / fast-half(BASE), fast-half(CAND) / min(BASE)]. With the threshold t "
+        f"(default {t:.0%}): REGRESSION when the whole interval lies above {1 + t:.3f}, "
+        f"improved when below {1 / (1 + t):.3f}, same when inside [{1 / (1 + t):.3f}, "
+        f"{1 + t:.3f}] (equivalent within t), noisy when it straddles a bound"
+        + ("; per-family t: " + ", ".join(f"{f} {v:.0%}" for f, v in
+                                          sorted(cmp.rule.family_threshold.items()))
+           if cmp.rule.family_threshold else "") + ".",
         "",
-        "Verdicts: " + ", ".join(f"{v} {n}" for v, n in c.items() if n),
+        "Verdicts: " + ", ".join(f"{MARK[v]} {n}" for v, n in c.items() if n),
         "",
     ]
     lines += [f"- {n}" for n in cmp.notes]
@@ -351,7 +385,7 @@ def to_markdown(cmp: Comparison, *, only_changes: bool = False) -> str:
         control = f"{r.control_ratio:.3f}" if math.isfinite(r.control_ratio) else "-"
         acc = (f"{r.base_acceptance:.3f}/{r.cand_acceptance:.3f}"
                if math.isfinite(r.base_acceptance) else "-")
-        lines.append(f"| {_MARK[r.verdict]} | {r.label} | {_fmt_time(r.base_median)} | "
+        lines.append(f"| {MARK[r.verdict]} | {r.label} | {_fmt_time(r.base_median)} | "
                      f"{_fmt_time(r.cand_median)} | {ratio} | {interval} | {procs} | {spread} | "
                      f"{control} | {acc} |")
     return "\n".join(lines) + "\n"

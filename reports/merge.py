@@ -22,18 +22,33 @@ whole run, and merge() folds their run files into one run:
                                 kept in roofline.per_process)
   machine_info.processes        P
 
-The files must come from one machine and one checkout (machine id, software versions, commit).
-A benchmark absent from some processes keeps the processes it has. Nothing is written here:
-history.store files the merged run.
+The files must come from one machine and one checkout (machine id, software versions, commit),
+in the full form (the rounds are merged). A benchmark absent from some processes keeps the
+processes it has. Nothing is written here: history.store files the merged run.
+
+pool() folds several stored runs of one machine into one baseline (compare's BASE for
+`[MACHINE:]pool:N`, reports/history.py chooses the runs): per benchmark, the process medians of
+all runs that have it, one after another, oldest run first, and so are their per-process
+summaries (stats.per_process) and round counts; the control op's median is the median over the
+runs; stats min/max/mean/stddev/rounds are those of all rounds together, stats.median the median
+of the process medians (the pooled rounds' quartiles are not kept, so none are given); extra_info
+otherwise the newest run's, rates and roofline fractions recomputed from the pooled median and
+the runs' merged roofline. compare then applies its one rule to P_base = the pooled processes:
+more BASE processes make fast-half(BASE) steadier and min(BASE) lower, so the baseline leans on
+no single run (one taken on a fast or a slow day) at the price of a slightly wider interval
+(not measured on this machine yet). The pooled run is compact (no rounds), not meant to be
+stored.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import math
 import statistics
 
 from reports import roofline as _roofline
-from reports.schema import Run, SchemaError, round_stats, validate
+from reports.schema import COMPACT_FORMAT, PER_PROCESS, Run, SchemaError, round_stats, validate
 
 _SAME = (("machine_info", "machine_id"), ("machine_info", "software"), ("commit_info", "id"),
          ("machine_info", "device"))
@@ -57,12 +72,28 @@ def _merged_roofline(runs: list[Run]) -> dict:
     return out
 
 
+def _rates(ex: dict, center: float, roof: dict) -> None:
+    """extra_info's time, tokens/s, achieved rates and roofline fractions at `center` seconds."""
+    ex["median_s"] = center
+    if "tokens" in ex:
+        ex["tokens_per_s"] = ex["tokens"] / center
+    if "flop" in ex and "bytes" in ex:
+        ex.update(_roofline.figures(
+            matmul_flops_per_s=roof["matmul_flops_per_s"],
+            copy_bytes_per_s=roof["copy_bytes_per_s"], dtype=ex["dtype"], flop=ex["flop"],
+            nbytes=ex["bytes"], seconds=center))
+
+
 def merge(runs: list[Run], source: str = "<merged>") -> Run:
     """The runs of P processes of one invocation, as one validated run (see the module doc)."""
     if not runs:
         raise SchemaError(f"{source}: no runs to merge")
     if len(runs) == 1:
         return runs[0]
+    for r in runs:
+        if r.compact:
+            raise SchemaError(f"{r.source}: a compact run (no raw rounds); merge the process "
+                              "files pytest wrote (--benchmark-json)")
     first = runs[0]
     for r in runs[1:]:
         for path in _SAME:
@@ -96,14 +127,7 @@ def merge(runs: list[Run], source: str = "<merged>") -> Run:
         ex = b["extra_info"]
         ex["process_medians"] = meds
         ex["process_rounds"] = [len(rec.data) for _, rec in parts]
-        ex["median_s"] = center
-        if "tokens" in ex:
-            ex["tokens_per_s"] = ex["tokens"] / center
-        if "flop" in ex and "bytes" in ex:
-            ex.update(_roofline.figures(
-                matmul_flops_per_s=roof["matmul_flops_per_s"],
-                copy_bytes_per_s=roof["copy_bytes_per_s"], dtype=ex["dtype"], flop=ex["flop"],
-                nbytes=ex["bytes"], seconds=center))
+        _rates(ex, center, roof)
         controls = [rec.extra["control"] for _, rec in parts if rec.extra.get("control")]
         if controls:
             ex["control"] = dict(controls[0])
@@ -112,6 +136,96 @@ def merge(runs: list[Run], source: str = "<merged>") -> Run:
         if isinstance(ex.get("timing"), dict):
             ex["timing"]["rounds"] = len(data)
             ex["timing"]["processes"] = len(parts)
+        benches.append(b)
+    raw["benchmarks"] = benches
+    return validate(raw, source)
+
+
+def _pooled_stats(recs: list, meds: list[float]) -> dict:
+    """stats over all rounds of `recs` from theirs (min, max, mean, stddev by the law of total
+    variance), the median of the pooled process medians, per_process concatenated."""
+    ns = [int(r.stats["rounds"]) for r in recs]
+    total = sum(ns)
+    means = [float(r.stats["mean"]) for r in recs]
+    mean = sum(n * m for n, m in zip(ns, means)) / total
+    ss = sum((n - 1) * float(r.stats["stddev"]) ** 2 + n * (m - mean) ** 2
+             for n, m, r in zip(ns, means, recs))
+    summaries = [s for r in recs for s in r.process_summaries]
+    return {"min": min(float(r.stats["min"]) for r in recs),
+            "max": max(float(r.stats["max"]) for r in recs),
+            "mean": mean, "stddev": math.sqrt(ss / (total - 1)) if total > 1 else 0.0,
+            "median": statistics.median(meds), "rounds": total,
+            "iterations": recs[-1].stats.get("iterations", 1), "ops": 1.0 / mean,
+            "per_process": {k: [getattr(s, k) for s in summaries] for k in PER_PROCESS}}
+
+
+def _digest(run: Run) -> str:
+    if run.compact:
+        return run.raw["compact"]["rounds_sha256"]
+    from reports.compact import rounds_digest, rounds_of
+
+    return rounds_digest(rounds_of(run))
+
+
+def pool(runs: list[Run], source: str = "<pool>", *, skipped: list[str] = ()) -> Run:
+    """Several runs of one machine, oldest first, as one baseline run (see the module doc)."""
+    if not runs:
+        raise SchemaError(f"{source}: no runs to pool")
+    ids = {r.machine_id for r in runs}
+    if len(ids) != 1:
+        raise SchemaError(f"{source}: runs of {len(ids)} machines ({', '.join(sorted(ids))}); "
+                          "a pooled baseline is one machine's")
+    newest = runs[-1]
+    raw = {k: copy.deepcopy(v) for k, v in newest.raw.items() if k != "benchmarks"}
+    roof = _merged_roofline(runs)
+    raw["machine_info"]["roofline"] = roof
+    raw["machine_info"]["processes"] = sum(int(r.machine_info.get("processes", 1)) for r in runs)
+    raw["commit_info"] = {"id": None, "pooled": [r.commit_info.get("id") for r in runs]}
+    raw["pool"] = {"runs": [{"source": r.source, "datetime": r.raw["datetime"],
+                             "commit": r.commit_info.get("id"), "label": r.label,
+                             "vllm": r.machine_info["software"].get("vllm"),
+                             "vllm_commit": r.machine_info["software"].get("vllm_commit")}
+                            for r in runs],
+                   "skipped": list(skipped)}
+    raw["compact"] = {"format": COMPACT_FORMAT, "rounds_sha256": hashlib.sha256(
+        " ".join(_digest(r) for r in runs).encode()).hexdigest()}
+    order: list[str] = []
+    parts: dict[str, list] = {}
+    for r in reversed(runs):  # the newest run's benchmark order first
+        for rec in r.records:
+            if rec.fullname not in parts:
+                order.append(rec.fullname)
+                parts[rec.fullname] = []
+    for r in runs:
+        for rec in r.records:
+            parts[rec.fullname].append(rec)
+    by_raw = {}
+    for r in runs:  # the newest run's raw record wins
+        by_raw.update({b["fullname"]: b for b in r.raw["benchmarks"]})
+    benches = []
+    for name in order:
+        recs = parts[name]
+        b = copy.deepcopy(by_raw[name])
+        meds = [m for rec in recs for m in rec.process_medians]
+        b["stats"] = _pooled_stats(recs, meds)
+        ex = b["extra_info"]
+        ex["process_medians"] = meds
+        prs = [rec.extra.get("process_rounds") for rec in recs]
+        if all(pr and len(pr) == len(rec.process_medians) for pr, rec in zip(prs, recs)):
+            ex["process_rounds"] = [n for pr in prs for n in pr]
+        else:
+            ex.pop("process_rounds", None)
+        _rates(ex, statistics.median(meds), roof)
+        controls = [rec.extra["control"] for rec in recs if rec.extra.get("control")]
+        if controls:
+            ex["control"] = dict(controls[-1])
+            ex["control"]["median_s"] = statistics.median(c["median_s"] for c in controls)
+            ex["control"]["process_medians"] = [
+                m for c in controls for m in c.get("process_medians", [c["median_s"]])]
+        if isinstance(ex.get("timing"), dict):
+            ex["timing"]["rounds"] = b["stats"]["rounds"]
+            ex["timing"]["processes"] = len(meds)
+            ex["timing"]["pooled_runs"] = len(recs)
         benches.append(b)
     raw["benchmarks"] = benches
     return validate(raw, source)

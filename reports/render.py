@@ -242,7 +242,7 @@ def stability(rec: Record) -> dict:
     """How one benchmark's time moved: within a process (robust CV of its rounds, median over
     processes), between the processes of the run (robust CV of the process medians), and the
     share of processes disturbed (median >= 5% above the fast half, compare.fast_half)."""
-    within = [_robust_cv(xs) for xs in rec.process_data if len(xs) >= 4]
+    within = [s.robust_cv for s in rec.process_summaries if s.rounds >= 4]
     meds = rec.process_medians
     floor = fast_half(meds)
     return {"within": float(np.median(within)) if within else math.nan,
@@ -321,7 +321,7 @@ def _result_rows(run: Run, family: str) -> list[list]:
                      _si(x.get("achieved_flops_per_s", math.nan), "FLOP/s"),
                      _si(x.get("achieved_bytes_per_s", math.nan), "B/s"),
                      f"{x['roofline_fraction']:.1%}" if "roofline_fraction" in x else "-",
-                     f"{r.robust_cv:.1%}", len(r.data)])
+                     f"{r.robust_cv:.1%}", r.stats["rounds"]])
     return rows
 
 

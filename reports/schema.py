@@ -20,6 +20,16 @@ A run file is what `pytest --benchmark-json` writes with suites/bench/conftest.p
                    process_medians [one a process] + process_rounds (runs merged from several
                    processes, reports/merge.py).
 
+A run comes in one of two forms, both accepted everywhere:
+
+  full      as pytest-benchmark writes it: every record's stats.data holds the raw rounds
+  compact   what reports/history.py stores (reports/compact.py makes it): the top-level field
+            compact {format, rounds_sha256} is present, no record has stats.data, and every
+            record's stats carries per_process {rounds, q1, median, q3, log_iqr}, one entry a
+            process (quartiles of its rounds, and the interquartile range of their logs): all
+            that compare and render read from the rounds. rounds_sha256 names the rounds the
+            run was made from (kept, on request, in a gzip sidecar next to the run file).
+
 Any violation raises SchemaError with one line: where (file and JSON path) and what was expected.
 """
 
@@ -36,6 +46,8 @@ from typing import Any
 import numpy as np
 
 SCHEMA_VERSION = 1
+COMPACT_FORMAT = 1  # the compact form's version (top-level compact.format)
+PER_PROCESS = ("rounds", "q1", "median", "q3", "log_iqr")  # stats.per_process of a compact record
 MACHINE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 
 _COMMON = ("backend", "dtype", "tokens", "shape", "timing")
@@ -81,6 +93,38 @@ def round_stats(data) -> dict:
             "data": [float(t) for t in data]}
 
 
+@dataclass(frozen=True)
+class ProcessSummary:
+    """What compare and render need of one process's rounds (a compact record stores these)."""
+
+    rounds: int
+    q1: float
+    median: float
+    q3: float
+    log_iqr: float  # interquartile range of the log round times
+
+    @classmethod
+    def of(cls, xs) -> ProcessSummary:
+        x = np.asarray(xs, dtype=np.float64)
+        q1, med, q3 = np.percentile(x, [25, 50, 75])
+        lq1, lq3 = np.percentile(np.log(x), [25, 75])
+        return cls(rounds=int(x.size), q1=float(q1), median=float(med), q3=float(q3),
+                   log_iqr=float(lq3 - lq1))
+
+    @property
+    def robust_cv(self) -> float:
+        """robust_cv of the process's rounds (nan below 4 rounds)."""
+        return 0.7413 * (self.q3 - self.q1) / self.median if self.rounds >= 4 else math.nan
+
+    @property
+    def median_se(self) -> float:
+        """Standard error of the process's median in log time: 1.2533 x robust sd of the log
+        rounds / sqrt(rounds) (nan below 4 rounds)."""
+        if self.rounds < 4:
+            return math.nan
+        return 1.2533 * 0.7413 * self.log_iqr / math.sqrt(self.rounds)
+
+
 @dataclass
 class Record:
     fullname: str
@@ -92,7 +136,7 @@ class Record:
     tokens: int
     extra: dict
     stats: dict
-    data: list[float]
+    data: list[float]  # the raw rounds; empty in a compact record (see `compact`)
 
     @property
     def median(self) -> float:
@@ -104,8 +148,17 @@ class Record:
         return float(self.stats["median"])
 
     @property
+    def compact(self) -> bool:
+        """A record of a compact run: summaries of its rounds (stats.per_process), not the rounds."""
+        return not self.data and "per_process" in self.stats
+
+    @property
     def process_data(self) -> list[list[float]]:
-        """The rounds of each process (one list for a single-process run)."""
+        """The rounds of each process (one list for a single-process run). A compact record
+        keeps none: use process_summaries."""
+        if self.compact:
+            raise SchemaError(f"{self.fullname}: a compact record keeps no rounds (its "
+                              "process_summaries hold what compare and render use)")
         counts = self.extra.get("process_rounds")
         if not counts or len(counts) != len(self.process_medians):
             return [self.data]
@@ -116,16 +169,21 @@ class Record:
         return out
 
     @property
+    def process_summaries(self) -> list[ProcessSummary]:
+        """One ProcessSummary a process (of process_data): stored in a compact record, computed
+        from the rounds in a full one, the same numbers either way."""
+        if self.compact:
+            pp = self.stats["per_process"]
+            return [ProcessSummary(*(pp[k][i] for k in PER_PROCESS))
+                    for i in range(len(pp["rounds"]))]
+        return [ProcessSummary.of(xs) for xs in self.process_data]
+
+    @property
     def median_se(self) -> float:
         """Standard error of one process's median, in log time: 1.2533 x robust sd of the log
         rounds / sqrt(rounds), the median over processes (how far a process's median moves
         with its own rounds, before anything moves the whole process)."""
-        ses = []
-        for xs in self.process_data:
-            if len(xs) < 4:
-                continue
-            q1, q3 = np.percentile(np.log(xs), [25, 75])
-            ses.append(1.2533 * 0.7413 * (q3 - q1) / math.sqrt(len(xs)))
+        ses = [s.median_se for s in self.process_summaries if s.rounds >= 4]
         return float(np.median(ses)) if ses else 0.0
 
     @property
@@ -142,8 +200,14 @@ class Record:
 
     @property
     def robust_cv(self) -> float:
-        """robust_cv of the rounds (pooled over processes in a merged run)."""
-        return robust_cv(self.data)
+        """robust_cv of the rounds (pooled over processes in a merged run); a compact record
+        takes the quartiles from its stats (nan where they are missing, e.g. a pooled baseline)."""
+        if not self.compact:
+            return robust_cv(self.data)
+        st = self.stats
+        if st["rounds"] < 4 or not all(k in st for k in ("q1", "q3", "median")):
+            return float("nan")
+        return float(0.7413 * (st["q3"] - st["q1"]) / st["median"])
 
     @property
     def shape_name(self) -> str:
@@ -163,6 +227,11 @@ class Run:
     @property
     def by_name(self) -> dict[str, Record]:
         return {r.fullname: r for r in self.records}
+
+    @property
+    def compact(self) -> bool:
+        """Stored in the compact form (no raw rounds; see the module doc)."""
+        return "compact" in self.raw
 
     @property
     def label(self) -> str:
@@ -262,7 +331,35 @@ def _machine(v: _V, mi: Any) -> dict:
     return mi
 
 
-def _record(v: _V, b: Any, i: int) -> Record:
+def _per_process(v: _V, stats: dict, w: str, rounds: int) -> None:
+    """stats.per_process of a compact record: equal-length columns, rounds summing to the
+    record's, quartiles ordered."""
+    where = f"{w}.stats.per_process"
+    pp = v.obj(v.key(stats, "per_process", f"{w}.stats"), where)
+    cols = {}
+    for k in PER_PROCESS:
+        xs = v.key(pp, k, where)
+        if not isinstance(xs, list) or not xs:
+            raise _fail(v.source, f"{where}.{k}", "expected a non-empty list, one entry a process")
+        if k == "rounds":
+            cols[k] = [v.integer(x, f"{where}.{k}[{j}]", minimum=1) for j, x in enumerate(xs)]
+        else:
+            cols[k] = [v.number(x, f"{where}.{k}[{j}]", positive=k != "log_iqr")
+                       for j, x in enumerate(xs)]
+    n = len(cols["rounds"])
+    for k, xs in cols.items():
+        if len(xs) != n:
+            raise _fail(v.source, f"{where}.{k}", f"expected {n} entries (one a process), "
+                        f"got {len(xs)}")
+    if sum(cols["rounds"]) != rounds:
+        raise _fail(v.source, f"{where}.rounds", f"expected counts summing to {rounds}, got "
+                    f"{_short(cols['rounds'])}")
+    for j in range(n):
+        if not cols["q1"][j] <= cols["median"][j] <= cols["q3"][j]:
+            raise _fail(v.source, where, f"process {j}: expected q1 <= median <= q3")
+
+
+def _record(v: _V, b: Any, i: int, *, compact: bool = False) -> Record:
     w = f"benchmarks[{i}]"
     b = v.obj(b, w)
     fullname = v.string(v.key(b, "fullname", w), f"{w}.fullname")
@@ -276,10 +373,16 @@ def _record(v: _V, b: Any, i: int) -> Record:
     v.number(v.key(stats, "stddev", f"{w}.stats"), f"{w}.stats.stddev")
     rounds = v.integer(v.key(stats, "rounds", f"{w}.stats"), f"{w}.stats.rounds", minimum=1)
     data = stats.get("data")
-    if data is None:
+    if compact:
+        if data is not None:
+            raise _fail(v.source, f"{w}.stats.data", "a compact run keeps no raw rounds (drop "
+                        "the top-level 'compact' field to keep them)")
+        _per_process(v, stats, w, rounds)
+        data = []
+    elif data is None:
         raise _fail(v.source, f"{w}.stats", "missing field 'data' (the per-round times; write "
                     "the file with --benchmark-json, which includes them)")
-    if not isinstance(data, list) or len(data) != rounds:
+    elif not isinstance(data, list) or len(data) != rounds:
         raise _fail(v.source, f"{w}.stats.data",
                     f"expected a list of {rounds} round times, got {_short(data)}")
     for j, t in enumerate(data):
@@ -345,10 +448,21 @@ def validate(obj: Any, source: str = "<run>") -> Run:
     v.string(v.key(top, "version", ""), "version")
     commit = v.obj(v.key(top, "commit_info", ""), "commit_info")
     mi = _machine(v, v.key(top, "machine_info", ""))
+    compact = top.get("compact")
+    if compact is not None:
+        compact = v.obj(compact, "compact")
+        fmt = v.key(compact, "format", "compact")
+        if fmt != COMPACT_FORMAT or isinstance(fmt, bool):
+            raise _fail(source, "compact.format", f"unsupported compact format {_short(fmt)} "
+                        f"(this reader knows {COMPACT_FORMAT})")
+        digest = v.key(compact, "rounds_sha256", "compact")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise _fail(source, "compact.rounds_sha256",
+                        f"expected 64 hex digits, got {_short(digest)}")
     benches = v.key(top, "benchmarks", "")
     if not isinstance(benches, list) or not benches:
         raise _fail(source, "benchmarks", "expected a non-empty list of benchmark records")
-    records = [_record(v, b, i) for i, b in enumerate(benches)]
+    records = [_record(v, b, i, compact=compact is not None) for i, b in enumerate(benches)]
     seen: dict[str, int] = {}
     for i, r in enumerate(records):
         if r.fullname in seen:

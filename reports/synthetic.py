@@ -7,7 +7,8 @@ processes; in each, a benchmark's level is its true time times a benign process 
 case 1.05-2.5x (log-uniform: another tenant on the cores); its rounds scatter around that level
 with log-normal jitter (sigma) and a fraction of outlier rounds slowed 1.2-3x (a preempted
 thread). Runs are written as reports/merge.py writes them (process_medians, process_rounds). A
-"slowdown" multiplies the true time of chosen benchmarks, "acceptance_scale" the acceptance rates
+"slowdown" multiplies the true time of chosen benchmarks (marked extra_info.slowdown, as
+--bench-slowdown marks them: such a run is not clean), "acceptance_scale" the acceptance rates
 of the e2e records; a "machine_speed" above 1 is another
 tenant slowing everything in the run, the control op included (extra_info.control).
 """
@@ -110,6 +111,8 @@ def run(*, names: list[tuple[str, str, int, float]], rng: np.random.Generator, n
             "control": {"op": "synthetic", "rounds": 80,
                         "median_s": 1e-4 * machine_speed * float(np.exp(rng.normal(0, 0.01)))},
         }
+        if slowdown.get(fullname):
+            extra["slowdown"] = slowdown[fullname]
         benches.append({
             "group": f"{fam} synthetic", "name": fullname.split("::")[1], "fullname": fullname,
             "params": None, "param": fullname.split("[")[1].rstrip("]"), "extra_info": extra,
@@ -151,18 +154,23 @@ def run(*, names: list[tuple[str, str, int, float]], rng: np.random.Generator, n
 
 def calibrate(rule: Rule, *, n: int = 400, noise: Noise = Noise(), seed: int = 0) -> dict:
     """False-alarm rate on pure noise, power at rule.power_slowdown, and how often a slowdown of
-    half the threshold is (wrongly) called a regression, over n synthetic benchmarks each."""
+    half the threshold is (wrongly) called a regression, over n synthetic benchmarks each; how
+    often pure noise is called "same" (same_rate) and how often "same" is (wrongly) claimed for
+    a slowdown of twice the threshold (false_same_rate)."""
     rng = np.random.default_rng(seed)
     names = benchmark_names(n)
 
-    def flagged(slow: float) -> float:
+    def shares(slow: float) -> dict[str, float]:
         base = validate(run(names=names, rng=rng, noise=noise), "synthetic-base")
         sd = {nm[0]: slow for nm in names} if slow else {}
         cand = validate(run(names=names, rng=rng, noise=noise, slowdown=sd), "synthetic-cand")
         cmp = compare(base, cand, rule)
-        return len(cmp.regressions) / len(cmp.rows)
+        return {v: k / len(cmp.rows) for v, k in cmp.counts().items()}
 
+    clean = shares(0.0)
     return {"benchmarks": n, "noise": dataclasses.asdict(noise), "threshold": rule.threshold,
-            "false_alarm_rate": flagged(0.0),
-            "power": flagged(rule.power_slowdown), "power_slowdown": rule.power_slowdown,
-            "below_threshold_flag_rate": flagged(rule.threshold / 2)}
+            "false_alarm_rate": clean["regression"], "same_rate": clean["unchanged"],
+            "power": shares(rule.power_slowdown)["regression"],
+            "power_slowdown": rule.power_slowdown,
+            "below_threshold_flag_rate": shares(rule.threshold / 2)["regression"],
+            "false_same_rate": shares(2 * rule.threshold)["unchanged"]}
