@@ -98,12 +98,16 @@ def check_batch_invariance(backend: QuantExpertsBackend, p: QuantExpertsProblem)
     on a scheme without activation quantization (W8A16, W4A16: no dynamic scale to share) is
     held to the scheme's tolerance instead of 2 ulps: the summation order legitimately
     changes with T there (nightly seed 11: fp8 W8A16, T=26 vs 1, 1.06x the 2-ulp bound), and
-    nothing about scales is at stake."""
+    nothing about scales is at stake. There the token's row, alone and embedded, is each held
+    to the oracle's row at the scheme's tolerance (two outputs each within it of the oracle may
+    differ from each other by up to twice it: a later nightly seed 11 found alone vs embedded
+    at 1.04x the rms bound, T=31, H=I=32, each side within the bound of the oracle)."""
     t = p.tensors()
     loose = (p.scheme.activation is None
              and type(backend).tile_config is QuantExpertsBackend.tile_config)
     with backend.tile_config(FIXED_TILES):
         full = run(backend, t)
+    ref = oracle(t) if loose else None  # [T, H] float64
     worst = 0.0
     for r in sorted({0, p.T - 1, p.T // 2}):
         with backend.tile_config(FIXED_TILES):
@@ -112,11 +116,12 @@ def check_batch_invariance(backend: QuantExpertsBackend, p: QuantExpertsProblem)
                         topk_ids=t["topk_ids"][r : r + 1].contiguous())
         ctx = _ctx(backend, p, "batch_invariance", f"token {r} alone (T=1) vs in the batch of {p.T}")
         if loose:
-            c = closeness(alone[0], full[r].double(),
-                          quant_tolerance(backend.scheme_kind, p.torch_dtype))
-            if not c.ok:
-                raise AssertionError(f"{ctx}\n{c.report('alone vs embedded')}")
-            worst = max(worst, c.max_abs)
+            tol = quant_tolerance(backend.scheme_kind, p.torch_dtype)
+            for what, row in (("alone", alone[0]), ("embedded", full[r])):
+                c = closeness(row, ref[r], tol)
+                if not c.ok:
+                    raise AssertionError(f"{ctx}\n{c.report(f'{what} vs the oracle')}")
+            worst = max(worst, float((alone[0].double() - full[r].double()).abs().max()))
             continue
         worst = max(worst, _assert_self_close(alone[0], full[r], p.torch_dtype, ctx,
                                               "alone vs embedded"))
