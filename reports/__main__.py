@@ -44,6 +44,7 @@ import sys
 from reports import compare as _compare
 from reports import history as _history
 from reports.schema import SchemaError, load_run
+from reports.verdicts import write_new
 
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -63,13 +64,7 @@ def _err(msg: str) -> None:
 
 def _write_new(path: pathlib.Path, text: str) -> None:
     """Write a file that must not exist yet (outputs never overwrite anything)."""
-    try:
-        with open(path, "x", encoding="utf-8") as f:
-            f.write(text)
-    except FileExistsError:
-        raise _BadInput(f"{path}: exists; refusing to overwrite it") from None
-    except OSError as e:
-        raise _BadInput(f"{path}: cannot write ({e.strerror})") from None
+    write_new(path, text, _BadInput)
 
 
 def cmd_validate(a) -> int:

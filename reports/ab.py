@@ -81,7 +81,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
+
+from reports.verdicts import VerdictTable, write_new
 
 if TYPE_CHECKING:
     from reports.compare import Rule
@@ -283,7 +285,7 @@ class ABRow:
 
 
 @dataclass
-class ABComparison:
+class ABComparison(VerdictTable):
     a: str
     b: str
     rule: Rule
@@ -291,17 +293,8 @@ class ABComparison:
     pairs: int  # complete pairs of processes
     rows: list[ABRow]
     notes: list[str]
-
-    @property
-    def regressions(self) -> list[ABRow]:
-        return [r for r in self.rows if r.verdict in FAILING]
-
-    def counts(self) -> dict[str, int]:
-        return {v: sum(r.verdict == v for r in self.rows) for v in VERDICTS}
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.regressions else 0
+    VERDICTS: ClassVar[tuple[str, ...]] = VERDICTS
+    FAILING: ClassVar[tuple[str, ...]] = FAILING
 
     def as_dict(self) -> dict:
         return {"a": self.a, "b": self.b, "rule": dataclasses.asdict(self.rule),
@@ -636,13 +629,7 @@ def _report(cmp: ABComparison) -> None:
 
 
 def _write_new(path: str, text: str) -> None:
-    try:
-        with open(path, "x", encoding="utf-8") as f:
-            f.write(text)
-    except FileExistsError:
-        raise ABError(f"{path}: exists; refusing to overwrite it") from None
-    except OSError as e:
-        raise ABError(f"{path}: cannot write ({e.strerror})") from None
+    write_new(path, text, ABError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,11 +69,13 @@ import json
 import math
 import pathlib
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 from scipy.stats import norm as _norm
 
 from reports.schema import Run
+from reports.verdicts import VerdictTable
 
 DEFAULT_RULE = pathlib.Path(__file__).parent / "thresholds.json"
 Z_ROUNDS = 2.576  # two-sided 99% normal quantile, for the rounds' own uncertainty
@@ -219,24 +221,14 @@ class Row:
 
 
 @dataclass
-class Comparison:
+class Comparison(VerdictTable):
     base: Run
     cand: Run
     rule: Rule
     rows: list[Row]
     notes: list[str]
-
-    @property
-    def regressions(self) -> list[Row]:
-        """Rows that fail the compare: slower beyond the threshold, or accepting less."""
-        return [r for r in self.rows if r.verdict in FAILING]
-
-    def counts(self) -> dict[str, int]:
-        return {v: sum(r.verdict == v for r in self.rows) for v in VERDICTS}
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.regressions else 0
+    VERDICTS: ClassVar[tuple[str, ...]] = VERDICTS
+    FAILING: ClassVar[tuple[str, ...]] = FAILING
 
     def as_dict(self) -> dict:
         return {"base": self.base.source, "cand": self.cand.source,

