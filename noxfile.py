@@ -359,6 +359,16 @@ def report(session: nox.Session) -> None:
 
 
 @nox.session
+def migrate(session: nox.Session) -> None:
+    """Rewrite reports/history's full-form run files (pytest-benchmark's raw rounds) in the
+    compact form, in place, atomically, idempotently (python -m reports migrate); posargs go
+    to it (--dry-run, --keep-rounds: the raw rounds gzipped beside each file)."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "reports"))
+    session.run("python", "-m", "reports", "migrate", "--history",
+                str(ROOT / "reports" / "history"), *session.posargs)
+
+
+@nox.session
 def compare(session: nox.Session) -> None:
     """nox -s compare -- BASE CAND [--threshold 0.05]: noise-aware verdict per benchmark; exits
     1 on a regression. BASE/CAND: run files, or [MACHINE:]latest|previous|~N in the history."""
@@ -416,13 +426,15 @@ def _side_venv(session: nox.Session, flavour: str, spec: str) -> str | None:
 
 @nox.session(venv_backend="none")
 def ab(session: nox.Session) -> None:
-    """nox -s ab -- A B [--ab-pairs N] [--ab-slowdown-b GLOB=F] [pytest args]: interleaved A/B.
+    """nox -s ab -- A B [--ab-pairs N] [--ab-slowdown-b GLOB=F] [--ab-interleave window|process]
+    [pytest args]: interleaved A/B.
 
     A and B are vLLMs as VLLM_UNDER_TEST takes them (a version, a pip requirement, a wheel, a
     checkout; `pinned` for the pin), each in a venv of its own (.nox/ab-<slug>; one venv when
     both are the same requirement: the A-vs-A calibration). Then 2N benchmark processes (N pairs,
     default 6) in the balanced order A B B A A B B A ..., each one process of `nox -s bench`
-    with the pytest args given, and a paired verdict per benchmark (regression / faster / same /
+    with the pytest args given (the two of a pair take turns every ~50 ms of timed rounds, unless
+    --ab-interleave process), and a paired verdict per benchmark (regression / faster / same /
     inconclusive, reports/ab.py). --ab-slowdown-b plants suites/bench's --bench-slowdown in B's
     processes only. Output: reports/out/<time>-ab/ (ab.md, ab.json, the process files).
     Exit 0 fine, 1 a regression of B, 2 bad input or a failed process."""

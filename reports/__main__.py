@@ -24,7 +24,8 @@
   calibrate --processes-from FILE... [--processes P] [--trials N]
                                    the same, measured on this machine's single-process run files
                                    of one code version (reports/calibrate.py)
-  ab run --a-python PY --b-python PY [--ab-pairs N] [--ab-slowdown-b GLOB=F] [-- PYTEST ARGS]
+  ab run --a-python PY --b-python PY [--ab-pairs N] [--ab-slowdown-b GLOB=F]
+         [--ab-interleave window|process] [-- PYTEST ARGS]
   ab judge DIR | ab calibrate      interleaved A/B of two environments on this machine (what
                                    nox -s ab runs), paired verdicts per benchmark; see
                                    reports/ab.py (`python -m reports ab --help`)

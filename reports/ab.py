@@ -8,22 +8,37 @@ comparison removes it.
 
 Plan (`nox -s ab -- A B`, `python -m reports ab run`): A and B are two Python environments, each
 with its vLLM (the noxfile installs them: .nox/ab-<slug>, one venv when A and B are the same
-requirement). Benchmark processes run one after another in the balanced order
-A B | B A | A B | B A ... (`--ab-pairs N` pairs, default 6); each process is one pytest run of
-suites/bench with the selection given, writing pytest-benchmark JSON, as `nox -s bench` runs one
-process (bench_command: the same pytest arguments). `--ab-slowdown-b GLOB=F` adds suites/bench's
-`--bench-slowdown GLOB=F` to B's processes only (calibration: a known slowdown in one side).
-Files: reports/out/<time>-ab/plan.json, processNN-A.json / processNN-B.json in run order, then
-ab.md and ab.json (the verdicts).
+requirement). `--ab-pairs N` pairs of benchmark processes (default 6), in the balanced order
+A B | B A | A B | B A ...; each process is one pytest run of suites/bench with the selection
+given, writing pytest-benchmark JSON, as `nox -s bench` runs one process (bench_command: the
+same pytest arguments). `--ab-slowdown-b GLOB=F` adds suites/bench's `--bench-slowdown GLOB=F`
+to B's processes only (calibration: a known slowdown in one side).
+
+`--ab-interleave window` (the default): the two processes of a pair run at the same time and
+take turns with a baton (reports/baton.py): only the holder computes, and each timed case hands
+the baton over before its first timed round and then every ~50 ms of rounds, so A's and B's
+windows of a case alternate tens of milliseconds apart. Measured here (2026-12-06, the 6
+cpu_fused_moe.vec / fused_experts_cpu cases of qwen3-next-80b-a3b-cpu-experts at T 1, 16, 64,
+--bench-threads=1, A vs A, 8 pairs): the machine's speed for memory-bound cases drifts 10-30%
+over tens of seconds, so processes run one after another (`--ab-interleave process`, the mode
+before) gave 98% intervals of +-12-25% at T 16 and 64 (2 of 6 "same"; longer windows, 1.5 s
+a case, did not narrow them); window interleaving gave +-3-4% (4 of 6 "same", the other two
+within 1% of the bound); over the 52 moe and router benchmarks that run here (6 pairs, other
+work on the second core), process mode 20 "same" / 32 inconclusive and window mode 39 / 13,
+median interval half-width 6.8% vs 2.1% (reports/README.md has the table with the planted
+slowdowns). A pair then takes as long as its two processes together.
+`--ab-interleave process` keeps the old schedule (one process at a time; each process's output
+on the terminal instead of processNN-<side>.log).
+Files: reports/out/<time>-ab/plan.json, processNN-A.json / processNN-B.json (and .log in window
+mode) in run order, then ab.md and ab.json (the verdicts).
 
 Rule (per benchmark), with t the threshold of reports/thresholds.json (default 5%) and alpha its
 max_false_alarm_rate (1%):
 
   d_i       log(B's process median / A's process median) within pair i, the pairs taken in run
-            order (processes 1-2, 3-4, ...): the two processes of a pair ran back to back, so a
-            slow stretch of the machine hits both and cancels in d_i; the balanced order (AB,
-            then BA) also cancels a steady trend over the run (it would favour the side that
-            runs first in every pair)
+            order (processes 1-2, 3-4, ...): the two processes of a pair ran interleaved (or back
+            to back), so a slow stretch of the machine hits both and cancels in d_i; the
+            balanced order (AB, then BA) also cancels what favours the side that goes first
   ratio     exp(mean d): the geometric mean of the paired ratios B/A (> 1: B slower)
   interval  exp(mean d -+ t_{1-alpha, n-1} x sd(d) / sqrt(n)), n pairs: a Student t interval for
             the mean paired log-ratio, one-sided level alpha at each end (two-sided 98%)
@@ -77,12 +92,15 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from reports import baton as _baton
 from reports.verdicts import VerdictTable, write_new
 
 if TYPE_CHECKING:
@@ -159,31 +177,49 @@ def check_slowdown(value: str) -> str:
     return ",".join(parts)
 
 
-def split_args(argv: list[str]) -> tuple[int, str | None, list[str]]:
-    """(pairs, slowdown for B, the rest) from arguments that mix --ab-pairs N /
-    --ab-slowdown-b GLOB=F (either form, =VALUE or a separate VALUE) with pytest's."""
-    pairs, slowdown, rest = str(DEFAULT_PAIRS), None, []
+INTERLEAVE = ("window", "process")
+
+
+@dataclass
+class Args:
+    """What split_args finds among pytest's arguments."""
+
+    pairs: int = DEFAULT_PAIRS
+    slowdown_b: str | None = None
+    interleave: str = "window"
+    rest: list[str] = field(default_factory=list)
+
+
+def split_args(argv: list[str]) -> Args:
+    """--ab-pairs N / --ab-slowdown-b GLOB=F / --ab-interleave window|process (either form,
+    =VALUE or a separate VALUE), mixed with pytest's arguments (the rest)."""
+    out, pairs = Args(), str(DEFAULT_PAIRS)
     args = list(argv)
     while args:
         a = args.pop(0)
         name, eq, val = a.partition("=")
-        if name in ("--ab-pairs", "--ab-slowdown-b"):
+        if name in ("--ab-pairs", "--ab-slowdown-b", "--ab-interleave"):
             if not eq:
                 if not args:
                     raise ABError(f"{name} needs a value")
                 val = args.pop(0)
             if name == "--ab-pairs":
                 pairs = val
+            elif name == "--ab-interleave":
+                if val not in INTERLEAVE:
+                    raise ABError(f"--ab-interleave {val!r}: expected one of {', '.join(INTERLEAVE)}")
+                out.interleave = val
             else:
-                slowdown = check_slowdown(val)
+                out.slowdown_b = check_slowdown(val)
         elif name == "--bench-processes":
             raise ABError("--bench-processes: an A/B run's processes are its pairs "
                           "(--ab-pairs N runs 2N processes)")
         else:
-            rest.append(a)
+            out.rest.append(a)
     if not pairs.isdigit() or not 1 <= int(pairs) <= 100:
         raise ABError(f"--ab-pairs {pairs!r}: expected a whole number of pairs, 1..100")
-    return int(pairs), slowdown, rest
+    out.pairs = int(pairs)
+    return out
 
 
 @dataclass
@@ -207,34 +243,93 @@ def new_folder(out: str | pathlib.Path | None) -> pathlib.Path:
 
 def run(a: Side, b: Side, *, pairs: int, pytest_args: list[str], folder: pathlib.Path,
         device: str = "cpu", slowdown_b: str | None = None, env: dict | None = None,
+        interleave: str = "window",
         say=lambda line: print(line, flush=True)) -> list[tuple[str, pathlib.Path]]:
-    """Run the 2 x pairs benchmark processes in the balanced order; returns (side, file) in run
-    order. Raises ProcessFailed when a process fails or writes no JSON."""
+    """Run the 2 x pairs benchmark processes; returns (side, file) in run order (the balanced
+    order A B, B A, ...: in "window" mode the side named first in a pair takes the baton first).
+    Raises ProcessFailed when a process fails or writes no JSON."""
+    if interleave not in INTERLEAVE:
+        raise ABError(f"interleave {interleave!r}: expected one of {', '.join(INTERLEAVE)}")
     for side in (a, b):
         if not (os.path.isfile(side.python) and os.access(side.python, os.X_OK)):
             raise ABError(f"{side.python}: no Python interpreter there (side {side.name})")
     order = schedule(pairs)
     plan = {"format": "ab-plan/1", "a": dataclasses.asdict(a), "b": dataclasses.asdict(b),
             "pairs": pairs, "order": order, "device": device, "pytest_args": list(pytest_args),
-            "slowdown_b": slowdown_b, "started": _dt.datetime.now().astimezone().isoformat()}
+            "slowdown_b": slowdown_b, "interleave": interleave,
+            "started": _dt.datetime.now().astimezone().isoformat()}
     (folder / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
     env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
-    done, walls = [], []
+    for var in (_baton.ENV_SOCKET, _baton.ENV_SIDE):
+        env.pop(var, None)
+    done, walls, handovers = [], [], []
     t0 = time.monotonic()
-    for i, side_name in enumerate(order, start=1):
+
+    def command(i: int, side_name: str, quiet: bool) -> tuple[list[str], pathlib.Path]:
         side = a if side_name == "A" else b
         part = process_file(folder, i, side_name)
         extra = [f"--bench-slowdown={slowdown_b}"] if side_name == "B" and slowdown_b else []
-        cmd = bench_command(side.python, part, [*pytest_args, *extra], device=device,
-                            quiet=i > 2)
-        say(f"A/B process {i} of {len(order)}: {side_name} ({side.name})")
-        start = time.monotonic()
-        rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
-        walls.append(round(time.monotonic() - start, 2))
-        if rc != 0 or not part.exists():
-            raise ProcessFailed(i, side_name, rc, folder)
-        done.append((side_name, part))
+        return bench_command(side.python, part, [*pytest_args, *extra], device=device,
+                             quiet=quiet), part
+
+    if interleave == "process":
+        for i, side_name in enumerate(order, start=1):
+            cmd, part = command(i, side_name, quiet=i > 2)
+            say(f"A/B process {i} of {len(order)}: {side_name} "
+                f"({(a if side_name == 'A' else b).name})")
+            start = time.monotonic()
+            rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+            walls.append(round(time.monotonic() - start, 2))
+            if rc != 0 or not part.exists():
+                raise ProcessFailed(i, side_name, rc, folder)
+            done.append((side_name, part))
+    else:
+        sock_dir = tempfile.mkdtemp(prefix="ab-baton-")  # a socket path must be short
+        try:
+            for p in range(pairs):
+                i1 = 2 * p + 1
+                first, second = order[i1 - 1], order[i1]
+                say(f"A/B pair {p + 1} of {pairs}: processes {i1} ({first}) and {i1 + 1} "
+                    f"({second}), interleaved by windows, {first} first")
+                server = _baton.BatonServer(os.path.join(sock_dir, f"pair{p + 1}"), first).start()
+                procs = {}
+                start = time.monotonic()
+                try:
+                    for i, side_name in ((i1, first), (i1 + 1, second)):
+                        cmd, part = command(i, side_name, quiet=True)
+                        log = open(folder / f"process{i:02d}-{side_name}.log", "w")  # noqa: SIM115
+                        penv = {**env, _baton.ENV_SOCKET: server.path, _baton.ENV_SIDE: side_name}
+                        procs[side_name] = (i, part, log, subprocess.Popen(
+                            cmd, cwd=ROOT, env=penv, stdout=log, stderr=subprocess.STDOUT))
+                    rcs: dict[str, int] = {}
+                    while len(rcs) < 2:
+                        for side_name, (_, _, _, proc) in procs.items():
+                            if side_name not in rcs and proc.poll() is not None:
+                                rcs[side_name] = proc.returncode
+                                server.side_exited(side_name)
+                        time.sleep(0.2)
+                finally:
+                    for _, _, log, proc in procs.values():
+                        if proc.poll() is None:
+                            proc.kill()
+                            proc.wait()
+                        log.close()
+                    server.close()
+                wall = round(time.monotonic() - start, 2)
+                handovers.append(server.handovers)
+                for side_name in (first, second):
+                    i, part, log, _ = procs[side_name]
+                    walls.append(wall)
+                    if rcs[side_name] != 0 or not part.exists():
+                        tail = pathlib.Path(log.name).read_text(errors="replace")[-3000:]
+                        say(f"--- {pathlib.Path(log.name).name} (tail) ---\n{tail}")
+                        raise ProcessFailed(i, side_name, rcs[side_name], folder)
+                    done.append((side_name, part))
+        finally:
+            shutil.rmtree(sock_dir, ignore_errors=True)
     plan["wall_s"] = {"total": round(time.monotonic() - t0, 1), "processes": walls}
+    if handovers:
+        plan["handovers"] = handovers
     (folder / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
     return done
 
@@ -566,7 +661,8 @@ def calibrate(rule: Rule, *, pairs=(3, 6, 12, 24), effects=(0.0, 0.05, 0.10, 1.0
 
 USAGE = """python -m reports ab run --a-python PY --b-python PY [--a-name S] [--b-name S]
                         [--device cpu|cuda] [--out DIR] [--rule FILE] [--threshold F]
-                        [--ab-pairs N] [--ab-slowdown-b GLOB=F] [-- PYTEST ARGS]
+                        [--ab-pairs N] [--ab-slowdown-b GLOB=F] [--ab-interleave window|process]
+                        [-- PYTEST ARGS]
        python -m reports ab judge DIR [--rule FILE] [--threshold F] [--markdown OUT] [--json OUT]
        python -m reports ab calibrate [--pairs 3,6,12,24] [--benchmarks N] [--disturbed F]
                         [--drift F] [--seed S]"""
@@ -646,13 +742,14 @@ def main(argv: list[str] | None = None) -> int:
             argv, tail = argv[:k], argv[k + 1:]
         a, extra = _parser().parse_known_args(argv)
         if a.cmd == "run":
-            pairs, slowdown, pytest_args = split_args([*extra, *tail])
+            args = split_args([*extra, *tail])
+            pairs = args.pairs
             rule = _rule(a)
             folder = new_folder(a.out)
             sides = Side(a.a_name, a.a_python), Side(a.b_name, a.b_python)
             t0 = time.monotonic()
-            done = run(*sides, pairs=pairs, pytest_args=pytest_args, folder=folder,
-                       device=a.device, slowdown_b=slowdown)
+            done = run(*sides, pairs=pairs, pytest_args=args.rest, folder=folder,
+                       device=a.device, slowdown_b=args.slowdown_b, interleave=args.interleave)
             cmp = judge([(s, load_run(p)) for s, p in done], rule, a=a.a_name, b=a.b_name)
             plan = json.loads((folder / PLAN).read_text())
             md, _ = write_outputs(cmp, folder, extra={"folder": str(folder),

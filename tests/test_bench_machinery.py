@@ -137,3 +137,28 @@ def test_replay_clock_hands_pytest_benchmark_the_measured_rounds(benchmark):
         clock.load([0.1, 0.0])
     with pytest.raises(ValueError, match="must be positive"):
         clock.load([])
+
+
+def test_baton_windows_pass_every_window_and_warm_after_each_turn():
+    """In an interleaved A/B pair, run_case hands the baton over before the first timed round
+    and then every `rounds` rounds (suites/bench/timing.py Windows), makes one untimed call
+    after each turn, and still runs the case's own per-round setup (the control op)."""
+    from suites.bench.timing import Windows
+
+    events: list[str] = []
+
+    class FakeBaton:
+        def pass_(self):
+            events.append("pass")
+
+    w = Windows(FakeBaton(), lambda: events.append("warm"), lambda: events.append("control"),
+                rounds=3)
+    w.handover()
+    for _ in range(1 + 10):  # pedantic: one warm-up round, then 10 timed rounds
+        w.setup()
+        events.append("round")
+    assert events[:2] == ["pass", "warm"]
+    rounds_between = [len(s.split("round")) - 1 for s in " ".join(events).split("pass")[1:]]
+    assert rounds_between == [3, 3, 3, 2], events
+    assert events.count("control") == 11 and w.handovers == 4
+    assert all(events[i + 1] == "warm" for i, e in enumerate(events) if e == "pass")

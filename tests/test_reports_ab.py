@@ -297,3 +297,76 @@ def test_bench_command_is_what_nox_bench_runs():
             "sys.exit(any(m in sys.modules for m in ('numpy', 'scipy', 'torch')))")
     env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1])}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def _baton_python(tmp_path: pathlib.Path, run, slices: pathlib.Path) -> pathlib.Path:
+    """An 'interpreter' that takes part in the baton like suites/bench does (hello, then a few
+    compute slices with a pass between them, each slice logged with its start and end time),
+    then writes a prepared process file where pytest-benchmark would."""
+    src = tmp_path / "process.json"
+    src.write_text(json.dumps(run.raw))
+    script = tmp_path / "fake_bench.py"
+    script.write_text(f'''
+import json, os, shutil, sys, time
+sys.path.insert(0, {str(pathlib.Path(__file__).parents[1])!r})
+from reports.baton import Baton
+b = Baton.from_env()
+assert b is not None, "the runner did not hand this process a baton"
+b.hello()
+for i in range(4):
+    t0 = time.monotonic()
+    time.sleep(0.02)
+    with open({str(slices)!r}, "a") as f:
+        f.write(json.dumps([b.side, t0, time.monotonic()]) + "\\n")
+    if i < 3:
+        b.pass_()
+b.close()
+out = next(a for a in sys.argv if a.startswith("--benchmark-json="))
+shutil.copy({str(src)!r}, out.partition("=")[2])
+''')
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\nexec {os.environ.get('PYTHON', 'python3')} {script} \"$@\"\n")
+    fake.chmod(0o755)
+    return fake
+
+
+def test_window_mode_runs_each_pair_together_taking_turns(tmp_path, capsys):
+    """The default interleave: both processes of a pair run at once, each with the baton's
+    socket and its side in its environment; their compute slices never overlap and alternate,
+    the side named first in the pair going first."""
+    import sys
+
+    os.environ.setdefault("PYTHON", sys.executable)
+    _, procs = _processes(4)
+    slices = tmp_path / "slices.jsonl"
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+    pa = _baton_python(tmp_path / "a", procs[0][1], slices)
+    pb = _baton_python(tmp_path / "b", procs[1][1], slices)
+    out = tmp_path / "out"
+    rc = main(["ab", "run", "--a-python", str(pa), "--b-python", str(pb), "--out", str(out),
+               "--ab-pairs", "2"])
+    assert rc == 0, capsys.readouterr()
+    got = [json.loads(line) for line in slices.read_text().splitlines()]
+    assert len(got) == 16
+    by_pair = [sorted(got[:8], key=lambda s: s[1]), sorted(got[8:], key=lambda s: s[1])]
+    for pair, first in zip(by_pair, ("A", "B")):
+        sides = [s for s, _, _ in pair]
+        assert sides == [first, "B" if first == "A" else "A"] * 4, sides
+        assert all(pair[i][2] <= pair[i + 1][1] for i in range(len(pair) - 1)), "overlap"
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["interleave"] == "window" and plan["handovers"] == [6, 6]
+    assert sorted(p.name for p in out.glob("process*.log")) == [
+        "process01-A.log", "process02-B.log", "process03-B.log", "process04-A.log"]
+
+
+def test_interleave_option_is_checked(tmp_path, capsys):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    err = _bad_input(tmp_path, capsys, ["ab", "run", "--a-python", str(fake), "--b-python",
+                                        str(fake), "--out", str(tmp_path / "o"),
+                                        "--ab-interleave", "sometimes"])
+    assert "--ab-interleave 'sometimes': expected one of window, process" in err
+    assert ab.split_args(["--ab-interleave=process", "-k", "x"]).interleave == "process"
+    assert ab.split_args(["-k", "x"]) == ab.Args(rest=["-k", "x"])

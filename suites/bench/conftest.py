@@ -18,6 +18,10 @@ does; with `pytest suites` use the environment variables):
                            regression (SUITE_BENCH_SLOWDOWN)
   --bench-include-reference  also time the fp64 oracles (off: they are not under test)
 
+In an interleaved A/B pair (`nox -s ab`), reports/ab.py sets SUITE_BENCH_BATON and
+SUITE_BENCH_BATON_SIDE: the process takes the baton at pytest_configure and computes only while
+holding it; run_case hands it to the other side every ~50 ms of timed rounds (reports/baton.py).
+
 Performance runs never assert numerics; they only time and record. `nox -s bench` runs this
 suite in several processes (--bench-processes, a nox option) and merges them (reports/merge.py).
 """
@@ -29,7 +33,9 @@ import os
 import pytest
 import torch
 
+from reports import baton as _baton
 from suites.bench import roofline as _roofline
+from suites.bench import timing as _timing
 from suites.bench.fingerprint import fingerprint
 from suites.bench.timing import BenchSettings, parse_slowdown
 
@@ -56,6 +62,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         g.addoption(opt, default=os.environ.get(env), help=f"{help_} (env {env})")
     g.addoption("--bench-include-reference", action="store_true", default=False,
                 help="also time the fp64 oracle backends")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In an interleaved A/B pair (reports/ab.py sets SUITE_BENCH_BATON), take the baton before
+    anything else runs: this process then computes only while the other side waits."""
+    try:
+        baton = _baton.Baton.from_env()
+        if baton is not None:
+            baton.hello()
+    except _baton.BatonError as e:
+        raise pytest.UsageError(f"interleaved A/B: {e}") from None
+    _timing.BATON = baton
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _timing.BATON is not None:
+        _timing.BATON.close()  # passes the baton for good
 
 
 def _opt(config: pytest.Config, name: str):
@@ -144,6 +167,10 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         config.stash[_ROOFLINE_KEY] = _roofline.measure(s.device, s.roofline_dtypes)
     machine_info["roofline"] = config.stash[_ROOFLINE_KEY].as_dict()
     machine_info["bench_settings"] = s.as_dict()
+    if _timing.BATON is not None:
+        b = _timing.BATON
+        machine_info["ab_baton"] = {"side": b.side, "passes": b.passes,
+                                    "waited_s": round(b.waited_s, 2)}
 
 
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:

@@ -27,6 +27,7 @@ import pathlib
 
 import pytest
 
+from suites.bench import timing
 from suites.bench.conftest import settings
 from suites.bench.selection import backends
 from suites.bench.timing import Control, ReplayClock
@@ -37,6 +38,7 @@ BATCHES = (1, 8)  # one request (latency-bound decode), the fixture's 8 held-out
 MAX_TOKENS = 64
 WARMUP_CALLS = 2  # the first calls after start-up pay for graph capture / caches
 MIN_ROUNDS = 7  # engine rounds are ~0.1-2 s; 7 keeps a 4-configuration run in minutes
+ROUNDS_A_TURN = 2  # generate calls between two baton handovers in an interleaved A/B pair
 
 CLOCK = ReplayClock()
 pytestmark = [pytest.mark.bench, pytest.mark.e2e, pytest.mark.mtp,
@@ -93,7 +95,14 @@ def test_e2e(benchmark, e2e_case, bench_settings):
                      max(MIN_ROUNDS, math.ceil(bench_settings.time_s / t)))
         control = Control()
         control.sample(Control.REPS)
-        results = [backend.generate(config, requests) for _ in range(rounds)]
+        results = []
+        for i in range(rounds):
+            if timing.BATON is not None and i % ROUNDS_A_TURN == 0:
+                # interleaved A/B (reports/baton.py): take turns every few generate calls, as
+                # run_case does every ~50 ms of rounds, then one untimed call to warm up again
+                timing.BATON.pass_()
+                backend.generate(config, requests)
+            results.append(backend.generate(config, requests))
         control.sample(Control.REPS)
     except EngineError as e:
         pytest.fail(f"{name} {config.label}: {e}", pytrace=False)

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from reports import baton as _baton
 from suites.bench import roofline as _roofline
 from suites.bench.fingerprint import llc_bytes as _llc_bytes
 
@@ -196,6 +197,36 @@ class Control:
                 "rounds": n}
 
 
+# The baton of an interleaved A/B pair (reports/baton.py), set by conftest.py when the A/B runner
+# asked for it; None otherwise.
+BATON: _baton.Baton | None = None
+
+
+class Windows:
+    """Per-round setup that hands the baton to the other side of an A/B pair every `rounds`
+    timed rounds (a window of about reports.baton.WINDOW_S seconds), then makes one untimed call
+    so that the next window does not start on caches the other side just evicted. Wraps the
+    case's own per-round setup (the control op)."""
+
+    def __init__(self, baton, target: Callable[[], object], inner: Callable[[], None] | None,
+                 rounds: int) -> None:
+        self.baton, self.target, self.inner, self.rounds = baton, target, inner, rounds
+        self.count = 0
+        self.handovers = 0
+
+    def handover(self) -> None:
+        self.baton.pass_()
+        self.handovers += 1
+        self.target()
+
+    def setup(self) -> None:
+        if self.count and self.count % self.rounds == 0:
+            self.handover()
+        self.count += 1
+        if self.inner is not None:
+            self.inner()
+
+
 def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
              roofline: _roofline.Roofline, group: str, backend: str, extra: dict) -> None:
     """Time fn and fill benchmark.extra_info: `extra` (family, shape, dtype, tokens, flop, bytes,
@@ -223,6 +254,11 @@ def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
         control.times.clear()
         setup = control.every(max(10, math.ceil(20 * tc / t)))
     rounds = min(settings.max_rounds, max(settings.min_rounds, math.ceil(settings.time_s / t)))
+    window = None
+    if BATON is not None and not cuda:
+        window = Windows(BATON, target, setup, max(1, math.ceil(_baton.WINDOW_S / t)))
+        setup = window.setup
+        window.handover()  # the other side reaches this case: the timed windows start aligned
     if control is not None:
         control.sample(Control.REPS)
     benchmark.pedantic(target, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
@@ -245,6 +281,8 @@ def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
         # A memory-bound case whose bytes fit in the last-level cache runs from cache, above the
         # DRAM copy bandwidth: its roofline fraction can exceed 1 (said here, not clipped).
         info["cache_resident"] = bool(llc and info["bytes"] <= llc)
+    if window is not None:
+        info["timing"]["baton"] = {"window_rounds": window.rounds, "handovers": window.handovers}
     if slowdown:
         info["slowdown"] = slowdown
     benchmark.extra_info.update(info)
