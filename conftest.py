@@ -176,7 +176,7 @@ def backend_params(config: pytest.Config, kind: str) -> list:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for argname, kind in (("experts_backend", "experts"), ("quant_backend", "quant_experts"),
                           ("router_backend", "router"),
-                          ("block_backend", "moe_block"),
+                          ("block_backend", "moe_block"), ("ep_block_backend", "ep_moe_block"),
                           ("quant_block_backend", "quant_moe_block"), ("mtp_backend", "mtp_module"),
                           ("sampler_backend", "rejection_sampler"),
                           ("engine_backend", "engine")):
@@ -207,6 +207,13 @@ def router_backend(request):
 
 @pytest.fixture
 def block_backend(request):
+    from suites.backends import REGISTRY
+
+    return REGISTRY.get(request.param)
+
+
+@pytest.fixture
+def ep_block_backend(request):
     from suites.backends import REGISTRY
 
     return REGISTRY.get(request.param)

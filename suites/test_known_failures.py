@@ -165,3 +165,43 @@ def test_cpu_int4_moe_layer_hidden_not_128_builds_and_is_right(fmt):
                          seed=1, family="qwen3_moe")
     p = QuantBlockProblem(block=block, scheme=Q.int4_w4a8(32, fmt == "awq"))
     check_quant_block_matches_oracle(b, p)
+
+
+@pytest.mark.xfail(strict=True, reason=ENTRIES["cpu-dp-ep-all-gatherv-not-implemented"].reason)
+def test_cpu_communicator_all_gatherv_gathers():
+    """What the MoE layer's DP/EP dispatch calls on CPU: all_gatherv of [hidden, weights, ids]
+    over the EP group (one rank here: the gather is the input). Run in a child process, which
+    owns its torch.distributed state."""
+    code = textwrap.dedent("""
+        import socket, torch, torch.distributed as dist
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
+                                world_size=1)
+        from vllm.distributed.device_communicators.cpu_communicator import CpuCommunicator
+        comm = CpuCommunicator(dist.group.WORLD, unique_name="ep")
+        x = [torch.ones(3, 4), torch.arange(3).float()]
+        out = comm.all_gatherv(x, dim=0, sizes=[3])
+        assert all(torch.equal(a, b) for a, b in zip(out, x)), out
+    """)
+    _needs("vllm.engine")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason=ENTRIES["cpu-ep-experts-ignore-expert-map"].reason)
+@pytest.mark.parametrize("name", ["vllm.qwen3_next_moe_block.ep2",
+                                  "vllm.deepseek_v3_moe_block.ep2"])
+def test_cpu_ep_rank_without_a_tokens_experts_adds_zero(name):
+    """Every token routed to the two lowest experts rank 0 holds (ids inside both ranks' local
+    range: nothing is read out of bounds): rank 1 must add exactly zero; vLLM's CPU experts
+    read the global ids as rank 1's own local slots. Two worker processes (the EP group)."""
+    from fixtures.strategies import BlockProblem, EPProblem
+    from suites.moe.ep_checks import check_remote_zero
+
+    b = _needs(name)
+    block = BlockProblem(E=8, K=2, H=128, I=64, Is=64, norm_topk_prob=True, T=4, gate_scale=4.0,
+                         seed=1, family=b.family)
+    check_remote_zero(b, EPProblem(block=block, placement="linear", routing="one_rank"))

@@ -1,6 +1,9 @@
-"""The fp64 target oracle of the tiny fixture (reference/target_model.py) against independent
+"""The fp64 target oracle of the tiny fixtures (reference/target_model.py) against independent
 implementations, and the bookkeeping of its speculative replay against reference/speculative.py
-and reference/acceptance.py.
+and reference/acceptance.py. Each check runs on both trained fixtures: tiny_qwen3_next (1 Gated
+DeltaNet key head, 2 value heads; 2 query heads, 1 KV head) and tiny_qwen3_next_tp2 (2 key heads,
+4 value heads; 4 query heads, 2 KV heads), where the per-key-head grouping of in_proj_qkvz and
+in_proj_ba and the GQA repeat span more than one group.
 
   whole model      transformers' Qwen3NextForCausalLM loads the committed checkpoint itself (its
                    own name conversion, pure-torch Gated DeltaNet) -> same logits
@@ -22,6 +25,7 @@ from suites.compare import assert_close
 from suites.tolerances import Tolerance
 
 FIXTURE = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "tiny_qwen3_next"
+FIXTURES = [FIXTURE, FIXTURE.parent / "tiny_qwen3_next_tp2"]
 # transformers runs its norms, rotary, attention softmax, delta rule and router in float32
 # even in a float64 model; the oracle is float64 throughout.
 TOL_FP32_INTERNALS = Tolerance(rtol=1e-5, atol=1e-6, max_norm=2e-5, rms_norm=5e-6,
@@ -33,11 +37,16 @@ TOL_FP32_ROUTER = Tolerance(rtol=1e-5, atol=1e-7, max_norm=1e-6, rms_norm=1e-7,
 
 pytestmark = pytest.mark.usefixtures("oracle_one_thread")
 
+@pytest.fixture(scope="module", params=FIXTURES, ids=lambda d: d.name)
+def fixture_dir(request) -> pathlib.Path:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def oracle():
+def oracle(fixture_dir):
     from reference.target_model import TinyQwen3Next
 
-    return TinyQwen3Next.load(FIXTURE)
+    return TinyQwen3Next.load(fixture_dir)
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +57,9 @@ def prompt():
 
 
 @pytest.fixture(scope="module")
-def hf_model():
+def hf_model(fixture_dir):
     transformers = pytest.importorskip("transformers")
-    return transformers.Qwen3NextForCausalLM.from_pretrained(FIXTURE, **_hf_kwargs()).eval()
+    return transformers.Qwen3NextForCausalLM.from_pretrained(fixture_dir, **_hf_kwargs()).eval()
 
 
 def _hf_kwargs() -> dict:
@@ -133,18 +142,31 @@ def test_replay_counters_equal_greedy_verify_rows(oracle, prompt):
                                                  ref.num_accepted_tokens_per_pos)
 
 
-def test_qwen3_5_twin_matches_oracle(oracle, prompt):
-    """The Qwen3.5-layout twin (fixtures/tiny_qwen3_5: split, non-interleaved Gated DeltaNet
-    projections) is the same network: transformers' Qwen3_5MoeForCausalLM loads it and gives the
-    oracle's logits of the Qwen3-Next fixture."""
+def test_qwen3_5_twin_matches_oracle(oracle, fixture_dir, prompt, tmp_path):
+    """The Qwen3.5-layout twin (split, non-interleaved Gated DeltaNet projections) is the same
+    network: transformers' Qwen3_5MoeForCausalLM loads it and gives the oracle's logits of the
+    Qwen3-Next fixture. tiny_qwen3_next's twin is committed (fixtures/tiny_qwen3_5); the TP-2
+    fixture has none, so the script's qwen3_5_twin converts its checkpoint here: with 2 key heads
+    the regrouping from per-key-head [q k v z] blocks to contiguous q, k, v is not the identity
+    it nearly is with 1."""
     transformers = pytest.importorskip("transformers")
     cls = getattr(transformers, "Qwen3_5MoeForCausalLM", None)
     if cls is None:
         pytest.skip(f"transformers {transformers.__version__} has no Qwen3_5MoeForCausalLM")
-    twin = cls.from_pretrained(FIXTURE.parent / "tiny_qwen3_5", **_hf_kwargs()).eval()
+    if fixture_dir == FIXTURE:
+        twin_dir = FIXTURE.parent / "tiny_qwen3_5"
+    else:
+        from safetensors.torch import load_file
+
+        from fixtures.train_tiny_mtp import qwen3_5_twin, save
+
+        sd, cfg = qwen3_5_twin(load_file(str(fixture_dir / "model.safetensors")), oracle.config)
+        save(sd, tmp_path, cfg)
+        twin_dir = tmp_path
+    twin = cls.from_pretrained(twin_dir, **_hf_kwargs()).eval()
     ids = prompt + [int(t) for t in torch.arange(200, 216)]
     with torch.no_grad():
         out_hf = twin(torch.tensor([ids])).logits[0]
     assert_close(out_hf, oracle.logits(oracle.hidden(ids)), TOL_FP32_INTERNALS,
-                 "transformers Qwen3_5MoeForCausalLM on tiny_qwen3_5 vs oracle of tiny_qwen3_next",
-                 what="logits")
+                 f"transformers Qwen3_5MoeForCausalLM on the Qwen3.5 twin of {fixture_dir.name} "
+                 "vs its oracle", what="logits")

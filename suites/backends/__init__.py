@@ -14,6 +14,7 @@ from suites.backends import (  # noqa: F401  (registration)
     rejection_sampler,
     vllm_cpu,
     vllm_cpu_quant,
+    vllm_ep_layer,
     vllm_layer,
     vllm_mtp,
     vllm_quant_layer,

@@ -11,6 +11,9 @@ Kinds and their one signature each:
                      run(handle, x, topk_weights, topk_ids, out=None, expert_map=None) -> out [T, H]
   quant_moe_block    forward(cfg: MoEConfig, w: MoEWeights, w13, w2: QuantizedWeight, x [T, H])
                      -> [T, H] (a quantized checkpoint's MoE layer, loaded by its own loader)
+  ep_moe_block       forward_ep(cfg: MoEConfig, w: MoEWeights, x [T, H], placement,
+                     num_redundant_experts) -> EPRun: the block over expert-parallel ranks, what
+                     each rank held and computed (EPRank)
   mtp_module         prepare(p: MTPProblem, inputs: MTPInputs) -> handle (fixtures/strategies.py)
                      step(handle, input_ids [T], hidden [T, H], positions [T]) -> MTPStepOutput
   rejection_sampler  see suites/backends/rejection_sampler.py
@@ -39,7 +42,7 @@ class UnsupportedShape(ValueError):
 class Backend:
     name: str
     kind: str  # "experts" | "quant_experts" | "router" | "moe_block" | "quant_moe_block" |
-    #            "mtp_module" | "rejection_sampler" | "engine"
+    #            "ep_moe_block" | "mtp_module" | "rejection_sampler" | "engine"
     device: str = "cpu"  # "cpu" | "cuda"
     description: str = ""
     is_reference: bool = False
@@ -193,6 +196,60 @@ class QuantMoEBlockBackend(Backend, abc.ABC):
     def forward(self, cfg, w, w13, w2, x: torch.Tensor) -> torch.Tensor:
         """[T, H] in x.dtype for the block of cfg: router / shared expert / expert biases from
         w (MoEWeights), routed experts w13 [E, 2I, H] / w2 [E, H, I] QuantizedWeight."""
+
+
+@dataclass
+class EPRank:
+    """What one expert-parallel rank held and computed for one forward."""
+
+    rank: int
+    expert_map: torch.Tensor  # [E + R] int32: physical expert -> local slot, -1 elsewhere
+    placement: str  # the expert placement the layer ended up with ("linear" | "round_robin")
+    local_w13: torch.Tensor  # [E_local, 2I, H] the routed experts' weights it loaded (slot order)
+    local_w2: torch.Tensor  # [E_local, H, I]
+    out: torch.Tensor | None = None  # [T, H] the block's output on this rank, after the all-reduce
+    routed: torch.Tensor | None = None  # [T, H] its routed experts' output before the reduction
+    pre_reduce: torch.Tensor | None = None  # [T, H] what it handed to the all-reduce
+    experts_class: str = ""  # what ran its routed experts
+
+
+@dataclass
+class EPRun:
+    ranks: list[EPRank]
+    physical_to_logical: list[int]  # [E + R]: the logical expert each physical expert holds
+    # Set when the forward was refused as a quarantined known crash (the layout is still
+    # reported; out / routed / pre_reduce are None): the refusal, naming the ledger entry.
+    refused: str = ""
+
+
+class QuarantinedInput(RuntimeError):
+    """An input the implementation is known to read or write out of bounds on (the refusal
+    names the suites/known_failures.py entry): refused before it runs, never run."""
+
+
+@dataclass
+class EPMoEBlockBackend(Backend, abc.ABC):
+    """A whole MoE layer over `ep_size` expert-parallel ranks (one process per rank): every rank
+    routes every token, runs the experts it holds, and an all-reduce sums the ranks' outputs.
+    Weights and shapes come as reference.moe's MoEConfig / MoEWeights (all experts: the layer
+    decides which rank keeps which)."""
+
+    kind: str = "ep_moe_block"
+    family: str = "qwen3_next"  # fixtures/strategies.py BLOCK_FAMILIES
+    ep_size: int = 2
+
+    def check(self, cfg) -> None:
+        """Raise UnsupportedShape when this layer cannot express cfg (another model family)."""
+
+    def redundancy_reason(self, num_redundant_experts: int) -> str | None:
+        """Why this layer cannot run with num_redundant_experts redundant experts (EPLB) here,
+        else None."""
+        return None
+
+    @abc.abstractmethod
+    def forward_ep(self, cfg, w, x: torch.Tensor, placement: str = "linear",
+                   num_redundant_experts: int = 0) -> EPRun:
+        """The block of cfg with weights w on x [T, H] over ep_size ranks."""
 
 
 @dataclass

@@ -11,6 +11,14 @@ process goes with it) that builds the LLM once; later calls reuse it. Every call
 A crashed or hung engine raises EngineError carrying the tail of the engine's stderr+stdout
 (kept in a log file per configuration); the process group is killed and the parent goes on.
 
+Parallel layouts (issue 12): tensor_parallel_size > 1 runs vLLM's multiprocessing executor (a
+worker process per TP rank, gloo on CPU); enable_expert_parallel shards the experts over the
+ranks with vLLM's expert_placement_strategy; data_parallel_size > 1 starts one LLM per DP rank,
+as vLLM's offline data-parallel example does (VLLM_DP_SIZE / VLLM_DP_RANK / VLLM_DP_MASTER_* in
+each child's environment; vLLM refuses LLM(data_parallel_size > 1) in one process), deals the
+requests out round-robin and adds their spec-decode counters up. The layout vLLM actually ran
+with is read back from each engine (EngineResult.layout).
+
 At most `max_alive` engines run at once (2 CPU cores, a few GiB of KV cache each): asking for
 another configuration closes the least recently used one; asking for it again restarts it.
 """
@@ -46,11 +54,48 @@ class EngineConfig:
     seed: int = 0
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE
     max_num_seqs: int = 16
+    # Parallel layout (issue 12). tensor_parallel_size > 1 or data_parallel_size > 1 runs vLLM's
+    # multiprocessing executor (one worker process per rank, gloo on CPU); expert parallelism
+    # shards the experts over the TP x DP ranks in vLLM's expert_placement_strategy.
+    tensor_parallel_size: int = 1
+    enable_expert_parallel: bool = False
+    data_parallel_size: int = 1
+    expert_placement_strategy: str = "linear"
+
+    def __post_init__(self) -> None:
+        if self.tensor_parallel_size < 1 or self.data_parallel_size < 1:
+            raise ValueError(f"parallel sizes must be >= 1: tensor_parallel_size "
+                             f"{self.tensor_parallel_size}, data_parallel_size "
+                             f"{self.data_parallel_size}")
+        if self.enable_expert_parallel and self.world_size == 1:
+            raise ValueError("enable_expert_parallel needs tensor_parallel_size x "
+                             "data_parallel_size > 1 (one rank has all the experts)")
+        if self.expert_placement_strategy not in ("linear", "round_robin"):
+            raise ValueError(f"expert_placement_strategy {self.expert_placement_strategy!r}: "
+                             "vLLM 0.32 offers 'linear' and 'round_robin'")
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.data_parallel_size
+
+    @property
+    def layout(self) -> str:
+        """tp1 / tp2 / tp2-ep / dp2-ep / tp2-ep-round_robin ..."""
+        parts = [f"tp{self.tensor_parallel_size}"]
+        if self.data_parallel_size > 1:
+            parts = [*([parts[0]] if self.tensor_parallel_size > 1 else []),
+                     f"dp{self.data_parallel_size}"]
+        if self.enable_expert_parallel:
+            parts.append("ep")
+            if self.expert_placement_strategy != "linear":
+                parts.append(self.expert_placement_strategy)
+        return "-".join(parts)
 
     @property
     def label(self) -> str:
         spec = f"mtp{self.num_speculative_tokens}" if self.num_speculative_tokens else "nospec"
-        return f"{pathlib.Path(self.model).name}-{spec}-{self.dtype}"
+        layout = "" if self.world_size == 1 else f"-{self.layout}"
+        return f"{pathlib.Path(self.model).name}-{spec}-{self.dtype}{layout}"
 
     def llm_kwargs(self) -> dict:
         kw = dict(model=self.model, skip_tokenizer_init=True, enforce_eager=True, dtype=self.dtype,
@@ -58,10 +103,37 @@ class EngineConfig:
                   disable_log_stats=False,  # spec-decode counters
                   max_model_len=self.max_model_len, max_num_seqs=self.max_num_seqs,
                   seed=self.seed)
+        # One LLM per data-parallel rank (dp_env): vLLM's offline LLM refuses
+        # data_parallel_size > 1 in one process ("not supported for single-process usage and
+        # may hang"); its SPMD mode reads the DP size and rank from VLLM_DP_* instead.
+        if self.tensor_parallel_size > 1:
+            kw.update(tensor_parallel_size=self.tensor_parallel_size,
+                      distributed_executor_backend="mp")
+        if self.enable_expert_parallel:
+            kw.update(enable_expert_parallel=True,
+                      expert_placement_strategy=self.expert_placement_strategy)
         if self.num_speculative_tokens:
             kw["speculative_config"] = {"method": "mtp",
                                         "num_speculative_tokens": self.num_speculative_tokens}
         return kw
+
+
+    def omp_bind(self, cpus: list[int]) -> str:
+        """VLLM_CPU_OMP_THREADS_BIND for a parallel layout: rank r's OpenMP threads on CPU
+        cpus[r % len(cpus)], ranks in vLLM's [DP, PP, TP] order, '|' between ranks (each DP
+        rank takes its slice). vLLM's default, "auto", binds one rank per NUMA node and refuses
+        2 ranks on a 1-node machine ("Not enough allowed NUMA nodes to bind threads of 2 local
+        CPUWorkers"), which every developer and CI machine here is."""
+        return "|".join(str(cpus[r % len(cpus)]) for r in range(self.world_size))
+
+    def dp_env(self, rank: int, master_port: int) -> dict[str, str]:
+        """The environment of data-parallel rank `rank` (vLLM's offline SPMD data parallelism,
+        as its data_parallel_offline example launches it); empty without DP."""
+        if self.data_parallel_size == 1:
+            return {}
+        return {"VLLM_DP_SIZE": str(self.data_parallel_size), "VLLM_DP_RANK": str(rank),
+                "VLLM_DP_RANK_LOCAL": str(rank), "VLLM_DP_MASTER_IP": "127.0.0.1",
+                "VLLM_DP_MASTER_PORT": str(master_port)}
 
 
 @dataclass(frozen=True)
@@ -99,6 +171,7 @@ class EngineResult:
     spec: SpecCounters
     seconds: float  # LLM.generate alone, perf_counter in the engine's process
     start_seconds: float  # engine start-up, 0 when the engine was reused
+    layout: dict = field(default_factory=dict)  # what the engine ran with (engine_layout)
 
 
 class EngineError(RuntimeError):
@@ -122,6 +195,28 @@ def _metrics_snapshot(llm) -> dict:
     return snap
 
 
+def engine_layout(llm) -> dict:  # pragma: no cover (runs in the child)
+    """The parallel layout the engine actually runs with, read back from its VllmConfig (what
+    was asked for may be changed or refused by vLLM): sizes, expert parallelism, placement,
+    and the worker processes of this engine's process tree by name (vLLM names them
+    Worker_TP0_EP0 ...)."""
+    pc = llm.llm_engine.vllm_config.parallel_config
+    out = {k: getattr(pc, k, None) for k in (
+        "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",
+        "enable_expert_parallel", "expert_placement_strategy", "enable_eplb",
+        "distributed_executor_backend", "world_size")}
+    out = {k: (v if isinstance(v, (bool, int, float, str, type(None))) else str(v))
+           for k, v in out.items()}
+    try:
+        import psutil
+
+        names = [c.name() for c in psutil.Process().children(recursive=True)]
+        out["workers"] = sorted(n for n in names if "Worker" in n or "EngineCore" in n)
+    except Exception as e:
+        out["workers"] = f"unknown ({type(e).__name__})"
+    return out
+
+
 def _orphan_watchdog(parent_pid: int) -> None:  # pragma: no cover (runs in the child)
     """If the test session dies without closing us (SIGKILL, Ctrl-C twice), take the whole
     engine process group down instead of leaving vLLM running."""
@@ -131,12 +226,14 @@ def _orphan_watchdog(parent_pid: int) -> None:  # pragma: no cover (runs in the 
             os.killpg(0, signal.SIGKILL)
 
 
-def _child_main(conn, cfg: dict, log_path: str, parent_pid: int) -> None:  # pragma: no cover
+def _child_main(conn, cfg: dict, log_path: str, parent_pid: int,
+                env: dict | None = None) -> None:  # pragma: no cover
     os.setsid()  # own process group: the parent can take vLLM's engine-core process down too
     threading.Thread(target=_orphan_watchdog, args=(parent_pid,), daemon=True).start()
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
+    os.environ.update(env or {})  # a data-parallel rank's VLLM_DP_* (EngineConfig.dp_env)
     try:
         config = EngineConfig(**cfg)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
@@ -144,7 +241,7 @@ def _child_main(conn, cfg: dict, log_path: str, parent_pid: int) -> None:  # pra
         from vllm import LLM, SamplingParams
 
         llm = LLM(**config.llm_kwargs())
-        conn.send(("ready", time.time() - t0))
+        conn.send(("ready", time.time() - t0, engine_layout(llm)))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         return
@@ -194,22 +291,21 @@ def _child_main(conn, cfg: dict, log_path: str, parent_pid: int) -> None:  # pra
 # --------------------------------------------------------------------------- parent side
 
 
-class _Engine:
-    def __init__(self, config: EngineConfig, start_timeout: float, log_dir: pathlib.Path):
-        self.config = config
-        self.log_path = log_dir / f"{config.label}-{os.getpid()}-{time.time_ns()}.log"
+class _Rank:
+    """One engine process: the LLM of one data-parallel rank (the only one without DP)."""
+
+    def __init__(self, config: EngineConfig, log_dir: pathlib.Path, rank: int, env: dict):
+        self.config, self.rank = config, rank
+        dp = f"-dp{rank}" if config.data_parallel_size > 1 else ""
+        self.log_path = log_dir / f"{config.label}{dp}-{os.getpid()}-{time.time_ns()}.log"
         ctx = mp.get_context("spawn")
         self.conn, child_conn = ctx.Pipe()
-        self.proc = ctx.Process(target=_child_main, daemon=False, name=f"engine-{config.label}",
+        self.proc = ctx.Process(target=_child_main, daemon=False,
+                                name=f"engine-{config.label}{dp}",
                                 args=(child_conn, dataclasses.asdict(config), str(self.log_path),
-                                      os.getpid()))
+                                      os.getpid(), env))
         self.proc.start()
         child_conn.close()
-        msg = self._wait(start_timeout, "start")
-        if msg[0] != "ready":
-            self.kill()
-            raise EngineError(self._explain(f"engine failed to start:\n{msg[1]}"))
-        self.start_seconds = float(msg[1])
 
     def log_tail(self) -> str:
         try:
@@ -218,39 +314,21 @@ class _Engine:
             return "(no engine log)"
         return text[-STDERR_TAIL:]
 
-    def _explain(self, what: str) -> str:
-        return (f"[{self.config.label}] {what}\n--- engine log tail ({self.log_path}) ---\n"
-                f"{self.log_tail()}")
+    def send(self, msg) -> None:
+        self.conn.send(msg)
 
-    def _wait(self, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.kill()
-                raise EngineError(self._explain(f"engine hung: no answer to {what} in {timeout:.0f}s"))
-            try:
-                if self.conn.poll(min(left, 1.0)):
-                    return self.conn.recv()
-            except (EOFError, OSError):
-                pass
-            if not self.proc.is_alive():
-                code = self.proc.exitcode
-                self.kill()
-                raise EngineError(self._explain(f"engine process died (exit code {code}) during {what}"))
-
-    def generate(self, requests: list[EngineRequest], timeout: float) -> tuple:
+    def poll(self, timeout: float):
+        """The child's next message, or None after timeout; raises _Died if it is gone."""
         try:
-            self.conn.send(("generate", [dataclasses.asdict(r) for r in requests]))
-        except (BrokenPipeError, OSError) as e:
-            self.kill()
-            raise EngineError(self._explain(f"engine not reachable: {e}")) from e
-        msg = self._wait(timeout, "generate")
-        if msg[0] != "ok":
-            raise EngineError(self._explain(f"engine raised:\n{msg[1]}"))
-        return msg[1], msg[2], msg[3]
+            if self.conn.poll(timeout):
+                return self.conn.recv()
+        except (EOFError, OSError):
+            pass
+        if not self.proc.is_alive():
+            raise _Died(self.proc.exitcode)
+        return None
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float) -> None:
         if self.proc.is_alive():
             try:
                 self.conn.send(("close",))
@@ -267,6 +345,153 @@ class _Engine:
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(5)
+
+
+class _Died(Exception):
+    def __init__(self, code) -> None:
+        self.code = code
+
+
+class _Engine:
+    """One configuration's engine: one _Rank, or one per data-parallel rank (all started
+    together so that they can meet; requests dealt out round-robin, every rank given at least
+    one, since with expert parallelism the ranks step in lockstep)."""
+
+    def __init__(self, config: EngineConfig, start_timeout: float, log_dir: pathlib.Path):
+        self.config = config
+        self._shm_before = _shm_segments()
+        port = _free_port() if config.data_parallel_size > 1 else 0
+        env: dict[str, str] = {}
+        if config.world_size > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+            env["VLLM_CPU_OMP_THREADS_BIND"] = config.omp_bind(cpus)
+        self.ranks = [_Rank(config, log_dir, r, {**env, **config.dp_env(r, port)})
+                      for r in range(config.data_parallel_size)]
+        msgs = self._wait_all(start_timeout, "start")
+        bad = [(r, m) for r, m in zip(self.ranks, msgs) if m[0] != "ready"]
+        if bad:
+            self.kill()
+            r, m = bad[0]
+            raise EngineError(self._explain(f"engine failed to start{self._of(r)}:\n{m[1]}"))
+        self.start_seconds = max(float(m[1]) for m in msgs)
+        self.layout = dict(msgs[0][2])
+        self.layout["omp_threads_bind"] = env.get(
+            "VLLM_CPU_OMP_THREADS_BIND", os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"))
+        if config.data_parallel_size > 1:
+            self.layout["data_parallel_ranks"] = [dict(m[2]) for m in msgs]
+
+    @property
+    def log_path(self) -> pathlib.Path:
+        return self.ranks[0].log_path
+
+    def _of(self, rank: _Rank) -> str:
+        return f" (data-parallel rank {rank.rank})" if len(self.ranks) > 1 else ""
+
+    def log_tail(self) -> str:
+        return "\n".join((f"--- rank {r.rank} ({r.log_path}) ---\n" if len(self.ranks) > 1
+                          else "") + r.log_tail() for r in self.ranks)
+
+    def _explain(self, what: str) -> str:
+        where = self.log_path if len(self.ranks) == 1 else "one log per data-parallel rank"
+        return (f"[{self.config.label}] {what}\n--- engine log tail ({where}) ---\n"
+                f"{self.log_tail()}")
+
+    def _wait_all(self, timeout: float, what: str) -> list:
+        deadline = time.monotonic() + timeout
+        got: dict[int, object] = {}
+        while len(got) < len(self.ranks):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                raise EngineError(self._explain(
+                    f"engine hung: no answer to {what} in {timeout:.0f}s"
+                    + (f" from data-parallel ranks {[r.rank for r in self.ranks if r.rank not in got]}"
+                       if len(self.ranks) > 1 else "")))
+            for r in self.ranks:
+                if r.rank in got:
+                    continue
+                try:
+                    msg = r.poll(min(left, 1.0) / len(self.ranks))
+                except _Died as e:
+                    self.kill()
+                    raise EngineError(self._explain(
+                        f"engine process died (exit code {e.code}) during {what}{self._of(r)}"
+                    )) from None
+                if msg is not None:
+                    got[r.rank] = msg
+        return [got[r.rank] for r in self.ranks]
+
+    def generate(self, requests: list[EngineRequest], timeout: float) -> tuple:
+        n = len(self.ranks)
+        if len(requests) < n:
+            raise EngineError(f"[{self.config.label}] {len(requests)} request(s) for {n} "
+                              "data-parallel ranks: each rank needs at least one")
+        shares = [list(range(r, len(requests), n)) for r in range(n)]
+        for r, share in zip(self.ranks, shares):
+            try:
+                r.send(("generate", [dataclasses.asdict(requests[i]) for i in share]))
+            except (BrokenPipeError, OSError) as e:
+                self.kill()
+                raise EngineError(self._explain(f"engine not reachable{self._of(r)}: {e}")) from e
+        msgs = self._wait_all(timeout, "generate")
+        for r, m in zip(self.ranks, msgs):
+            if m[0] != "ok":
+                raise EngineError(self._explain(f"engine raised{self._of(r)}:\n{m[1]}"))
+        comps: list = [None] * len(requests)
+        for share, m in zip(shares, msgs):
+            for i, c in zip(share, m[1]):
+                comps[i] = c
+        spec = _sum_spec([m[2] for m in msgs])
+        return comps, spec, max(float(m[3]) for m in msgs)
+
+    def close(self, timeout: float = 30.0) -> None:
+        for r in self.ranks:
+            r.close(timeout)
+        self.kill()  # nothing left running, no shared-memory segments left behind
+
+    def kill(self) -> None:
+        for r in self.ranks:
+            r.kill()
+        # vLLM's CPU shared-memory communicator (TP > 1) names its segments vllm_dist_* and
+        # unlinks them only at a clean shutdown; a killed engine leaves them (4 MB each) in
+        # /dev/shm. Remove the ones that appeared while this engine lived.
+        for name in _shm_segments() - self._shm_before:
+            if name.startswith("vllm_dist_"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(SHM_DIR, name))
+
+
+SHM_DIR = "/dev/shm"
+
+
+def _shm_segments() -> set[str]:
+    try:
+        return set(os.listdir(SHM_DIR))
+    except OSError:
+        return set()
+
+
+def _sum_spec(specs: list[dict]) -> dict:
+    """Spec-decode counters of several data-parallel ranks added up (per position too)."""
+    out = dict(specs[0])
+    for s in specs[1:]:
+        for k, v in s.items():
+            if isinstance(v, list):
+                a = out.get(k) or []
+                m = max(len(a), len(v))
+                out[k] = [(a[i] if i < len(a) else 0) + (v[i] if i < len(v) else 0)
+                          for i in range(m)]
+            else:
+                out[k] = out.get(k, 0) + v
+    return out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass
@@ -309,7 +534,7 @@ class EngineBackend(Backend):
             eng.kill()
             raise
         return EngineResult(config, [Completion(**c) for c in comps], SpecCounters(**spec),
-                            secs, started)
+                            secs, started, dict(eng.layout))
 
     def close(self) -> None:
         while self._engines:

@@ -6,12 +6,16 @@ from dataclasses import dataclass
 
 import torch
 
+from reference import expert_parallel as EP
 from reference.experts import fused_experts
 from reference.moe import moe_block, quantized_moe_block
 from reference.quant import SCHEME_KINDS, quantized_fused_experts
-from reference.routing import route
+from reference.routing import route, router_logits
 from suites.backends.base import (
     REGISTRY,
+    EPMoEBlockBackend,
+    EPRank,
+    EPRun,
     ExpertsBackend,
     MoEBlockBackend,
     MTPModuleBackend,
@@ -88,6 +92,68 @@ class ReferenceMoEBlock(MoEBlockBackend):
 
 REGISTRY.register("reference.moe_block", lambda: ReferenceMoEBlock(
     name="reference.moe_block", description="fp64 oracle (reference/moe.py)", is_reference=True))
+
+
+@dataclass
+class ReferenceEPMoEBlock(EPMoEBlockBackend):
+    """The MoE block over EP ranks as reference/expert_parallel.py lays it out: each rank's
+    routed experts and shared-expert slice in fp64, rounded to the model dtype where a kernel
+    hands its output on (routed partial, the rank's sum before the all-reduce, the reduced
+    output). Every step is a method, so the tests' negative controls plant a bug by overriding
+    one."""
+
+    def layout(self, cfg, placement: str, num_redundant_experts: int) -> EP.Layout:
+        return EP.Layout.make(cfg.num_experts, self.ep_size, placement, cfg.n_group,
+                              num_redundant_experts)
+
+    def local_slots(self, layout: EP.Layout) -> list[tuple[int, ...]]:
+        """The physical experts each rank loads, in slot order."""
+        return list(layout.ranks)
+
+    def expert_maps(self, layout: EP.Layout) -> list[torch.Tensor]:
+        return [layout.expert_map(r) for r in range(self.ep_size)]
+
+    def routing(self, cfg, w, x):
+        """(topk_weights, topk_ids) as the model's gate (in the model dtype) and router give."""
+        logits = router_logits(x, w.gate, w.gate_bias).to(x.dtype).double()
+        return route(logits, cfg.router, w.e_score_correction_bias)
+
+    def routed_experts(self, cfg, x, w13, w2, tw, physical_ids, expert_map) -> torch.Tensor:
+        """One rank's routed experts, fp64 [T, H]."""
+        return fused_experts(x, w13, w2, tw, physical_ids, cfg.hidden_act, expert_map=expert_map)
+
+    def all_reduce(self, pre: list[torch.Tensor]) -> list[torch.Tensor]:
+        total = torch.stack([p.double() for p in pre]).sum(0)
+        return [total.to(pre[0].dtype) for _ in pre]
+
+    def forward_ep(self, cfg, w, x, placement="linear", num_redundant_experts=0):
+        layout = self.layout(cfg, placement, num_redundant_experts)
+        slots, maps, p2l = self.local_slots(layout), self.expert_maps(layout), layout.p2l
+        tw, ids = self.routing(cfg, w, x)
+        physical = layout.to_physical(ids)
+        logical = [torch.tensor([p2l[q] for q in s], dtype=torch.long) for s in slots]
+        w13 = [w.w13[lg].clone() for lg in logical]
+        w2 = [w.w2[lg].clone() for lg in logical]
+        routed = [self.routed_experts(cfg, x, w13[r], w2[r], tw, physical, maps[r]).to(x.dtype)
+                  for r in range(self.ep_size)]
+        if w.shared_w13 is not None:
+            shared = EP.shared_expert_slices(x, w.shared_w13, w.shared_w2, self.ep_size,
+                                             w.shared_expert_gate)
+        else:
+            shared = [torch.zeros(x.shape[0], cfg.hidden_size, dtype=torch.float64)] * self.ep_size
+        pre = [(r.double() + s).to(x.dtype) for r, s in zip(routed, shared)]
+        outs = self.all_reduce(pre)
+        ranks = [EPRank(rank=r, expert_map=maps[r], placement=layout.strategy,
+                        local_w13=w13[r], local_w2=w2[r], out=outs[r], routed=routed[r],
+                        pre_reduce=pre[r], experts_class="reference.experts.fused_experts")
+                 for r in range(self.ep_size)]
+        return EPRun(ranks=ranks, physical_to_logical=p2l)
+
+
+for _family in ("qwen3_next", "deepseek_v3"):
+    REGISTRY.register(f"reference.ep_moe_block.{_family}", lambda f=_family: ReferenceEPMoEBlock(
+        name=f"reference.ep_moe_block.{f}", family=f, is_reference=True,
+        description="fp64 oracle over 2 EP ranks (reference/expert_parallel.py)"))
 
 
 @dataclass

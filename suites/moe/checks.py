@@ -154,6 +154,15 @@ def expert_maps(E: int, n_shards: int) -> list[torch.Tensor]:
     return maps
 
 
+def sharded_tolerance(dtype: torch.dtype, backend: str, n_shards: int):
+    """The table's tolerance for a sum of n_shards partial outputs, each rounded to dtype by its
+    shard: n_shards roundings instead of one, so the normalized bounds scale by n_shards."""
+    tol = tolerance(dtype, backend)
+    return replace(tol, max_norm=tol.max_norm * n_shards, rms_norm=tol.rms_norm * n_shards,
+                   reason=f"{n_shards} shard outputs each rounded to "
+                   f"{str(dtype).removeprefix('torch.')}")
+
+
 def check_ep_sharding(backend: ExpertsBackend, p: ExpertsProblem, n_shards: int = 2) -> Closeness:
     """Sum over EP shards (each with its local experts and expert_map) equals the full layer."""
     t = p.tensors()
@@ -168,11 +177,7 @@ def check_ep_sharding(backend: ExpertsBackend, p: ExpertsProblem, n_shards: int 
                 sharded[k] = t[k][local].contiguous()
         total += run_experts(backend, sharded, p, expert_map=m).double()
     ref = oracle(t, p)
-    # Each shard rounds its partial sum to the output dtype: S roundings instead of one.
-    tol = tolerance(p.torch_dtype, backend.name)
-    tol = replace(tol, max_norm=tol.max_norm * n_shards, rms_norm=tol.rms_norm * n_shards,
-                  reason=f"{n_shards} shard outputs each rounded to {p.dtype}")
-    c = closeness(total, ref, tol)
+    c = closeness(total, ref, sharded_tolerance(p.torch_dtype, backend.name, n_shards))
     if not c.ok:
         raise AssertionError(_ctx(backend, p, f"ep_sharding(shards={n_shards})", c.report()))
     return c
