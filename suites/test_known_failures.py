@@ -167,7 +167,8 @@ def test_cpu_int4_moe_layer_hidden_not_128_builds_and_is_right(fmt):
     check_quant_block_matches_oracle(b, p)
 
 
-@pytest.mark.xfail(strict=True, reason=ENTRIES["cpu-dp-ep-all-gatherv-not-implemented"].reason)
+@pytest.mark.xfail(strict=True, raises=NotImplementedError,
+                   reason=ENTRIES["cpu-dp-ep-all-gatherv-not-implemented"].reason)
 def test_cpu_communicator_all_gatherv_gathers():
     """What the MoE layer's DP/EP dispatch calls on CPU: all_gatherv of [hidden, weights, ids]
     over the EP group (one rank here: the gather is the input). Run in a child process, which
@@ -187,7 +188,9 @@ def test_cpu_communicator_all_gatherv_gathers():
     """)
     _needs("vllm.engine")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    if r.returncode and r.stderr.rstrip().endswith("NotImplementedError"):
+        raise NotImplementedError("CpuCommunicator.all_gatherv (the known failure)")
+    assert r.returncode == 0, r.stderr[-2000:]  # any other failure is not the ledgered one
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,

@@ -13,11 +13,13 @@ from reports.baton import Baton, BatonError, BatonServer
 
 
 @pytest.fixture
-def sock_path(tmp_path_factory):
+def sock_path():
+    import shutil
     import tempfile
 
     d = tempfile.mkdtemp(prefix="baton-test-")  # Unix socket paths must stay short
     yield f"{d}/s"
+    shutil.rmtree(d, ignore_errors=True)
 
 
 class Log:

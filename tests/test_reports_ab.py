@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -325,7 +326,7 @@ out = next(a for a in sys.argv if a.startswith("--benchmark-json="))
 shutil.copy({str(src)!r}, out.partition("=")[2])
 ''')
     fake = tmp_path / "python"
-    fake.write_text(f"#!/bin/sh\nexec {os.environ.get('PYTHON', 'python3')} {script} \"$@\"\n")
+    fake.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
     fake.chmod(0o755)
     return fake
 
@@ -334,9 +335,6 @@ def test_window_mode_runs_each_pair_together_taking_turns(tmp_path, capsys):
     """The default interleave: both processes of a pair run at once, each with the baton's
     socket and its side in its environment; their compute slices never overlap and alternate,
     the side named first in the pair going first."""
-    import sys
-
-    os.environ.setdefault("PYTHON", sys.executable)
     _, procs = _processes(4)
     slices = tmp_path / "slices.jsonl"
     for side in ("a", "b"):

@@ -41,6 +41,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from suites.backends.base import REGISTRY, Backend, vllm_build_reason
+from suites.backends.vllm_layer import _free_port
 
 STDERR_TAIL = 6000  # characters of the engine log quoted in a failure
 
@@ -484,14 +485,6 @@ def _sum_spec(specs: list[dict]) -> dict:
             else:
                 out[k] = out.get(k, 0) + v
     return out
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
