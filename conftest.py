@@ -272,10 +272,44 @@ class Recorder:
         for k, v in kv.items():
             self._store(k, max(self.values.get(k, v), v))
 
+    def rows(self, compared: int, drawn: int, floor: float) -> None:
+        """Rows held to the oracle and rows drawn, summed over the examples (JUnit properties
+        `compared` and `drawn`); when the test ends, a compared share below `floor` fails it
+        as having judged too little (pytest_runtest_call below)."""
+        self.sum(compared=compared, drawn=drawn)
+        self.floor = floor
+
+
+def compared_shortfall(values: dict, floor: float | None) -> str | None:
+    """Why a test that recorded rows compared / drawn has not earned a pass, else None."""
+    if floor is None or "drawn" not in values:
+        return None
+    drawn, compared = values["drawn"], values.get("compared", 0)
+    if drawn and compared >= floor * drawn:
+        return None
+    share = compared / drawn if drawn else 0.0
+    return (f"nothing to judge: {compared} of {drawn} rows drawn were held to the oracle "
+            f"({share:.1%}), below this test's floor of {floor:.0%}; a test that compared "
+            f"(almost) nothing has not passed")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """A test whose body passed but whose Recorder shows a compared share below its floor
+    fails here, with the figures."""
+    result = yield
+    rec = getattr(item, "_suite_recorder", None)
+    why = None if rec is None else compared_shortfall(rec.values, getattr(rec, "floor", None))
+    if why is not None:
+        raise AssertionError(why)
+    return result
+
 
 @pytest.fixture
 def record(request) -> Recorder:
-    return Recorder(request.node)
+    rec = Recorder(request.node)
+    request.node._suite_recorder = rec
+    return rec
 
 
 # Hypothesis prints this with print_blob=True (every profile here): the failing example's

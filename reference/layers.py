@@ -115,6 +115,10 @@ class DecoderLayerWeights:
     mlp: MoEWeights
 
 
+def _forced(trace: dict | None) -> torch.Tensor | None:
+    return None if trace is None else trace.get("topk_ids")
+
+
 def qwen3_next_decoder_layer(
     x: torch.Tensor,  # [T, H]
     positions: torch.Tensor,  # [T]
@@ -124,14 +128,18 @@ def qwen3_next_decoder_layer(
     trace: dict | None = None,
 ) -> torch.Tensor:  # [T, H] (residual stream after the layer)
     """Pre-norm full-attention layer: x + attn(norm(x)), then h + moe(norm(h)). trace, if
-    given, receives the MoE block's input ("moe_input" [T, H])."""
+    given, receives the MoE block's input ("moe_input" [T, H]) and its routing ("moe_routing":
+    weights, ids [T, K]); a "topk_ids" [T, K] entry in it forces the MoE block's expert choice
+    (reference.moe.moe_block topk_ids)."""
     eps = attn_cfg.rms_norm_eps
     h = x.double() + gated_attention(zero_centred_rms_norm(x, w.input_layernorm, eps), positions,
                                      attn_cfg, w.self_attn)
     moe_in = zero_centred_rms_norm(h, w.post_attention_layernorm, eps)
     if trace is not None:
         trace["moe_input"] = moe_in
-    moe_out, _, _ = moe_block(moe_in, moe_cfg, w.mlp)
+    moe_out, weights, ids = moe_block(moe_in, moe_cfg, w.mlp, topk_ids=_forced(trace))
+    if trace is not None:
+        trace["moe_routing"] = (weights, ids)
     return h + moe_out
 
 
@@ -153,5 +161,7 @@ def deepseek_v2_decoder_layer(
     moe_in = rms_norm(h, post_attention_layernorm, eps)
     if trace is not None:
         trace["moe_input"] = moe_in
-    moe_out, _, _ = moe_block(moe_in, moe_cfg, mlp)
+    moe_out, weights, ids = moe_block(moe_in, moe_cfg, mlp, topk_ids=_forced(trace))
+    if trace is not None:
+        trace["moe_routing"] = (weights, ids)
     return h + moe_out

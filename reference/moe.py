@@ -15,7 +15,7 @@ import torch
 
 from reference.experts import Activation, fused_experts, shared_expert
 from reference.quant import QuantizedWeight, quantized_fused_experts
-from reference.routing import RouterConfig, TopkMethod, route, router_logits
+from reference.routing import RouterConfig, TopkMethod, route, router_logits, routing_weights
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,16 @@ def moe_block(
     cfg: MoEConfig,
     w: MoEWeights,
     router_logits_dtype: torch.dtype | None = None,
+    topk_ids: torch.Tensor | None = None,  # [T, K] force this expert choice
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # out [T, H], weights [T, K], ids [T, K]
     """The MoE block in fp64. router_logits_dtype: the dtype a model's gate emits its logits in
     (the gate of a bf16 model is a bf16 linear layer, in transformers as in vLLM: each logit is
-    rounded to bf16 before the softmax); None keeps the exact fp64 logits."""
+    rounded to bf16 before the softmax); None keeps the exact fp64 logits. topk_ids: the
+    block evaluated with this expert choice instead of its own (the weights are the router's
+    formula at that choice, reference.routing.routing_weights): how an implementation's own
+    choice at a rounding-ambiguous token is held to the oracle."""
     return _block(hidden_states, cfg, w, router_logits_dtype, lambda tw, ti: fused_experts(
-        hidden_states, w.w13, w.w2, tw, ti, cfg.hidden_act, w.w13_bias, w.w2_bias))
+        hidden_states, w.w13, w.w2, tw, ti, cfg.hidden_act, w.w13_bias, w.w2_bias), topk_ids)
 
 
 def quantized_moe_block(
@@ -92,6 +96,7 @@ def quantized_moe_block(
     w2: QuantizedWeight,  # [E, H, I]
     router_logits_dtype: torch.dtype | None = None,
     activation_dtype: torch.dtype | None = None,
+    topk_ids: torch.Tensor | None = None,  # [T, K] force this expert choice (as moe_block)
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # out [T, H], weights [T, K], ids [T, K]
     """The MoE block of a quantized release (Qwen3.5-397B-A17B-FP8, DeepSeek-V3, GPTQ/AWQ
     Qwen3-MoE, gpt-oss mxfp4): the routed experts quantized (reference/quant.py: codes
@@ -100,15 +105,20 @@ def quantized_moe_block(
     dynamic activation quantizer sees its input in (quantized_fused_experts)."""
     return _block(hidden_states, cfg, w, router_logits_dtype, lambda tw, ti: quantized_fused_experts(
         hidden_states, w13, w2, tw, ti, cfg.hidden_act, activation_dtype=activation_dtype,
-        w13_bias=w.w13_bias, w2_bias=w.w2_bias))
+        w13_bias=w.w13_bias, w2_bias=w.w2_bias), topk_ids)
 
 
-def _block(hidden_states, cfg, w, router_logits_dtype, routed_experts):
-    """gate -> routing -> routed_experts(topk_weights, topk_ids) [+ shared expert], fp64."""
+def _block(hidden_states, cfg, w, router_logits_dtype, routed_experts, topk_ids=None):
+    """gate -> routing (or the given choice) -> routed_experts(topk_weights, topk_ids)
+    [+ shared expert], fp64."""
     logits = router_logits(hidden_states, w.gate, w.gate_bias)  # [T, E]
     if router_logits_dtype is not None:
         logits = logits.to(router_logits_dtype).double()
-    topk_weights, topk_ids = route(logits, cfg.router, w.e_score_correction_bias)  # [T, K]
+    if topk_ids is None:
+        topk_weights, topk_ids = route(logits, cfg.router, w.e_score_correction_bias)  # [T, K]
+    else:
+        topk_ids = topk_ids.long()
+        topk_weights = routing_weights(logits, cfg.router, topk_ids)  # [T, K]
     out = routed_experts(topk_weights, topk_ids)  # [T, H]
     if w.shared_w13 is not None:
         out = out + shared_expert(hidden_states, w.shared_w13, w.shared_w2, w.shared_expert_gate)

@@ -148,6 +148,36 @@ def route(
     )
 
 
+def routing_weights(
+    logits: torch.Tensor,  # [T, E]
+    cfg: RouterConfig,
+    topk_ids: torch.Tensor,  # [T, K] a given choice of experts per token
+    e_score_correction_bias: torch.Tensor | None = None,  # [E] (steers selection only)
+) -> torch.Tensor:  # [T, K] float64
+    """The routing weights the router's formula gives a given expert choice: the oracle
+    evaluated with that choice (an implementation's own choice where rounding made the
+    selection ambiguous). For the choice route() makes, equal to route()'s weights.
+
+      greedy        softmax over all E, gathered at the choice, renormalized by norm_topk_prob
+      topk_softmax  softmax over the chosen logits (gpt-oss)
+      grouped       softmax or sigmoid score at the choice (unbiased), renormalized, scaled
+    The correction bias never enters the weights, so it is not read here."""
+    del e_score_correction_bias
+    logits = logits.double()
+    ids = topk_ids.long()
+    if cfg.topk_method == "topk_softmax":
+        weights = torch.softmax(logits.gather(1, ids), dim=-1)  # [T, K]
+    else:
+        if cfg.topk_method == "greedy" or cfg.scoring_func == "softmax":
+            scores = torch.softmax(logits, dim=-1)  # [T, E]
+        else:
+            scores = torch.sigmoid(logits)
+        weights = scores.gather(1, ids)  # [T, K]
+        if cfg.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights * cfg.routed_scaling_factor
+
+
 def selection_margin(
     logits: torch.Tensor,  # [T, E]
     cfg: RouterConfig,

@@ -17,6 +17,12 @@ DeepseekV2MoE with a V3 config) after its weights are loaded (suites/backends/vl
   router bias dropped       gpt-oss: the router's bias not loaded
   expert biases dropped     gpt-oss: gate_up_proj_bias not loaded
   gate/up de-interleaved    gpt-oss: interleaved gate/up rows loaded as two halves
+  tie-break past the k-th   the router hands on the (K+1)-th expert instead of the K-th when
+                            their margin is under the old near-tie band (caught by the
+                            admissibility of the observed choice; the old exclusion rule
+                            dropped exactly those rows and passed: its own test below)
+  gate logits 1.6% off      the gate's weights scaled by 1 + 2^-6 (within the bf16 output
+                            tolerance after the softmax; caught on the observed logits)
 
 The clean block passes on the same problems (so the catches are the bugs, not the problems).
 """
@@ -112,8 +118,44 @@ def _drop_correction_bias(block):
         block.gate.e_score_correction_bias.zero_()  # bias not loaded: selection unsteered
 
 
+def _old_band(logits: torch.Tensor) -> torch.Tensor:
+    """The exclusion band of the rule this suite used before (f1b26c6 block_near_ties, softmax
+    families): one bf16 unit of the row's LARGEST logit, |l| >= 1."""
+    return torch.finfo(torch.bfloat16).eps * logits.double().abs().clamp_min(1.0).amax(1)
+
+
+def _tie_break_past_kth(block):
+    """The router's choice with its K-th expert swapped for the (K+1)-th on tokens whose
+    margin between them is under the old band: a tie-breaking bug that lives only where the
+    old rule did not look."""
+    router = block.experts.router
+    original = router.select_experts
+
+    def select_experts(hidden_states, router_logits, *args, **kwargs):
+        tw, ids = original(hidden_states, router_logits, *args, **kwargs)
+        lg = router_logits.double()
+        K = ids.shape[1]
+        top = lg.topk(K + 1, dim=-1)
+        margin = top.values[:, K - 1] - top.values[:, K]
+        flip = (margin > 0) & (margin <= _old_band(lg))
+        ids = ids.clone()
+        for t in flip.nonzero().flatten().tolist():
+            kth = int(top.indices[t, K - 1])
+            ids[t][ids[t] == kth] = int(top.indices[t, K])
+        return tw, ids
+
+    router.select_experts = select_experts
+
+
+def _gate_scaled(block):
+    w = (block.router if hasattr(block, "router") else block.gate).weight
+    with torch.no_grad():
+        w.mul_(1 + 2.0 ** -6)
+
+
 # bug -> the families whose block has the part it breaks
 PLANTED = {
+    "gate logits 1.6% off": (_gate_scaled, tuple(FAMILY_BLOCKS)),
     "ungated shared expert": (_ungate, ("qwen3_next",)),
     "norm_topk_prob dropped": (_drop_renormalization, tuple(FAMILY_BLOCKS)),
     "top-k off by one": (_top_k_minus_one, tuple(FAMILY_BLOCKS)),
@@ -141,8 +183,50 @@ def _problems(family):
 @pytest.mark.moe
 @pytest.mark.parametrize("bp", PROBLEMS, ids=lambda bp: f"E{bp.E}-K{bp.K}-T{bp.T}")
 def test_clean_block_passes(vllm_block, bp):
-    figures = check_block_matches_oracle(vllm_block, _as_family(bp, vllm_block.family))
-    assert figures["compared"] > 0
+    bp = _as_family(bp, vllm_block.family)
+    figures = check_block_matches_oracle(vllm_block, bp)
+    assert figures["observed"] and figures["compared"] == figures["drawn"] == bp.T
+
+
+# Problems with enough tokens that some margins fall between the rounding box and the old band.
+TIE_PROBLEMS = [
+    BlockProblem(E=64, K=8, H=128, I=64, Is=128, norm_topk_prob=True, T=64, gate_scale=4.0,
+                 seed=2),
+    BlockProblem(E=512, K=10, H=256, I=64, Is=64, norm_topk_prob=True, T=64, gate_scale=4.0,
+                 seed=3),
+]
+
+
+@pytest.mark.moe
+@pytest.mark.parametrize("family", ["qwen3_next", "qwen3_moe"])
+def test_tie_break_bug_was_missed_by_the_old_exclusion(family):
+    """A tie-breaking bug at the selection boundary: the old rule (exclude rows within the
+    band, compare the rest with the oracle's own choice) passes it; the observed choice's
+    admissibility fails it, on the same problems."""
+    from reference.routing import router_logits
+    from suites.backends import REGISTRY
+    from suites.backends.vllm_layer import tampered
+    from suites.compare import closeness
+    from suites.tolerances import tolerance
+
+    b = REGISTRY.get(FAMILY_BLOCKS[family])
+    if reason := b.unavailable_reason():
+        pytest.skip(reason)
+    flipped = 0
+    with tampered(b, _tie_break_past_kth):
+        for bp in [p.for_family(family) for p in TIE_PROBLEMS]:
+            x, w = bp.tensors()
+            out = b.forward(bp.cfg, w, x)
+            lg = router_logits(x, w.gate).to(bp.torch_dtype)
+            ref = moe_block(x, bp.cfg, w, router_logits_dtype=bp.torch_dtype)
+            flipped += int((b.observed_routing[0].topk_ids.long().sort(1).values
+                            != ref[2].sort(1).values).any(1).sum())
+            top = lg.double().topk(bp.K + 1, dim=-1).values
+            keep = ~((top[:, bp.K - 1] - top[:, bp.K]) <= _old_band(lg))
+            assert closeness(out[keep], ref[0][keep], tolerance(bp.torch_dtype)).ok
+            with pytest.raises(AssertionError, match="routing choice"):
+                check_block_matches_oracle(b, bp)
+    assert flipped > 0
 
 
 @pytest.mark.moe
@@ -159,7 +243,8 @@ def test_planted_wiring_bug_is_caught(vllm_block, bug):
             try:
                 check_block_matches_oracle(vllm_block, bp)
             except AssertionError as e:
-                assert "block matches oracle" in str(e) and "BlockProblem(" in str(e)
+                # the output, the gate's logits or the routing choice: each names the block
+                assert "[block" in str(e) and "BlockProblem(" in str(e), str(e)
                 caught += 1
     assert caught == len(PROBLEMS), f"{bug}: caught on {caught} of {len(PROBLEMS)} problems"
 

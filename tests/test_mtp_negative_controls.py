@@ -127,7 +127,8 @@ def test_clean_module_passes(vllm_mtp):
     for p in _problems(vllm_mtp.family):
         assert _caught(vllm_mtp, p) is None, _caught(vllm_mtp, p)
         step, chain = check_mtp_step(vllm_mtp, p), check_mtp_chain(vllm_mtp, p)
-        assert step.compared >= p.T - 2 and chain.steps == p.k, (p.describe(), step, chain)
+        assert step.compared == step.drawn == p.T and chain.steps == p.k, (p.describe(), step, chain)
+        assert chain.compared == chain.drawn, (p.describe(), chain)
 
 
 @pytest.mark.parametrize("bug", sorted(BUGS))

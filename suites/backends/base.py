@@ -11,6 +11,9 @@ Kinds and their one signature each:
                      run(handle, x, topk_weights, topk_ids, out=None, expert_map=None) -> out [T, H]
   quant_moe_block    forward(cfg: MoEConfig, w: MoEWeights, w13, w2: QuantizedWeight, x [T, H])
                      -> [T, H] (a quantized checkpoint's MoE layer, loaded by its own loader)
+                     moe_block, quant_moe_block and mtp_module backends also leave what their
+                     router chose in `observed_routing` (list[ObservedRouting], one per router
+                     call of the last forward / step; None where the choice cannot be seen)
   ep_moe_block       forward_ep(cfg: MoEConfig, w: MoEWeights, x [T, H], placement,
                      num_redundant_experts) -> EPRun: the block over expert-parallel ranks, what
                      each rank held and computed (EPRank)
@@ -29,7 +32,7 @@ import functools
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -155,6 +158,57 @@ class RouterBackend(Backend, abc.ABC):
 
 
 @dataclass
+class ObservedRouting:
+    """What a MoE layer's router saw and chose in one call, as the layer handed it on to its
+    experts (observed, never recomputed): the suites hold the choice to the set of choices the
+    fp64 oracle could make under the dtype's rounding (suites/moe/routing_choice.py) and the
+    output to the oracle evaluated with that choice, on every row."""
+
+    hidden_states: torch.Tensor  # [T, H] the router's input (the MoE block's input)
+    router_logits: torch.Tensor  # [T, E] the gate's logits as the router received them
+    topk_weights: torch.Tensor  # [T, K]
+    topk_ids: torch.Tensor  # [T, K] global expert ids
+
+
+@contextlib.contextmanager
+def observe_routing(module):
+    """Record every routing decision of the MoE layers inside `module` (a torch module tree)
+    while the block runs: each router's `select_experts` is wrapped on the instance for the
+    duration (vLLM's modular MoE path calls it once a forward, between the gate and the
+    experts). Yields the list the calls are appended to; an empty list after the forward means
+    the layer routed without calling it (a monolithic kernel): the choice is not observable."""
+    calls: list[ObservedRouting] = []
+    routers = []
+    for m in module.modules():
+        r = getattr(m, "router", None)
+        if r is not None and callable(getattr(r, "select_experts", None)) and r not in routers:
+            routers.append(r)
+    saved = []
+    for r in routers:
+        original = r.select_experts
+        own = "select_experts" in vars(r)
+
+        def select_experts(hidden_states, router_logits, *args, _original=original, **kwargs):
+            topk_weights, topk_ids = _original(hidden_states, router_logits, *args, **kwargs)
+            calls.append(ObservedRouting(hidden_states.detach().cpu().clone(),
+                                         router_logits.detach().cpu().clone(),
+                                         topk_weights.detach().cpu().clone(),
+                                         topk_ids.detach().cpu().clone()))
+            return topk_weights, topk_ids
+
+        saved.append((r, own, original))
+        r.select_experts = select_experts
+    try:
+        yield calls
+    finally:
+        for r, own, original in saved:
+            if own:
+                r.select_experts = original
+            else:
+                del r.select_experts
+
+
+@dataclass
 class MoEBlockBackend(Backend, abc.ABC):
     """A whole MoE layer as a model calls it: router logits from the gate, routing, routed
     experts, shared expert. Weights and shapes come as reference.moe's MoEConfig / MoEWeights."""
@@ -163,6 +217,9 @@ class MoEBlockBackend(Backend, abc.ABC):
     # The model family whose block this is (fixtures/strategies.py BLOCK_FAMILIES): the block
     # properties draw that family's configs.
     family: str = "qwen3_next"
+    # What the router chose in the last forward (ObservedRouting per router call); None: not
+    # observable. Set on the instance by forward; not a dataclass field (failure printers).
+    observed_routing: ClassVar[list | None] = None
 
     def check(self, cfg) -> None:
         """Raise UnsupportedShape when this layer cannot express cfg (another model family)."""
@@ -188,6 +245,7 @@ class QuantMoEBlockBackend(Backend, abc.ABC):
     fp8_blocks: tuple[tuple[int, int], ...] = ()  # the [bn, bk] block scales it takes (): any
     zero_points: tuple[bool, ...] = (False, True)  # group schemes: with / without zero points
     selected: str = ""  # what ran the routed experts last time (vLLM: its experts class)
+    observed_routing: ClassVar[list | None] = None  # as MoEBlockBackend's
 
     def check(self, cfg) -> None:
         """Raise UnsupportedShape when this layer cannot express cfg (another model family)."""
@@ -269,6 +327,7 @@ class MTPModuleBackend(Backend, abc.ABC):
     # What the module hands back for the next step: "normed" (after the final norm) or
     # "pre_norm". The suites hold it to the oracle with the same convention.
     feeds_back: str = "normed"
+    observed_routing: ClassVar[list | None] = None  # of the last step, as MoEBlockBackend's
 
     def check(self, problem) -> None:
         """Raise UnsupportedShape when this module cannot run the problem here."""

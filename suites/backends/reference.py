@@ -13,6 +13,7 @@ from reference.quant import SCHEME_KINDS, quantized_fused_experts
 from reference.routing import route, router_logits
 from suites.backends.base import (
     REGISTRY,
+    ObservedRouting,
     EPMoEBlockBackend,
     EPRank,
     EPRun,
@@ -84,10 +85,19 @@ for _kind in SCHEME_KINDS:
         description="fp64 dequantizing oracle (reference/quant.py)"))
 
 
+def _observed(x, w, weights, ids) -> list[ObservedRouting]:
+    """The oracle's own routing, reported as an implementation's is observed."""
+    from reference.routing import router_logits
+
+    return [ObservedRouting(x, router_logits(x, w.gate, w.gate_bias), weights, ids)]
+
+
 @dataclass
 class ReferenceMoEBlock(MoEBlockBackend):
     def forward(self, cfg, w, x):
-        return moe_block(x, cfg, w)[0].to(x.dtype)
+        out, weights, ids = moe_block(x, cfg, w)
+        self.observed_routing = _observed(x, w, weights, ids)
+        return out.to(x.dtype)
 
 
 REGISTRY.register("reference.moe_block", lambda: ReferenceMoEBlock(
@@ -160,8 +170,10 @@ for _family in ("qwen3_next", "deepseek_v3"):
 class ReferenceQuantMoEBlock(QuantMoEBlockBackend):
     def forward(self, cfg, w, w13, w2, x):
         self.selected = "reference.moe.quantized_moe_block"
-        return quantized_moe_block(x, cfg, w, w13, w2, router_logits_dtype=x.dtype,
-                                   activation_dtype=x.dtype)[0].to(x.dtype)
+        out, weights, ids = quantized_moe_block(x, cfg, w, w13, w2, router_logits_dtype=x.dtype,
+                                                activation_dtype=x.dtype)
+        self.observed_routing = _observed(x, w, weights, ids)
+        return out.to(x.dtype)
 
 
 for _kind in SCHEME_KINDS:
@@ -176,7 +188,12 @@ class ReferenceMTPModule(MTPModuleBackend):
         return inputs
 
     def step(self, handle, input_ids, hidden_states, positions):
-        fed, logits, pre = handle.oracle_step(input_ids, hidden_states.double(), positions)
+        trace: dict = {}
+        fed, logits, pre = handle.oracle_step(input_ids, hidden_states.double(), positions,
+                                              trace=trace)
+        mlp = handle.layer.mlp
+        weights, ids = trace["moe_routing"]
+        self.observed_routing = _observed(trace["moe_input"], mlp, weights, ids)
         dt = hidden_states.dtype
         return MTPStepOutput(fed.to(dt), logits.to(dt), None if pre is None else pre.to(dt))
 

@@ -41,7 +41,8 @@ from typing import ClassVar
 
 import torch
 
-from suites.backends.base import REGISTRY, MoEBlockBackend, UnsupportedShape, vllm_build_reason
+from suites.backends.base import (REGISTRY, MoEBlockBackend, UnsupportedShape, observe_routing,
+                                  vllm_build_reason)
 
 FIXTURE_CONFIG = (pathlib.Path(__file__).resolve().parents[2] / "fixtures" / "tiny_qwen3_next"
                   / "config.json")
@@ -187,8 +188,11 @@ class VllmMoEBlock(MoEBlockBackend):
                 qm = getattr(m, "quant_method", None)
                 if qm is not None and hasattr(qm, "process_weights_after_loading"):
                     qm.process_weights_after_loading(m)
-            with set_forward_context(None, vc), torch.no_grad():
-                return block(x.clone())
+            self.observed_routing = None
+            with set_forward_context(None, vc), torch.no_grad(), observe_routing(block) as seen:
+                out = block(x.clone())
+            self.observed_routing = seen or None
+            return out
 
     def _fresh_block(self, vc, dtype: torch.dtype):
         """A new block of this family under vc (call inside set_current_vllm_config): it

@@ -45,6 +45,7 @@ from suites.backends.base import (
     MTPModuleBackend,
     MTPStepOutput,
     UnsupportedShape,
+    observe_routing,
 )
 from suites.backends.vllm_layer import ensure_distributed, model_file_reason, write_config
 
@@ -201,9 +202,12 @@ class VllmMTPModule(MTPModuleBackend):
 
         vc, model = handle
         dev = self.device
-        with set_current_vllm_config(vc), set_forward_context(None, vc), torch.no_grad():
+        self.observed_routing = None
+        with (set_current_vllm_config(vc), set_forward_context(None, vc), torch.no_grad(),
+              observe_routing(model) as seen):
             out = model(input_ids.to(dev), positions.to(dev), hidden_states.clone().to(dev))
             o = self._outputs(model, out)
+        self.observed_routing = seen or None
         o = MTPStepOutput(o.fed_back.cpu(), o.logits.cpu(),
                           None if o.pre_norm is None else o.pre_norm.cpu())
         return self.tamper_output(o) if self.tamper_output is not None else o

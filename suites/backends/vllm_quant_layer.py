@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from reference import quant_layouts as L
-from suites.backends.base import REGISTRY, QuantMoEBlockBackend, UnsupportedShape
+from suites.backends.base import REGISTRY, QuantMoEBlockBackend, UnsupportedShape, observe_routing
 from suites.backends.vllm_cpu import _sgl_kernels_reason
 from suites.backends.vllm_layer import (
     _COMMON,
@@ -284,8 +284,11 @@ class VllmQuantMoEBlock(QuantMoEBlockBackend):
             if self.selected != want:
                 raise RuntimeError(f"{self.name}: vLLM picked the experts class {self.selected} "
                                    f"for {self.fmt}; the oracle models {want}")
-            with set_forward_context(None, vc), torch.no_grad():
-                return block(x.clone())
+            self.observed_routing = None
+            with set_forward_context(None, vc), torch.no_grad(), observe_routing(block) as seen:
+                out = block(x.clone())
+            self.observed_routing = seen or None
+            return out
 
     def _load_experts(self, block, ckpt) -> None:
         if self.tamper_checkpoint is not None:

@@ -395,36 +395,109 @@ def block_near_ties(logits: torch.Tensor, cfg, dtype: torch.dtype,
     return margin <= 4 * move
 
 
+# Rows a test must hold to the oracle (compared / drawn), below which it has judged too little to
+# pass ("nothing to judge"): with the implementation's routing observed every row is compared,
+# so anything short of all is a defect of the check; where the choice cannot be observed and
+# rows are excluded as ambiguous, the same floor applies.
+COMPARED_FLOOR = 0.99
+
+
+def observed_choice(backend, p, prop: str, x_gate: torch.Tensor, w, cfg, dtype: torch.dtype):
+    """The routing the implementation chose in its last forward (ObservedRouting), judged: the
+    logits its router received must lie in the rounding box of the exact logits of x_gate (the
+    router's input) and its choice must be admissible there (suites/moe/routing_choice.py),
+    every token. None when the backend cannot show its choice."""
+    from suites.moe.routing_choice import admissible, gate_logit_box
+
+    calls = getattr(backend, "observed_routing", None)
+    if not calls:
+        return None
+    if len(calls) != 1:
+        raise AssertionError(_ctx(backend, p, prop, f"{len(calls)} router calls in one forward "
+                                  "of a one-layer block (expected 1)"))
+    o = calls[0]
+    T, E, K = x_gate.shape[0], cfg.num_experts, cfg.num_experts_per_tok
+    if (tuple(o.router_logits.shape) != (T, E) or tuple(o.topk_ids.shape) != (T, K)
+            or tuple(o.topk_weights.shape) != (T, K)):
+        raise AssertionError(_ctx(backend, p, prop, f"router saw logits "
+                                  f"{tuple(o.router_logits.shape)} and chose ids "
+                                  f"{tuple(o.topk_ids.shape)}, weights "
+                                  f"{tuple(o.topk_weights.shape)}; expected [{T}, {E}] / "
+                                  f"[{T}, {K}]"))
+    exact, delta = gate_logit_box(x_gate, w.gate, w.gate_bias, dtype)
+    seen = o.router_logits.double()
+    off = (seen - exact).abs() > delta
+    if off.any() or not torch.isfinite(seen).all():
+        t, e = (int(i) for i in (off | ~torch.isfinite(seen)).nonzero()[0])
+        raise AssertionError(_ctx(backend, p, f"{prop}: gate", (
+            f"{int(off.sum())} / {off.numel()} router logits outside the {dtype} rounding of the "
+            f"exact gate: token {t}, expert {e}: {float(seen[t, e]):.6g} vs exact "
+            f"{float(exact[t, e]):.6g} (allowed +-{float(delta[t, e]):.3g})")))
+    v = admissible(exact, delta, cfg.router, o.topk_ids, w.e_score_correction_bias)
+    t = v.first_bad()
+    if t is not None:
+        from reference.routing import route
+
+        ref_ids = route(exact, cfg.router, w.e_score_correction_bias)[1][t].sort().values
+        raise AssertionError(_ctx(backend, p, f"{prop}: routing choice", (
+            f"{int((~v.admissible).sum())} / {T} tokens routed to a set no rounding of the "
+            f"logits to {dtype} can select; token {t}: chose {o.topk_ids[t].sort().values.tolist()}"
+            f", the oracle {ref_ids.tolist()}: {v.reason[t]}")))
+    return o
+
+
+def own_choice_rows(logits: torch.Tensor, cfg, bias, topk_ids: torch.Tensor) -> int:
+    """Tokens whose observed choice differs from the oracle's own (as sets)."""
+    from reference.routing import route
+
+    ref = route(logits.double(), cfg.router, bias)[1].sort(1).values
+    return int((topk_ids.long().sort(1).values != ref).any(1).sum())
+
+
 def check_block_matches_oracle(backend, bp) -> dict:
     """The whole MoE block vs reference/moe.py in fp64 (gate, routing, experts, gated shared
-    expert; router logits rounded to the model dtype as the model's gate emits them). Every row
-    must be finite; rows whose routing is a near-tie at the dtype's router logits (the kernel's
-    own gate GEMM may round a logit the other way) are excluded from the closeness test and
-    counted; the rest meet the tolerance table."""
+    expert; router logits rounded to the model dtype as the model's gate emits them), every
+    row. The block's own routing is observed (ObservedRouting): its gate logits must lie in the
+    dtype's rounding of the exact ones and its choice must be one the oracle could make under
+    that rounding (admissible, judged on the boundary experts); the output is then held to the
+    oracle evaluated with that choice on every row, finite everywhere. A block whose choice
+    cannot be observed is compared on the tokens whose routing is unambiguous, counted, and a
+    test below COMPARED_FLOOR fails as having judged nothing."""
     from reference.moe import moe_block
     from reference.routing import router_logits
+    from suites.moe.routing_choice import ambiguous, gate_logit_box
 
     x, w = bp.tensors()
-    cfg = bp.cfg
+    cfg, dt = bp.cfg, bp.torch_dtype
     out = backend.forward(cfg, w, x)
-    # The oracle's gate emits logits in the model dtype, as the model's gate does (a bf16
-    # linear layer); everything after it is exact.
-    ref = moe_block(x, cfg, w, router_logits_dtype=bp.torch_dtype)[0]
-    if tuple(out.shape) != tuple(ref.shape):
-        raise AssertionError(_ctx(backend, bp, "block", f"shape {tuple(out.shape)} != "
-                                  f"{tuple(ref.shape)}"))
+    shape = (bp.T, cfg.hidden_size)
+    if tuple(out.shape) != shape:
+        raise AssertionError(_ctx(backend, bp, "block", f"shape {tuple(out.shape)} != {shape}"))
     bad = (~torch.isfinite(out.double())).any(1)
     if bad.any():
         raise AssertionError(_ctx(backend, bp, "block", f"{int(bad.sum())} / {bp.T} rows not "
                                   f"finite, first {int(bad.nonzero()[0])}"))
-    tie = block_near_ties(router_logits(x, w.gate), cfg, bp.torch_dtype, w.e_score_correction_bias)
-    keep = ~tie
-    figures = {"near_ties": int(tie.sum()), "compared": int(keep.sum())}
+    obs = observed_choice(backend, bp, "block", x, w, cfg, dt)
+    logits = router_logits(x, w.gate, w.gate_bias).to(dt).double()  # the oracle's gate
+    if obs is not None:
+        ref = moe_block(x, cfg, w, router_logits_dtype=dt, topk_ids=obs.topk_ids)[0]
+        keep = torch.ones(bp.T, dtype=torch.bool)
+        own = own_choice_rows(logits, cfg, w.e_score_correction_bias, obs.topk_ids)
+    else:
+        ref = moe_block(x, cfg, w, router_logits_dtype=dt)[0]
+        exact, delta = gate_logit_box(x, w.gate, w.gate_bias, dt)
+        keep = ~ambiguous(exact, delta, cfg.router, w.e_score_correction_bias)
+        own = 0
+    figures = {"drawn": bp.T, "compared": int(keep.sum()), "own_choice": own,
+               "observed": obs is not None}
     if keep.any():
-        c = closeness(out[keep], ref[keep], tolerance(bp.torch_dtype, backend.name))
+        c = closeness(out[keep], ref[keep], tolerance(dt, backend.name))
         if not c.ok:
-            raise AssertionError(_ctx(backend, bp, "block matches oracle",
-                                      f"{figures['near_ties']} near-tie tokens excluded\n"
-                                      + c.report()))
+            raise AssertionError(_ctx(backend, bp, "block matches oracle", (
+                f"routing observed: every row held to the oracle with the block's own choice "
+                f"({own} tokens chose differently from the oracle's own, admissibly)\n"
+                if obs is not None else
+                f"routing not observable: {bp.T - int(keep.sum())} ambiguous tokens excluded\n")
+                + c.report()))
         figures.update(max_norm=c.max_norm, rms_norm=c.rms_norm)
     return figures

@@ -7,7 +7,10 @@ CPU-sized shapes of that family's models.
 The kernel tests (test_experts.py, test_router.py) pin each piece; this one catches what only
 the composition gets wrong: the shared expert's gate not wired, norm_topk_prob not plumbed from
 the config, weights loaded into the wrong slots (tests/test_moe_block_negative_controls.py plants
-each). Near-ties at bf16 router logits are excluded from the comparison and counted.
+each). Every row is compared: the block's own routing is observed, its choice must be one the
+oracle could make at bf16 router logits, and the output is held to the oracle evaluated with
+that choice (check_block_matches_oracle); rows compared / drawn are recorded and a test below
+COMPARED_FLOOR fails.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from hypothesis import given
 from fixtures.catalogue import get as get_shape
 from fixtures.strategies import BlockProblem, block_problems
 from suites.backends import UnsupportedShape
-from suites.moe.checks import check_block_matches_oracle
+from suites.moe.checks import COMPARED_FLOOR, check_block_matches_oracle
 
 pytestmark = pytest.mark.moe
 
@@ -30,8 +33,9 @@ def _run(block_backend, bp, record):
     except UnsupportedShape as e:
         pytest.skip(str(e))
     figures = check_block_matches_oracle(block_backend, bp)
-    record(family=bp.family)
-    record.sum(near_ties=figures["near_ties"], compared=figures["compared"])
+    record(family=bp.family, routing_observed=figures["observed"])
+    record.rows(figures["compared"], figures["drawn"], COMPARED_FLOOR)
+    record.sum(own_choice=figures["own_choice"])
     if "max_norm" in figures:
         record.max(max_norm=figures["max_norm"], rms_norm=figures["rms_norm"])
 

@@ -7,8 +7,10 @@ where it moves the output by a fraction of a percent) and bfloat16 (as the model
 What each property catches (tests/test_mtp_negative_controls.py plants each in vLLM's modules):
 the two pre-projection norms swapped, the concat order swapped, the position-0 embedding mask
 lost (DeepSeek), the pre-norm state fed back where the normed one belongs (and the reverse),
-the drafted position not advanced. Routing near-ties inside the decoder layer's MoE block are
-excluded and counted (suites/mtp/module_checks.py).
+the drafted position not advanced. Every row is compared: the MoE router's own choice inside
+the module is observed, held to the choices the oracle could make at its input's rounding, and
+the oracle is evaluated with it (suites/mtp/module_checks.py); rows compared / drawn are
+recorded and a test under COMPARED_FLOOR fails.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from hypothesis import given
 
 from fixtures.strategies import MTPProblem, mtp_problems
 from suites.backends import UnsupportedShape
+from suites.moe.checks import COMPARED_FLOOR
 from suites.mtp.module_checks import check_mtp_causal_prefix, check_mtp_chain, check_mtp_step
 
 pytestmark = pytest.mark.mtp
@@ -39,7 +42,8 @@ def test_one_step_matches_oracle(mtp_backend, p, record):
     p = _problem(mtp_backend, p)
     f = check_mtp_step(mtp_backend, p)
     record(family=p.family, feeds_back=mtp_backend.feeds_back)
-    record.sum(compared=f.compared, near_ties=f.near_ties)
+    record.rows(f.compared, f.drawn, COMPARED_FLOOR)
+    record.sum(own_choice=f.own_choice)
     record.max(**{f"max_norm_{p.dtype}": f.max_norm, f"rms_norm_{p.dtype}": f.rms_norm})
 
 
@@ -49,8 +53,9 @@ def test_chained_drafts_match_oracle(mtp_backend, p, record):
     oracle's, and every draft with a clear oracle margin is the oracle's."""
     p = _problem(mtp_backend, p)
     f = check_mtp_chain(mtp_backend, p)
+    record.rows(f.compared, f.drawn, COMPARED_FLOOR)
     record.sum(steps=f.steps, chains_stopped_at_near_tie=f.stopped_at_tie,
-               drafts_clear=f.drafts_clear)
+               drafts_clear=f.drafts_clear, own_choice=f.own_choice)
     record.max(**{f"chain_max_norm_{p.dtype}": f.max_norm})
 
 
@@ -59,7 +64,9 @@ def test_causal_prefix_invariance(mtp_backend, p, record):
     """The first half of the rows does not depend on the second half (what the drafter's
     KV cache relies on)."""
     p = _problem(mtp_backend, p)
-    record.max(prefix_max_norm=check_mtp_causal_prefix(mtp_backend, p))
+    worst, compared, drawn = check_mtp_causal_prefix(mtp_backend, p)
+    record.max(prefix_max_norm=worst)
+    record.rows(compared, drawn, COMPARED_FLOOR)
 
 
 # The target models' attention layout and expert counts at a CPU-sized hidden size (H 256,
@@ -85,5 +92,6 @@ def test_catalogue_chain_matches_oracle(mtp_backend, model, dtype, record):
     handle = mtp_backend.prepare(p, inputs)
     s = check_mtp_step(mtp_backend, p, inputs, handle)
     f = check_mtp_chain(mtp_backend, p, inputs, handle)
-    record(max_norm=s.max_norm, chain_max_norm=f.max_norm, near_ties=s.near_ties,
+    record(max_norm=s.max_norm, chain_max_norm=f.max_norm, own_choice=s.own_choice,
            drafts_clear=f.drafts_clear)
+    record.rows(s.compared + f.compared, s.drawn + f.drawn, COMPARED_FLOOR)
