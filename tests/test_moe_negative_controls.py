@@ -47,6 +47,8 @@ class Broken(ExpertsBackend):
             tw[ti == 0] = 0.0
         if self.bug == "weight_slot_swap" and tw.shape[1] >= 2:  # slot weights misaligned
             tw[:, [0, 1]] = tw[:, [1, 0]]
+        if self.bug == "zero_slot_leaks":  # a weight-0 slot still adds 1e-3 of its expert
+            tw = torch.where(tw == 0, torch.full_like(tw, 1e-3), tw)
         if self.bug == "ignores_expert_map":
             expert_map = None
             ti = ti.clamp(max=E - 1)
@@ -91,6 +93,11 @@ def must_fail(check, *args) -> str:
     ("forgets_last_row", checks.check_finite, P),
     ("ignores_expert_map", lambda b, p: checks.check_ep_sharding(b, p, 2), P),
     ("dropped_expert", checks.check_topk_equals_dense, P),
+    # the problems on which the zero-weight check used to return a pass without comparing
+    ("zero_slot_leaks", checks.check_zero_weight_slots, P),
+    ("zero_slot_leaks", checks.check_zero_weight_slots, dc_replace(P, K=1)),
+    ("zero_slot_leaks", checks.check_zero_weight_slots, dc_replace(P, E=1, K=1)),
+    ("zero_slot_leaks", checks.check_zero_weight_slots, dc_replace(P, routing="all_to_one")),
 ])
 def test_planted_expert_bug_is_caught(base, bug, check, problem):
     msg = must_fail(check, broken(base, bug), problem)

@@ -1,4 +1,5 @@
-"""Routers vs the fp64 oracle: ids exact except reported near-ties, weights within fp32 bounds."""
+"""Routers vs the fp64 oracle: ids exact except reported near-ties, weights within fp32 bounds
+on every token (at a near-tie, the oracle's weights for the router's own choice)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def test_router_matches_oracle(router_backend, method, logits_dtype, data, recor
         pytest.skip(f"{router_backend.name} does not implement {method}")
     rp = data.draw(router_problems(methods=(method,), logits_dtypes=(logits_dtype,)))
     figures = checks.check_router(router_backend, rp)
+    record.rows(figures["compared"], figures["tokens"], checks.COMPARED_FLOOR)
     record.sum(tokens=figures["tokens"], near_ties=figures["near_ties"],
                near_tie_candidates=figures["near_tie_candidates"], examples=1,
                renorm_underflow_tokens=figures["renorm_underflow_tokens"],
