@@ -18,8 +18,8 @@ import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from pathlib import Path
 
-FIGURES = ("worst_max_norm", "worst_rms_norm", "max_norm", "worst_abs_diff",
-           "worst_weights_max_norm", "near_ties", "near_tie_candidates", "tokens", "examples",
+FIGURES = ("compared", "drawn", "own_choice", "worst_max_norm", "worst_rms_norm", "max_norm",
+           "worst_abs_diff", "worst_weights_max_norm", "near_ties", "near_tie_candidates", "tokens", "examples",
            "renorm_underflow_tokens", "known_defect_tokens", "refusal")
 
 # Matrix cell states, worst first: a cell shows the worst outcome among its test cases.
@@ -106,6 +106,27 @@ def matrix(rows: list[dict]) -> tuple[list[str], list[str], dict, dict]:
     return backends, props, cells, dict(sorted(not_run.items()))
 
 
+def compared_shares(rows: list[dict]) -> dict:
+    """{(backend, property): (rows compared, rows drawn)} summed over the cases that recorded
+    them (JUnit properties `compared` and `drawn`, suites' Recorder.rows)."""
+    shares: dict = {}
+    for r in rows:
+        props = r["props"]
+        if "drawn" not in props or r["outcome"] == "skipped":
+            continue
+        key = (backend_of(r["params"]), r["prop"])
+        c, d = shares.get(key, (0, 0))
+        try:
+            shares[key] = (c + int(float(props.get("compared", 0))), d + int(float(props["drawn"])))
+        except ValueError:
+            continue
+    return shares
+
+
+def share_text(c: int, d: int) -> str:
+    return f"{c / d:.1%} ({c}/{d})" if d else "0 drawn"
+
+
 def cell_text(c: Counter | None) -> str:
     if not c:
         return ""
@@ -144,6 +165,17 @@ def render(rows: list[dict], source: str) -> str:
         for p in props:
             out.append(f"| {p.removeprefix('test_')} | "
                        + " | ".join(cell_text(cells.get((b, p))) for b in backends) + " |")
+    shares = compared_shares(rows)
+    if shares:
+        sb = sorted({b for b, _ in shares})
+        sp = sorted({p for _, p in shares})
+        out += ["\n## Rows held to the oracle\n",
+                "Rows compared / rows drawn per backend and property (a test below its floor "
+                "fails as having judged nothing).\n",
+                "| property | " + " | ".join(sb) + " |", "|---|" + "---|" * len(sb)]
+        for p in sp:
+            out.append(f"| {p.removeprefix('test_')} | " + " | ".join(
+                share_text(*shares[(b, p)]) if (b, p) in shares else "" for b in sb) + " |")
     if not_run:
         out.append("\nNot run here (every case skipped): " + "; ".join(
             f"{b} ({why.removeprefix(b + ': ')[:120]})" for b, why in not_run.items()))
@@ -205,6 +237,16 @@ def render_html(rows: list[dict], source: str) -> str:
             h.append(f"<td{bg}>{e(cell_text(c))}</td>")
         h.append("</tr>")
     h.append("</table>")
+    shares = compared_shares(rows)
+    if shares:
+        sb = sorted({b for b, _ in shares})
+        h.append("<h2>Rows held to the oracle</h2><table><tr><th>property</th>"
+                 + "".join(f"<th>{e(b)}</th>" for b in sb) + "</tr>")
+        for p in sorted({p for _, p in shares}):
+            h.append(f"<tr><th>{e(p.removeprefix('test_'))}</th>" + "".join(
+                f"<td>{e(share_text(*shares[(b, p)]))}</td>" if (b, p) in shares else "<td></td>"
+                for b in sb) + "</tr>")
+        h.append("</table>")
     if not_run:
         h.append("<p>Not run here: " + e("; ".join(f"{b} ({w})" for b, w in not_run.items()))
                  + "</p>")

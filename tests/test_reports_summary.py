@@ -80,3 +80,32 @@ def test_summary_refuses_to_overwrite_and_rejects_corrupt(tmp_path, capsys):
     bad.write_text("<testsuites><testcase")
     with pytest.raises(SystemExit, match="cannot read JUnit XML"):
         summary.main([str(bad)])
+
+
+SHARES = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" tests="3">
+<testcase classname="suites.moe.test_moe_block" name="test_block_matches_oracle[vllm.qwen3_next_moe_block]" time="1">
+  <properties><property name="compared" value="1908"/><property name="drawn" value="1908"/></properties>
+</testcase>
+<testcase classname="suites.mtp.test_mtp_modules" name="test_one_step_matches_oracle[vllm.deepseek_mtp]" time="1">
+  <properties><property name="compared" value="40"/><property name="drawn" value="80"/></properties>
+  <failure message="nothing to judge: 40 of 80 rows drawn were held to the oracle">x</failure>
+</testcase>
+<testcase classname="suites.moe.test_moe_block" name="test_block_matches_oracle[vllm.mixtral_moe_block]" time="0">
+  <skipped type="pytest.skip" message="no"/>
+</testcase>
+</testsuite></testsuites>
+"""
+
+
+def test_summary_shows_rows_compared_per_backend_and_property(tmp_path):
+    junit = tmp_path / "junit.xml"
+    junit.write_text(SHARES)
+    rows = summary.parse(junit)
+    shares = summary.compared_shares(rows)
+    assert shares == {("vllm.qwen3_next_moe_block", "test_block_matches_oracle"): (1908, 1908),
+                      ("vllm.deepseek_mtp", "test_one_step_matches_oracle"): (40, 80)}
+    md = summary.render(rows, "junit.xml")
+    assert "## Rows held to the oracle" in md
+    assert "100.0% (1908/1908)" in md and "50.0% (40/80)" in md
+    assert "Rows held to the oracle" in summary.render_html(rows, "junit.xml")
