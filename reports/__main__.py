@@ -13,12 +13,18 @@
                                    compact files left as they are)
   list [--history DIR]             machines and their runs
   compare BASE CAND [--history DIR] [--threshold F] [--rule FILE]
-                    [--markdown OUT] [--json OUT]
+                    [--markdown OUT] [--json OUT] [--min-pool M] [--record-verdict]
                                    noise-aware verdict per benchmark; BASE/CAND are run files or
                                    [MACHINE:]latest|previous|~N in the history; BASE may be
-                                   [MACHINE:]pool:N, the last N clean runs pooled
-  render [--history DIR] [--runs FILE...] [--compare BASE CAND] [--out DIR] [--skip-invalid]
-                                   Markdown + self-contained HTML with plots
+                                   [MACHINE:]pool:N, the last N clean runs pooled (at least M,
+                                   default N); --record-verdict files the verdict beside a
+                                   stored CAND (<run>.verdict.json): a run judged a regression
+                                   never enters a pool (reports/history.py)
+  accept RUN --reason TEXT [--history DIR]
+                                   a stored run judged a regression is a slowdown meant: clean
+                                   again, and pools go no further back than it
+  render [--history DIR] [--runs FILE...] [--compare BASE CAND] [--min-pool M] [--out DIR]
+         [--skip-invalid]          Markdown + self-contained HTML with plots
   calibrate [--benchmarks N] [--processes P] [--disturbed F] [--rule FILE]
                                    false-alarm rate and power of the compare rule on synthetic runs
   calibrate --processes-from FILE... [--processes P] [--trials N]
@@ -115,20 +121,35 @@ def cmd_list(a) -> int:
 
 
 def _load_pair(a):
+    base, cand, _ = _load_pair_paths(a)
+    return base, cand
+
+
+def _load_pair_paths(a):
+    """(BASE run, CAND run, CAND's file)."""
+    min_pool = getattr(a, "min_pool", None)
     if _history.is_pool(a.base):  # CAND first: its machine is the pool's, and it is left out
         machine = a.base.split(":pool:")[0] if ":pool:" in a.base else None
-        cand = load_run(_history.resolve(a.cand, a.history, machine_id=machine))
-        base = _history.pool(a.base, a.history, machine_id=cand.machine_id, exclude=cand)
-        return base, cand
+        cand_path = _history.resolve(a.cand, a.history, machine_id=machine)
+        cand = load_run(cand_path)
+        base = _history.pool(a.base, a.history, machine_id=cand.machine_id, exclude=cand,
+                             min_runs=min_pool)
+        return base, cand, cand_path
+    if min_pool is not None:
+        raise _BadInput(f"--min-pool applies to a pooled BASE ([MACHINE:]pool:N), not {a.base}")
     base_path = _history.resolve(a.base, a.history)
     base = load_run(base_path)
-    cand = load_run(_history.resolve(a.cand, a.history, machine_id=base.machine_id))
-    return base, cand
+    cand_path = _history.resolve(a.cand, a.history, machine_id=base.machine_id)
+    cand = load_run(cand_path)
+    return base, cand, cand_path
 
 
 def cmd_compare(a) -> int:
     rule = _compare.Rule.load(a.rule, threshold=a.threshold)
-    base, cand = _load_pair(a)
+    base, cand, cand_path = _load_pair_paths(a)
+    if a.record_verdict and not _history.in_history(cand_path, a.history):
+        raise _BadInput(f"--record-verdict: CAND {cand_path} is not a run stored in "
+                        f"{a.history}")
     cmp = _compare.compare(base, cand, rule)
     text = _compare.to_markdown(cmp)
     print(text)
@@ -137,6 +158,14 @@ def cmd_compare(a) -> int:
     if a.json:
         _write_new(pathlib.Path(a.json), json.dumps(cmp.as_dict(), indent=1))
     c = cmp.counts()
+    if a.record_verdict:
+        pooled = (base.raw.get("pool") or {}).get("runs")
+        vp = _history.record_verdict(
+            cand_path, a.history, baseline=a.base,
+            baseline_runs=[pathlib.Path(r["source"]).name for r in pooled] if pooled
+            else [pathlib.Path(base.source).name],
+            regressions=[r.label for r in cmp.regressions], counts=c, threshold=rule.threshold)
+        print(f"verdict filed: {vp} ({'regression: this run enters no pool' if cmp.regressions else 'clean'})")
     if cmp.regressions:
         what = [f"{c['regression']} of {len(cmp.rows)} benchmarks slower beyond the threshold"]
         if c["acceptance_drop"]:
@@ -147,6 +176,13 @@ def cmd_compare(a) -> int:
         print(f"no regression ({len(cmp.rows)} benchmarks compared: "
               + ", ".join(f"{_compare.MARK[v]} {n}" for v, n in c.items() if n) + ")")
     return cmp.exit_code
+
+
+def cmd_accept(a) -> int:
+    path = _history.resolve(a.run, a.history)
+    vp = _history.accept(path, a.history, reason=a.reason)
+    print(f"accepted: {path} ({vp}); pools start again from it")
+    return EXIT_OK
 
 
 def cmd_render(a) -> int:
@@ -237,11 +273,23 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, help="override the rule's threshold (e.g. 0.05)")
     s.add_argument("--markdown", help="also write the table here (must not exist)")
     s.add_argument("--json", help="also write the verdicts as JSON here (must not exist)")
+    s.add_argument("--min-pool", type=int, metavar="M",
+                   help="pool:N with fewer than N clean runs: pool the M or more there are")
+    s.add_argument("--record-verdict", action="store_true",
+                   help="file the verdict beside CAND (a run stored in the history); a run "
+                   "judged a regression is kept out of every pool")
     s.set_defaults(fn=cmd_compare)
+    s = sub.add_parser("accept")
+    s.add_argument("run", help="a stored run judged a regression (file or [MACHINE:]latest...)")
+    s.add_argument("--reason", required=True, help="why the slowdown is meant")
+    s.add_argument("--history", **hist)
+    s.set_defaults(fn=cmd_accept)
     s = sub.add_parser("render")
     s.add_argument("--history", **hist)
     s.add_argument("--runs", nargs="+", help="render these run files instead of the history")
     s.add_argument("--compare", nargs=2, metavar=("BASE", "CAND"))
+    s.add_argument("--min-pool", type=int, metavar="M",
+                   help="with --compare pool:N: pool the M or more clean runs there are")
     s.add_argument("--rule", default=_compare.DEFAULT_RULE)
     s.add_argument("--out", help="output folder (default reports/out/report-<time>)")
     s.add_argument("--skip-invalid", action="store_true",

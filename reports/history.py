@@ -16,11 +16,24 @@ A pooled baseline (pool()): the process medians of the last N clean runs of a ma
 per benchmark into one run that compare takes as BASE (`[MACHINE:]pool:N`, see reports/merge.py
 pool). A run is clean unless it was planted: a slowdown recorded by --bench-slowdown
 (machine_info.bench_settings.slowdown, or extra_info.slowdown on a record; reports/synthetic.py
-marks its slowed records the same way) or a `planted` field in machine_info or extra_info.
+marks its slowed records the same way) or a `planted` field in machine_info or extra_info; or
+judged a regression.
+
+Verdicts: `compare BASE CAND --record-verdict` (the nightly GPU workflow) files compare's verdict
+on a stored CAND beside it, <timestamp>.verdict.json (record_verdict(); the run file itself is
+never rewritten). A run judged a regression (or an acceptance drop) is not clean: it never enters
+a pool, so a slowdown that comes a few percent a night is judged against runs from before it,
+and a regressed run never becomes the baseline that makes the next night look fine. Judgments
+accumulate (a later "no regression" does not wash out an earlier regression). A slowdown that is
+meant (a deliberate trade) is accepted with `python -m reports accept RUN --reason TEXT`: the
+accepted run is clean again and a rebaseline, a pool stops at it (the runs before it measured
+the old code), so until N runs have followed it a pool holds fewer (`--min-pool`).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import os
 import pathlib
 import re
@@ -333,41 +346,165 @@ def planted(run: Run) -> str | None:
     return None
 
 
+VERDICT_FORMAT = 1
+
+
+def verdict_path(run_file: pathlib.Path) -> pathlib.Path:
+    """<timestamp>.verdict.json beside a stored run file (not a run file itself: _NAME_RE)."""
+    p = pathlib.Path(run_file)
+    return p.with_name(p.name.removesuffix(".json") + ".verdict.json")
+
+
+def read_verdict(run_file: pathlib.Path) -> dict | None:
+    """The verdict file of a stored run, or None when it was never judged."""
+    vp = verdict_path(run_file)
+    try:
+        data = json.loads(vp.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise HistoryError(f"{vp}: unreadable verdict file ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != VERDICT_FORMAT \
+            or not isinstance(data.get("judgments"), list):
+        raise HistoryError(f"{vp}: not a verdict file of format {VERDICT_FORMAT}")
+    return data
+
+
+def in_history(run_file: pathlib.Path, root: pathlib.Path) -> bool:
+    p = pathlib.Path(run_file).resolve()
+    return _NAME_RE.match(p.name) is not None and p.parent.parent == pathlib.Path(root).resolve()
+
+
+def record_verdict(run_file: pathlib.Path, root: pathlib.Path, *, baseline: str,
+                   baseline_runs: list[str], regressions: list[str], counts: dict,
+                   threshold: float, now: _dt.datetime | None = None) -> pathlib.Path:
+    """Add one judgment of a stored run to its verdict file (written atomically): regression
+    when `regressions` (benchmark labels) is non-empty, else clean."""
+    run_file = pathlib.Path(run_file)
+    if not in_history(run_file, root):
+        raise HistoryError(f"{run_file}: not a run stored in {root} (a verdict is filed beside "
+                           "a stored run: pass its path or [MACHINE:]latest)")
+    data = read_verdict(run_file) or {"format": VERDICT_FORMAT, "run": run_file.name,
+                                      "judgments": [], "accepted": None}
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    data["judgments"].append({
+        "at": now.isoformat(timespec="seconds"),
+        "verdict": "regression" if regressions else "clean",
+        "baseline": baseline, "baseline_runs": list(baseline_runs), "threshold": threshold,
+        "regressions": list(regressions), "counts": dict(counts)})
+    vp = verdict_path(run_file)
+    replace_atomically(vp, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    return vp
+
+
+def accept(run_file: pathlib.Path, root: pathlib.Path, *, reason: str,
+           now: _dt.datetime | None = None) -> pathlib.Path:
+    """Accept a stored run judged a regression (a slowdown meant): clean again, and a rebaseline
+    (pools stop at it)."""
+    run_file = pathlib.Path(run_file)
+    if not reason.strip():
+        raise HistoryError("accept: say why the slowdown is meant (--reason)")
+    data = read_verdict(run_file)
+    if not in_history(run_file, root) or data is None or not regressed_judgments(data):
+        raise HistoryError(f"{run_file}: no regression judged on it to accept")
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    data["accepted"] = {"at": now.isoformat(timespec="seconds"), "reason": reason.strip()}
+    vp = verdict_path(run_file)
+    replace_atomically(vp, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    return vp
+
+
+def regressed_judgments(data: dict) -> list[dict]:
+    return [j for j in data["judgments"] if j.get("verdict") == "regression"]
+
+
+def regressed(run_file: pathlib.Path) -> str | None:
+    """Why a stored run is not clean by its verdict file (judged a regression and not accepted),
+    or None."""
+    data = read_verdict(run_file)
+    if data is None or data.get("accepted"):
+        return None
+    bad = regressed_judgments(data)
+    if not bad:
+        return None
+    j = bad[-1]
+    names = j.get("regressions") or []
+    return (f"judged a regression against {j.get('baseline')} on {j.get('at')}: "
+            f"{len(names)} benchmark(s), e.g. {', '.join(names[:2])}")
+
+
+def accepted(run_file: pathlib.Path) -> bool:
+    data = read_verdict(run_file)
+    return bool(data and data.get("accepted"))
+
+
 def _same_identity(a: Run, b: Run) -> bool:
     return (a.machine_id == b.machine_id and a.datetime == b.datetime
             and a.commit_info.get("id") == b.commit_info.get("id"))
 
 
-def pool(spec: str, root: pathlib.Path = DEFAULT_ROOT, *, machine_id: str | None = None,
-         exclude: Run | None = None) -> Run:
-    """`[MACHINE:]pool:N`: the last N clean runs of MACHINE (without it: `machine_id` if given,
-    else the only machine in the history), newest first, skipping planted ones and `exclude`
-    (the CAND run, when it is stored there: a run is not its own baseline), pooled into one run
-    (reports/merge.py pool)."""
-    from reports.merge import pool as pool_runs
-
+def pool_files(spec: str, root: pathlib.Path = DEFAULT_ROOT, *, machine_id: str | None = None,
+               exclude: Run | None = None, min_runs: int | None = None
+               ) -> tuple[list[pathlib.Path], list[Run], list[str], str]:
+    """The runs `[MACHINE:]pool:N` pools: (files, runs, skipped, machine), oldest first. Newest
+    first, up to N clean runs of MACHINE (without it: `machine_id` if given, else the only
+    machine in the history), skipping `exclude` (the CAND run, when it is stored there: a run is
+    not its own baseline), planted runs and runs judged a regression (read_verdict), and going
+    no further back than an accepted run (a rebaseline). Fewer than min_runs (default N) clean
+    runs: HistoryError."""
     m = _POOL_RE.match(spec)
     if m is None:
         raise HistoryError(f"{spec}: not [MACHINE:]pool:N")
     n = int(m.group("n"))
     if n < 1:
         raise HistoryError(f"{spec}: pool at least 1 run")
+    need = n if min_runs is None else min_runs
+    if not 1 <= need <= n:
+        raise HistoryError(f"{spec}: --min-pool {need} must lie in [1, {n}]")
     machine = _machine(spec, m.group("machine") or machine_id, root, f"pool:{n}")
+    files: list[pathlib.Path] = []
     chosen: list[Run] = []
     skipped: list[str] = []
+    rebaselined = None
+    n_planted = n_regressed = 0
     for p in reversed(run_files(root, machine)):
         run = load_run(p)
         if exclude is not None and _same_identity(run, exclude):
             continue
         why = planted(run)
+        n_planted += why is not None
+        if why is None and (why := regressed(p)):
+            n_regressed += 1
         if why:
             skipped.append(f"{p.name} ({why})")
             continue
+        files.append(p)
         chosen.append(run)
         if len(chosen) == n:
             break
-    if len(chosen) < n:
+        if accepted(p):
+            rebaselined = p.name
+            break
+    if len(chosen) < need:
+        what = ", ".join(f"{k} {w}" for k, w in ((n_planted, "planted"),
+                                                  (n_regressed, "judged a regression")) if k)
         raise HistoryError(f"{spec}: {root / machine} holds {len(chosen)} clean run(s)"
-                           + (f" ({len(skipped)} planted skipped)" if skipped else "")
-                           + f", need {n}")
-    return pool_runs(chosen[::-1], source=f"{machine}:pool:{n}", skipped=skipped)
+                           + (f" ({what} skipped)" if what else "")
+                           + (f" since the accepted rebaseline {rebaselined}" if rebaselined
+                              else "")
+                           + f", need {need}")
+    if rebaselined:
+        skipped.append(f"runs before {rebaselined} (accepted rebaseline)")
+    return files[::-1], chosen[::-1], skipped, machine
+
+
+def pool(spec: str, root: pathlib.Path = DEFAULT_ROOT, *, machine_id: str | None = None,
+         exclude: Run | None = None, min_runs: int | None = None) -> Run:
+    """`[MACHINE:]pool:N`: the runs pool_files chooses, pooled into one run (reports/merge.py
+    pool)."""
+    from reports.merge import pool as pool_runs
+
+    _, runs, skipped, machine = pool_files(spec, root, machine_id=machine_id, exclude=exclude,
+                                           min_runs=min_runs)
+    n = _POOL_RE.match(spec).group("n")
+    return pool_runs(runs, source=f"{machine}:pool:{n}", skipped=skipped)

@@ -18,6 +18,8 @@ whole run, and merge() folds their run files into one run:
                                 recomputed from the median of the process medians (robust to a
                                 minority of disturbed processes) and the merged roofline
   extra_info.control            the control op's median: the median over processes
+  extra_info.phases             (e2e) per phase, the median over processes (their medians kept
+                                in phases.<phase>.process_medians) and its tokens/s
   machine_info.roofline         per probe the median over processes (each process's probes
                                 kept in roofline.per_process)
   machine_info.processes        P
@@ -81,7 +83,27 @@ def _rates(ex: dict, center: float, roof: dict) -> None:
         ex.update(_roofline.figures(
             matmul_flops_per_s=roof["matmul_flops_per_s"],
             copy_bytes_per_s=roof["copy_bytes_per_s"], dtype=ex["dtype"], flop=ex["flop"],
-            nbytes=ex["bytes"], seconds=center))
+            nbytes=ex["bytes"], seconds=center, compute_dtype=ex.get("compute_dtype")))
+
+
+def _phases(ex: dict, recs: list) -> None:
+    """extra_info.phases (e2e: prefill / decode / generate, suites/bench/phases.py) of several
+    processes or pooled runs: per phase the median over their process medians, which are kept,
+    and the rates at it (a phase's tokens, and prompt tokens, over its median)."""
+    per = [rec.extra.get("phases") for rec in recs]
+    if not isinstance(ex.get("phases"), dict) or not all(isinstance(p, dict) for p in per):
+        return
+    for name, phase in ex["phases"].items():
+        meds = [float(m) for p in per if isinstance(p.get(name), dict)
+                for m in p[name].get("process_medians", [p[name].get("median_s")])
+                if m is not None]
+        if not meds:
+            continue
+        phase["process_medians"] = meds
+        phase["median_s"] = statistics.median(meds)
+        for what, rate in (("tokens", "tokens_per_s"), ("prompt_tokens", "prompt_tokens_per_s")):
+            if what in phase:
+                phase[rate] = phase[what] / phase["median_s"]
 
 
 def merge(runs: list[Run], source: str = "<merged>") -> Run:
@@ -128,6 +150,7 @@ def merge(runs: list[Run], source: str = "<merged>") -> Run:
         ex["process_medians"] = meds
         ex["process_rounds"] = [len(rec.data) for _, rec in parts]
         _rates(ex, center, roof)
+        _phases(ex, [rec for _, rec in parts])
         controls = [rec.extra["control"] for _, rec in parts if rec.extra.get("control")]
         if controls:
             ex["control"] = dict(controls[0])
@@ -216,6 +239,7 @@ def pool(runs: list[Run], source: str = "<pool>", *, skipped: list[str] = ()) ->
         else:
             ex.pop("process_rounds", None)
         _rates(ex, statistics.median(meds), roof)
+        _phases(ex, recs)
         controls = [rec.extra["control"] for rec in recs if rec.extra.get("control")]
         if controls:
             ex["control"] = dict(controls[-1])

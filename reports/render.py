@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 from reports.compare import Comparison, fast_half, to_markdown
 from reports.schema import Record, Run, robust_cv
 
-KERNEL_FAMILIES = ("moe_experts", "router", "rejection_sampler")
+KERNEL_FAMILIES = ("moe_experts", "moe_quant_experts", "router", "rejection_sampler")
 
 
 # -- documents: a list of blocks, written as Markdown or HTML --------------------------------------
@@ -126,8 +126,11 @@ def plot_vs_tokens(latest: dict[str, Run], family: str, metric: str, path: pathl
     panels: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
     for machine, run in latest.items():
         for r in run.records:
-            if r.family == family and metric in r.extra:
-                panels[r.shape_name][_series_key(machine, r)].append((r.tokens, float(r.extra[metric])))
+            value = r.extra.get(metric)
+            if metric == "roofline_fraction" and not _fraction_ok(r.extra):
+                continue  # withheld or held to the wrong roof: no point to plot
+            if r.family == family and value is not None:
+                panels[r.shape_name][_series_key(machine, r)].append((r.tokens, float(value)))
     if not panels:
         return None
     fig, axes = _grid(len(panels))
@@ -311,16 +314,37 @@ def _roofline_rows(history: dict[str, list[Run]]) -> list[list]:
     return rows
 
 
+def _fraction_ok(x: dict) -> bool:
+    """A roofline fraction that can be shown: present, and not above 1 (a record written before
+    reports/roofline.py withheld those may hold one: held to the wrong roof)."""
+    f = x.get("roofline_fraction")
+    return f is not None and f <= 1 + 1e-9
+
+
+def _fraction_cell(x: dict) -> str:
+    if "roofline_fraction" not in x:
+        return "-"
+    if x["roofline_fraction"] is None:
+        return "withheld (>1: wrong roof, see roofline_flags)"
+    if not _fraction_ok(x):
+        return f"{x['roofline_fraction']:.1%} (>1: wrong roof)"
+    return f"{x['roofline_fraction']:.1%}" + ("" if x.get("compute_fraction") is not None
+                                             or not x.get("flop") or "roofline_basis" not in x
+                                             else " (memory roof only)")
+
+
 def _result_rows(run: Run, family: str) -> list[list]:
     rows = []
     recs = [r for r in run.records if r.family == family]
     for r in sorted(recs, key=lambda r: (r.shape_name, r.backend, r.dtype, r.tokens)):
         x = r.extra
-        rows.append([r.shape_name, r.backend + (" (slowed)" if x.get("slowdown") else ""), r.dtype,
+        cd = x.get("compute_dtype")
+        rows.append([r.shape_name, r.backend + (" (slowed)" if x.get("slowdown") else ""),
+                     r.dtype + (f" ({cd} arithmetic)" if cd and cd != r.dtype else ""),
                      r.tokens, _time(r.median), _si(x.get("tokens_per_s", r.tokens / r.median), "tok/s"),
                      _si(x.get("achieved_flops_per_s", math.nan), "FLOP/s"),
                      _si(x.get("achieved_bytes_per_s", math.nan), "B/s"),
-                     f"{x['roofline_fraction']:.1%}" if "roofline_fraction" in x else "-",
+                     _fraction_cell(x),
                      f"{r.robust_cv:.1%}", r.stats["rounds"]])
     return rows
 
@@ -328,8 +352,10 @@ def _result_rows(run: Run, family: str) -> list[list]:
 # -- the report --------------------------------------------------------------------------------------
 
 def mtp_rows(run: Run) -> list[list]:
-    """e2e records: per backend and batch, tokens/s for each k, the speedup over MTP off and
-    the mean acceptance length (tokens per verification step)."""
+    """e2e records: per backend and batch, tokens/s for each k and what they time (decode, with
+    prefill timed apart; records written before the split time the whole generate, prefill
+    included, and say so), the speedup over MTP off, the prefill time and the mean acceptance
+    length (tokens per verification step)."""
     by: dict[tuple, dict[int, Record]] = defaultdict(dict)
     for r in run.records:
         if r.family == "e2e":
@@ -340,8 +366,12 @@ def mtp_rows(run: Run) -> list[list]:
         off = ks.get(0)
         for k, r in sorted(ks.items()):
             tps = r.extra["tokens_per_s"]
-            rows.append([backend, shape, b, "off" if k == 0 else k, _si(tps, "tok/s"),
+            prefill = (r.extra.get("phases") or {}).get("prefill") or {}
+            rows.append([backend, shape, b, "off" if k == 0 else k,
+                         r.extra.get("phase") or "generate (prefill included)",
+                         _si(tps, "tok/s"),
                          f"{tps / off.extra['tokens_per_s']:.2f}x" if off else "-",
+                         _time(prefill["median_s"]) if "median_s" in prefill else "-",
                          f"{r.extra['mean_acceptance_length']:.2f}"
                          if "mean_acceptance_length" in r.extra else "-",
                          ", ".join(f"{a:.2f}" for a in r.extra.get("acceptance_per_position", []))
@@ -420,8 +450,8 @@ def render(history: dict[str, list[Run]], out: pathlib.Path, *,
         blocks.append(("h", 2, f"Latest results: {machine} ({run.label})"))
         if rows := mtp_rows(run):
             blocks += [("h", 3, "MTP end to end: tokens/s with MTP off and on"),
-                       ("table", ["backend", "model", "batch", "MTP k", "throughput",
-                                  "vs MTP off", "mean acceptance length",
+                       ("table", ["backend", "model", "batch", "MTP k", "timed", "throughput",
+                                  "vs MTP off", "prefill", "mean acceptance length",
                                   "acceptance per position"], rows)]
         for fam in families:
             rows = _result_rows(run, fam)

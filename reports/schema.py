@@ -15,7 +15,8 @@ A run file is what `pytest --benchmark-json` writes with suites/bench/conftest.p
                 min, max, stddev, rounds, data [seconds per call, one per round]}, and
       extra_info   family, backend, dtype, tokens, shape {...}, timing {...}, and per family
                    (FAMILY_FIELDS): the cost model and achieved rates, or e2e throughput and
-                   acceptance; optional: control {median_s, ...} (the machine's speed during
+                   acceptance; roofline_fraction in [0, 1] or null with roofline_flags saying
+                   why (reports/roofline.py: above 1 the roof was wrong); optional: control {median_s, ...} (the machine's speed during
                    the case, see suites/bench/timing.py), acceptance_per_position, slowdown,
                    process_medians [one a process] + process_rounds (runs merged from several
                    processes, reports/merge.py).
@@ -55,6 +56,7 @@ _KERNEL = ("flop", "bytes", "achieved_flops_per_s", "achieved_bytes_per_s", "roo
 # Required extra_info fields per benchmark family (beyond "family" itself).
 FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
     "moe_experts": _COMMON + _KERNEL,
+    "moe_quant_experts": _COMMON + _KERNEL,
     "router": _COMMON + _KERNEL,
     "rejection_sampler": _COMMON + _KERNEL,
     "e2e": (*_COMMON, "tokens_per_s", "mtp_k"),
@@ -359,6 +361,27 @@ def _per_process(v: _V, stats: dict, w: str, rounds: int) -> None:
             raise _fail(v.source, where, f"process {j}: expected q1 <= median <= q3")
 
 
+def _roofline_fraction(v: _V, ex: dict, val: Any, where: str) -> None:
+    """A roofline fraction is a number in [0, 1], or null where extra_info.roofline_flags says
+    why it was withheld (reports/roofline.py: above 1, the roof used was wrong). Records written
+    before roofline_basis existed may hold a fraction above 1 (held to the wrong roof): loaded,
+    and shown as such by render."""
+    flags = ex.get("roofline_flags")
+    if flags is not None and (not isinstance(flags, list)
+                              or not all(isinstance(f, str) and f for f in flags)):
+        raise _fail(v.source, where.replace("roofline_fraction", "roofline_flags"),
+                    "expected a list of non-empty strings")
+    if val is None:
+        if not flags:
+            raise _fail(v.source, where, "null without extra_info.roofline_flags saying why")
+        return
+    x = v.number(val, where)
+    if x > 1 + 1e-9 and "roofline_basis" in ex:
+        raise _fail(v.source, where, f"{x!r} > 1: the roof it is against is wrong (the peak of "
+                    "another arithmetic, or DRAM bandwidth for a cached working set); withhold "
+                    "it and say why in roofline_flags (reports/roofline.py figures)")
+
+
 def _record(v: _V, b: Any, i: int, *, compact: bool = False) -> Record:
     w = f"benchmarks[{i}]"
     b = v.obj(b, w)
@@ -405,6 +428,8 @@ def _record(v: _V, b: Any, i: int, *, compact: bool = False) -> Record:
             v.integer(val, where)
         elif k in ("shape", "timing"):
             v.obj(val, where)
+        elif k == "roofline_fraction":
+            _roofline_fraction(v, ex, val, where)
         else:
             v.number(val, where)
     control = ex.get("control")

@@ -10,7 +10,9 @@ thread). Runs are written as reports/merge.py writes them (process_medians, proc
 "slowdown" multiplies the true time of chosen benchmarks (marked extra_info.slowdown, as
 --bench-slowdown marks them: such a run is not clean), "acceptance_scale" the acceptance rates
 of the e2e records; a "machine_speed" above 1 is another
-tenant slowing everything in the run, the control op included (extra_info.control).
+tenant slowing everything in the run, the control op included (extra_info.control); a
+"code_speed" above 1 is slower code that nobody planted (every kernel's true time, not the
+control op, and no mark: the run is clean by its marks), e.g. a nightly drift of a few percent.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def benchmark_names(n: int, tokens=(1, 4, 16, 64, 256)) -> list[tuple[str, str, 
 def run(*, names: list[tuple[str, str, int, float]], rng: np.random.Generator, noise: Noise,
         slowdown: dict[str, float] | None = None, when: _dt.datetime | None = None,
         machine: dict | None = None, acceptance: bool = False, commit: str = "0" * 40,
-        machine_speed: float = 1.0, acceptance_scale: float = 1.0) -> dict:
+        machine_speed: float = 1.0, acceptance_scale: float = 1.0,
+        code_speed: float = 1.0) -> dict:
     """A raw run (what pytest --benchmark-json would write) that passes reports.schema."""
     slowdown = slowdown or {}
     mi = dict(machine or machine_info(), processes=noise.processes)
@@ -84,7 +87,7 @@ def run(*, names: list[tuple[str, str, int, float]], rng: np.random.Generator, n
     bw = mi["roofline"]["copy_bytes_per_s"]
     benches = []
     for fullname, fam, tokens, seconds in names:
-        true = seconds * (1.0 + slowdown.get(fullname, 0.0)) * machine_speed
+        true = seconds * (1.0 + slowdown.get(fullname, 0.0)) * machine_speed * code_speed
         data, meds = [], []
         for _ in range(noise.processes):
             level = true * float(np.exp(rng.normal(0.0, noise.process_sigma)))

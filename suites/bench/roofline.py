@@ -1,16 +1,29 @@
 """This machine's roofline, measured in the same run as the benchmarks, and the timers.
 
 Probes (median of several repetitions, best over a few sizes):
-  matmul peak   torch.mm of square matrices per dtype  -> FLOP/s   (2 N^3 per product)
+  matmul peak   per dtype of arithmetic -> FLOP/s (2 N^3 per product of square matrices):
+                  bfloat16, float16, float32   torch.mm
+                  int8                         torch._int_mm, int8 x int8 -> int32 (CPU: the
+                                               int8 GEMM path of torch's CPU build, oneDNN's
+                                               VNNI / AMX-INT8 kernels where the CPU has them;
+                                               GPU: int8 tensor cores)
+                  float8_e4m3fn                torch._scaled_mm e4m3 x e4m3 -> bf16, GPU of
+                                               compute capability >= 8.9 only (fp8 tensor
+                                               cores); not probed on a CPU: no torch op there
+                                               reaches an fp8 ISA path (AMX-FP8), so an fp8
+                                               W8A8 kernel on a CPU gets no compute fraction
+                A probe that fails is named in probe["unmeasured"] with its error, never guessed.
   copy          dst.copy_(src), src and dst well beyond the last-level cache -> bytes/s
                 (read + write: 2 x nbytes per copy)
 
 A benchmark's roofline fraction (reports/roofline.py) is achieved FLOP/s over the attainable
-FLOP/s at its arithmetic intensity, min(peak, intensity x bandwidth); for kernels with no FLOP
-model (flop = 0) it is achieved bytes/s over the copy bandwidth. Fractions above 1 are possible (the probes are torch
-ops, not the hardware's datasheet; on a CPU the benchmarks repeat one call, so a working set that
-fits in the last-level cache is read from cache: extra_info.cache_resident) and are reported, not
-clipped.
+FLOP/s at its arithmetic intensity, min(peak, intensity x bandwidth), the peak being that of the
+arithmetic the kernel does (extra_info.compute_dtype: int8 for an int8 W8A8 kernel, not the bf16
+matmul peak); for kernels with no FLOP model (flop = 0) it is achieved bytes/s over the copy
+bandwidth. A fraction above 1 would mean the roof is wrong (the probes are torch ops, not the
+hardware's datasheet; on a CPU the benchmarks repeat one call, so a working set that fits in the
+last-level cache is read from cache: extra_info.cache_resident): it is not recorded, and
+extra_info.roofline_flags says which roof was exceeded and why.
 """
 
 from __future__ import annotations
@@ -25,6 +38,10 @@ import torch
 from reports import roofline as _roofline_math
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# Arithmetic of quantized kernels whose peak is probed besides the float dtypes (extra_info.
+# compute_dtype of a quantized record names one of these, or the activation dtype).
+QUANT_PROBES = ("int8", "float8_e4m3fn")
+FP8_MIN_CAPABILITY = (8, 9)  # Ada / Hopper: fp8 tensor cores
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -90,31 +107,90 @@ class Roofline:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def figures(self, *, dtype: str, flop: float, nbytes: float, seconds: float) -> dict:
-        """Achieved FLOP/s and bytes/s of one call and its fraction of this machine's roofline."""
+    def figures(self, *, dtype: str, flop: float, nbytes: float, seconds: float,
+                compute_dtype: str | None = None) -> dict:
+        """Achieved FLOP/s and bytes/s of one call and its fractions of this machine's roofline,
+        against the peak of `compute_dtype` (default: dtype)."""
         return _roofline_math.figures(matmul_flops_per_s=self.matmul_flops_per_s,
                                       copy_bytes_per_s=self.copy_bytes_per_s, dtype=dtype,
-                                      flop=flop, nbytes=nbytes, seconds=seconds)
+                                      flop=flop, nbytes=nbytes, seconds=seconds,
+                                      compute_dtype=compute_dtype)
 
 
-def measure(device: str, dtypes: tuple[str, ...] = ("bfloat16", "float32")) -> Roofline:
-    """Run the probes (a few seconds on a CPU, under a second on a GPU)."""
+def quant_probe_plan(device: str, capability: tuple[int, int] | None) -> dict[str, str | None]:
+    """Which quantized-arithmetic peaks to probe on `device`: {dtype: None (probe it) or the
+    reason it is not probed}. capability: the GPU's compute capability (None on a CPU)."""
+    plan: dict[str, str | None] = {"int8": None}
+    if device != "cuda":
+        plan["float8_e4m3fn"] = ("no torch op reaches a CPU's fp8 arithmetic (AMX-FP8): an fp8 "
+                                 "W8A8 kernel here gets the memory roof only")
+    elif capability is None or tuple(capability) < FP8_MIN_CAPABILITY:
+        plan["float8_e4m3fn"] = (f"compute capability {capability} < "
+                                 f"{FP8_MIN_CAPABILITY}: no fp8 tensor cores")
+    else:
+        plan["float8_e4m3fn"] = None
+    return plan
+
+
+def _matmul_operands(name: str, n: int, device: str):
+    """(callable, description) of one square product of dtype-of-arithmetic `name`."""
+    if name in DTYPES:
+        dt = DTYPES[name]
+        a = torch.randn(n, n, device=device).to(dt)
+        b = torch.randn(n, n, device=device).to(dt)
+        c = torch.empty(n, n, device=device, dtype=dt)
+        return (lambda: torch.mm(a, b, out=c)), f"torch.mm {name}"
+    if name == "int8":
+        a = torch.randint(-64, 64, (n, n), dtype=torch.int8, device=device)
+        b = torch.randint(-64, 64, (n, n), dtype=torch.int8, device=device)
+        if device == "cuda":
+            b = b.t().contiguous().t()  # column-major: the layout cuBLASLt's int8 GEMM takes
+        c = torch.empty(n, n, dtype=torch.int32, device=device)
+        return (lambda: torch._int_mm(a, b, out=c)), "torch._int_mm int8 x int8 -> int32"
+    if name == "float8_e4m3fn":
+        a = torch.randn(n, n, device=device).to(torch.float8_e4m3fn)
+        b = torch.randn(n, n, device=device).to(torch.float8_e4m3fn).t()  # column-major
+        one = torch.ones((), device=device)
+        return (lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one,
+                                         out_dtype=torch.bfloat16)), \
+            "torch._scaled_mm float8_e4m3fn x float8_e4m3fn -> bfloat16 (tensor-wise scales)"
+    raise ValueError(f"no matmul probe for {name!r}")
+
+
+def measure(device: str, dtypes: tuple[str, ...] = ("bfloat16", "float32"), *,
+            sizes: tuple[int, ...] | None = None) -> Roofline:
+    """Run the probes (a few seconds on a CPU, under a second on a GPU): the matmul peak of each
+    float dtype in `dtypes` and of the quantized arithmetic quant_probe_plan allows here."""
     t_start = time.perf_counter()
     if device == "cuda":
-        sizes, reps, copy_bytes = (4096, 8192), 10, 2 * 2**30
+        default_sizes, reps, copy_bytes = (4096, 8192), 10, 2 * 2**30
+        capability = torch.cuda.get_device_capability()
     else:
-        sizes, reps, copy_bytes = (512, 1024, 2048), 5, 256 * 2**20
+        default_sizes, reps, copy_bytes = (512, 1024, 2048), 5, 256 * 2**20
+        capability = None
+    sizes = tuple(sizes or default_sizes)
     peaks: dict[str, float] = {}
     per_size: dict[str, dict[int, float]] = {}
-    for name in dtypes:
-        dt = DTYPES[name]
-        per_size[name] = {}
-        for n in sizes:
-            a = torch.randn(n, n, device=device).to(dt)
-            b = torch.randn(n, n, device=device).to(dt)
-            c = torch.empty(n, n, device=device, dtype=dt)
-            s = _median_seconds(lambda a=a, b=b, c=c: torch.mm(a, b, out=c), device, reps)
-            per_size[name][n] = 2 * n**3 / s
+    ops: dict[str, str] = {}
+    unmeasured: dict[str, str] = {}
+    plan = {**{d: None for d in dtypes}, **quant_probe_plan(device, capability)}
+    for name, reason in plan.items():
+        if reason is not None:
+            unmeasured[name] = reason
+            continue
+        try:
+            per_size[name] = {}
+            for n in sizes:
+                fn, ops[name] = _matmul_operands(name, n, device)
+                per_size[name][n] = 2 * n**3 / _median_seconds(fn, device, reps)
+        except (RuntimeError, NotImplementedError, TypeError) as e:
+            if name in DTYPES:
+                raise  # the float probes are the roofline itself
+            per_size.pop(name, None)
+            ops.pop(name, None)
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            unmeasured[name] = f"probe failed: {type(e).__name__}: {first}"
+            continue
         peaks[name] = max(per_size[name].values())
     src = torch.ones(copy_bytes // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
@@ -124,7 +200,11 @@ def measure(device: str, dtypes: tuple[str, ...] = ("bfloat16", "float32")) -> R
         "matmul_sizes": list(sizes), "repetitions": reps, "copy_bytes": copy_bytes,
         "matmul_flops_per_s_by_size": {k: {str(n): v for n, v in d.items()}
                                        for k, d in per_size.items()},
+        "ops": ops, "unmeasured": unmeasured,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "seconds": time.perf_counter() - t_start,
     }
+    if capability is not None:
+        probe["compute_capability"] = list(capability)
     return Roofline(device=device, matmul_flops_per_s=peaks, copy_bytes_per_s=bw, probe=probe)

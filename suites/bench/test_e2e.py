@@ -1,4 +1,5 @@
-"""End-to-end decode throughput with MTP off and on (k = 1, 2, 3), with acceptance figures.
+"""End-to-end decode throughput with MTP off and on (k = 1, 2, 3), prefill told apart, with
+acceptance figures.
 
 The engine is vLLM's whole `LLM` (suites/backends/engine.py: a child process per configuration)
 serving the committed tiny trained Qwen3-Next fixture (fixtures/tiny_qwen3_next: Gated DeltaNet +
@@ -6,11 +7,15 @@ gated attention, 8 experts top-2 + gated shared expert, one trained MTP layer); 
 downloaded. On a GPU runner the same fixture runs through vllm.engine.cuda: tokens/s there
 measure the engine's overheads (scheduling, drafting, verification) more than its kernels.
 
-A round is one LLM.generate call on a warm engine: B of the fixture's held-out prompts (32
-tokens each), greedy, MAX_TOKENS new tokens each with ignore_eos, timed with perf_counter inside
-the engine's process around generate alone (no IPC); the durations are handed to
-pytest-benchmark through timing.ReplayClock, so the record holds one datum per measured round.
-tokens = B x MAX_TOKENS generated tokens a round; tokens_per_s = tokens / median round.
+A round is two LLM.generate calls on a warm engine with B of the fixture's held-out prompts (32
+tokens each), greedy, ignore_eos, each timed with perf_counter inside the engine's process around
+generate alone (no IPC): one of 1 new token a request (prefill and the first token) and one of
+MAX_TOKENS (prefill and MAX_TOKENS - 1 decode steps), back to back (suites/bench/phases.py).
+The timed datum of a round is the decode time, the second minus the first; the durations are
+handed to pytest-benchmark through timing.ReplayClock, so the record holds one datum per round.
+tokens = B x (MAX_TOKENS - 1) decoded tokens a round; tokens_per_s = decode tokens / median
+decode time (prefill excluded: the whole call once stood in for it). extra_info.phases holds
+all three: prefill (median seconds, prompt tokens/s), decode, and the whole generate.
 
 Acceptance (k > 0) comes from vLLM's spec-decode counters summed over the timed rounds:
 acceptance_per_position[i] = accepted at draft position i / drafts (vLLM's unconditional rate,
@@ -27,7 +32,7 @@ import pathlib
 
 import pytest
 
-from suites.bench import timing
+from suites.bench import phases, timing
 from suites.bench.conftest import settings
 from suites.bench.selection import backends
 from suites.bench.timing import Control, ReplayClock
@@ -54,7 +59,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     s = settings(metafunc.config)
     params = [pytest.param((name, k, b), marks=marks,
-                           id=f"{name}-tiny-qwen3-next-{_kid(k)}-B{b}")
+                           id=f"{name}-tiny-qwen3-next-{_kid(k)}-B{b}-decode")
               for name, marks in backends(metafunc.config, "engine", s.include_reference)
               for k in SPEC_KS  # outer: consecutive cases reuse one engine
               for b in BATCHES]
@@ -83,36 +88,43 @@ def test_e2e(benchmark, e2e_case, bench_settings):
     name, k, batch = e2e_case
     backend = REGISTRY.get(name)
     prompts = _prompts()
-    requests = [EngineRequest(tuple(prompts[i % len(prompts)]), MAX_TOKENS, logprobs=None)
-                for i in range(batch)]
+    requests = {n: [EngineRequest(tuple(prompts[i % len(prompts)]), n, logprobs=None)
+                    for i in range(batch)] for n in (1, MAX_TOKENS)}
     config = EngineConfig(model=str(FIXTURE), num_speculative_tokens=k)
-    benchmark.group = f"e2e tiny-qwen3-next B{batch}"
+    benchmark.group = f"e2e tiny-qwen3-next B{batch} decode"
+
+    def generate(which: str):
+        return backend.generate(config, requests[1 if which == "first" else MAX_TOKENS])
+
+    def before_round(i: int) -> None:
+        if timing.BATON is not None and i % ROUNDS_A_TURN == 0:
+            # interleaved A/B (reports/baton.py): take turns every few rounds, as run_case does
+            # every ~50 ms of rounds, then one untimed call to warm up again
+            timing.BATON.pass_()
+            generate("full")
+
     try:
-        warm = [backend.generate(config, requests) for _ in range(WARMUP_CALLS)]
+        warm = [generate(w) for _ in range(WARMUP_CALLS) for w in ("first", "full")]
         start_s = warm[0].start_seconds
-        t = max(min(w.seconds for w in warm), 1e-6)
+        t = max(min(w.seconds for w in warm[1::2]), 1e-6)
         rounds = min(bench_settings.max_rounds,
                      max(MIN_ROUNDS, math.ceil(bench_settings.time_s / t)))
         control = Control()
         control.sample(Control.REPS)
-        results = []
-        for i in range(rounds):
-            if timing.BATON is not None and i % ROUNDS_A_TURN == 0:
-                # interleaved A/B (reports/baton.py): take turns every few generate calls, as
-                # run_case does every ~50 ms of rounds, then one untimed call to warm up again
-                timing.BATON.pass_()
-                backend.generate(config, requests)
-            results.append(backend.generate(config, requests))
+        timed = phases.time_rounds(generate, rounds, before_round=before_round)
         control.sample(Control.REPS)
-    except EngineError as e:
+        decode_s = timed.decode_s()
+    except (EngineError, phases.PhaseError) as e:
         pytest.fail(f"{name} {config.label}: {e}", pytrace=False)
 
-    generated = sum(len(c.token_ids) for r in results for c in r.completions)
-    tokens = batch * MAX_TOKENS
-    if generated != tokens * rounds:  # ignore_eos: every request must run to MAX_TOKENS
-        pytest.fail(f"{name} {config.label}: generated {generated} tokens in {rounds} rounds, "
-                    f"expected {tokens} a round", pytrace=False)
-    CLOCK.load([r.seconds for r in results])
+    results = timed.full
+    for n, rs in ((MAX_TOKENS, timed.full), (1, timed.first)):
+        generated = sum(len(c.token_ids) for r in rs for c in r.completions)
+        if generated != batch * n * rounds:  # ignore_eos: every request must run to n tokens
+            pytest.fail(f"{name} {config.label}: generate(max_tokens={n}) gave {generated} "
+                        f"tokens in {rounds} rounds, expected {batch * n} a round", pytrace=False)
+    tokens = batch * (MAX_TOKENS - 1)
+    CLOCK.load(decode_s)
     benchmark.pedantic(CLOCK.advance, rounds=rounds, iterations=1, warmup_rounds=0)
 
     median = benchmark.stats.stats.median
@@ -121,10 +133,24 @@ def test_e2e(benchmark, e2e_case, bench_settings):
         "tokens": tokens, "mtp_k": k, "median_s": median, "tokens_per_s": tokens / median,
         "shape": {"name": "tiny-qwen3-next", "B": batch, "max_tokens": MAX_TOKENS,
                   "prompt_tokens": len(prompts[0]), **_model_shape()},
+        "phase": "decode",
+        "phases": phases.figures(batch=batch, max_tokens=MAX_TOKENS,
+                                 prompt_tokens=len(prompts[0]), first_s=timed.first_s,
+                                 full_s=timed.full_s, decode_s=decode_s),
         "engine_start_s": start_s,
         "timing": {"clock": "perf_counter in the engine process around LLM.generate "
                             "(replayed into pytest-benchmark)",
-                   "warmup_calls": WARMUP_CALLS, "iterations": 1, "rounds": rounds,
+                   "region": {
+                       "device": backend.device, "clock": "perf_counter (engine process)",
+                       "contains": [f"decode: generate(max_tokens={MAX_TOKENS}) minus "
+                                    "generate(max_tokens=1) of the same prompts in the same "
+                                    f"round, the {MAX_TOKENS - 1} tokens a request after the "
+                                    "first"],
+                       "excludes": ["prefill and the first token (timed apart: "
+                                    "extra_info.phases.prefill)", "IPC with the engine process",
+                                    "engine start-up (engine_start_s)"]},
+                   "warmup_calls": 2 * WARMUP_CALLS, "iterations": 1, "rounds": rounds,
+                   "redone_rounds": timed.redone,
                    "engine": "vllm.LLM enforce_eager, prefix caching off, max_num_seqs "
                              f"{config.max_num_seqs}"},
         "control": control.summary(),

@@ -59,8 +59,6 @@ def test_moe_experts(benchmark, experts_case, bench_settings, roofline):
         "dtype": dtype_name, "tokens": tokens, "flop": flop, "bytes": nbytes,
         "cost_model": "flop 6TKHI; bytes n_active*3HI*s + 2TH*s + 8TK",
     }
-    if backend.device == "cuda":
-        extra["note"] = "adapter returns a host tensor: times include the device-to-host copy"
     run_case(benchmark, lambda: backend.run(handle, x, tw, ti), settings=bench_settings,
              roofline=roofline, group=f"moe_experts {shape} {dtype_name}", backend=name,
-             extra=extra)
+             extra=extra, inputs=(x, tw, ti, handle))

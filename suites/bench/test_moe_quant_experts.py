@@ -4,9 +4,14 @@ experts of test_moe_experts.py (same groups' shapes and tokens, family "moe_quan
 One scheme per backend kind, the production recipe where the shape allows it: fp8 [128, 128]
 blocks (DeepSeek-V3, Qwen3.5-FP8), int8 per channel, int4 groups of 128 (GPTQ/AWQ; the largest
 of 128/64/32 that divides H and I at shrunk CPU shapes), mxfp4 (gpt-oss). Bytes moved are the
-checkpoint's quantized sizes (suites/bench/workloads.py quantized_expert_bytes); the compute
-fraction is against the matmul peak measured in the activation dtype (no int8/fp8 peak is
-probed: for int8 kernels that fraction is an upper bound on the true one).
+checkpoint's quantized sizes (suites/bench/workloads.py quantized_expert_bytes). The compute
+fraction is against the peak of the arithmetic the kernel does (workloads.quantized_compute_dtype,
+measured in the same run, suites/bench/roofline.py): int8 for int8 W8A8 and int4 W4A8 kernels (activations
+quantized to int8, int8 dot products), float8_e4m3fn for fp8 W8A8, the activation dtype for
+weight-only kernels (w4a16, fp8 w8a16, mxfp4 w4a16: weights dequantized, bf16/fp16 products).
+Against the bf16 peak an int8 kernel read above 1. Where this run has no peak of that arithmetic
+(fp8 on a CPU) the compute fraction is unavailable and the roofline fraction is the memory
+roof's alone (extra_info.roofline_basis).
 """
 
 from __future__ import annotations
@@ -91,10 +96,10 @@ def test_moe_quant_experts(benchmark, quant_case, bench_settings, roofline):
         "family": "moe_quant_experts", "scheme": scheme.name,
         "shape": {"name": shape, "T": tokens, "H": H, "I": I, "E": E, "K": K,
                   "n_active": p.n_active},
-        "dtype": dtype_name, "tokens": tokens, "flop": flop, "bytes": nbytes,
-        "expert_bytes": expert_bytes, "bf16_expert_bytes": 3.0 * H * I * 2,
+        "dtype": dtype_name, "compute_dtype": workloads.quantized_compute_dtype(scheme, dtype_name),
+        "tokens": tokens, "flop": flop, "bytes": nbytes, "expert_bytes": expert_bytes, "bf16_expert_bytes": 3.0 * H * I * 2,
         "cost_model": "flop 6TKHI; bytes n_active*B_expert(quantized) + 2TH*s + 8TK",
     }
     run_case(benchmark, lambda: backend.run(handle, x, tw, ti), settings=bench_settings,
              roofline=roofline, group=f"moe_quant_experts {shape} {dtype_name}", backend=name,
-             extra=extra)
+             extra=extra, inputs=(x, tw, ti, handle))

@@ -4,6 +4,10 @@ Inputs: target logits N(0, 1) x 4 (peaked, like a trained model's), draft distri
 softmax(target logits + N(0, 1)) (a drafter that mostly agrees), drafts sampled from q, q given
 to the sampler, temperature 1. The timed call is the backend's sample(batch, seed), adapter
 included (it builds vLLM's SpecDecodeMetadata and SamplingMetadata, as the engine does each step).
+On a GPU the logits and draft probabilities are on the device before timing (an engine's are);
+the timed call copies the small metadata built from host lists to the device and the sampled
+ids ([B, k + 1] int64) back to the host, as an engine step does: extra_info.timing.region lists
+both copies.
 Acceptance per draft position (vLLM's unconditional definition, reference/acceptance.py) is
 measured on one untimed call and recorded with the timings; it is not asserted.
 
@@ -13,6 +17,7 @@ module is absent the benchmark skips saying so.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import pytest
@@ -82,6 +87,10 @@ def test_rejection_sampler(benchmark, sampler_case, bench_settings, roofline):
     backend = REGISTRY.get(name)
     batch = make_batch(batch_size, k, vocab)
     seed = stable_seed("bench-rejection-seed", batch_size, k)
+    if backend.device == "cuda":
+        batch = dataclasses.replace(
+            batch, target_logits=batch.target_logits.cuda(),
+            draft_probs=None if batch.draft_probs is None else batch.draft_probs.cuda())
     stats = acceptance_stats(backend.sample(batch, seed), batch.num_draft_tokens)
     positions = batch.num_tokens + batch_size  # scored positions: k drafts + 1 bonus a request
     nbytes = 4.0 * positions * vocab + 4.0 * batch.num_tokens * vocab + 8.0 * positions
@@ -99,4 +108,7 @@ def test_rejection_sampler(benchmark, sampler_case, bench_settings, roofline):
     }
     run_case(benchmark, lambda: backend.sample(batch, seed), settings=bench_settings,
              roofline=roofline, group=f"rejection_sampler k{k} V{vocab}", backend=name,
-             extra=extra)
+             extra=extra, inputs=(batch.target_logits, batch.draft_probs),
+             copies={"d2h": "a verification step hands its sampled ids to the host (the "
+                            "engine reads them to extend the requests); the adapter returns "
+                            "them there"})

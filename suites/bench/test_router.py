@@ -67,7 +67,6 @@ def test_router(benchmark, router_case, bench_settings, roofline):
                   "topk_group": cfg.topk_group},
         "cost_model": "flop 0 (selection); bytes 4TE (+4E bias) + 8TK",
     }
-    if backend.device == "cuda":
-        extra["note"] = "adapter returns host tensors: times include the device-to-host copy"
     run_case(benchmark, lambda: backend.route(logits, cfg, bias), settings=bench_settings,
-             roofline=roofline, group=f"router {method}", backend=name, extra=extra)
+             roofline=roofline, group=f"router {method}", backend=name, extra=extra,
+             inputs=(logits, bias))

@@ -11,6 +11,17 @@ case as drift, not as a regression of the code. (A control before every round wa
 rejected: it evicts the kernel's working set and slowed small kernels by 20%.)
 GPU: one call a round, preceded (untimed) by an L2 flush; the round is timed by CUDA events
 (see roofline.CudaEventTimer, installed by conftest.py).
+
+What a timed round contains is recorded, not assumed (extra_info.timing.region, timed_region()):
+read from the tensors the case passes in and the call hands back. A kernel benchmark times the
+kernel and what launches it, with inputs already on the device and outputs left there: in a
+model the output feeds the next layer on the device, so a device-to-host copy would time PCIe
+and a synchronisation, not the kernel (and at decode sizes it can cost more than the kernel).
+run_case refuses a case whose call moves its inputs or outputs between host and device unless
+the benchmark says why that copy belongs to what it measures (`copies={"d2h": why}` or
+{"h2d": why}: the rejection sampler hands its sampled ids to the host, as an engine step does);
+the copy is then timed for real (CUDA events bracket the call, which waits for it) and the
+record says so.
 """
 
 from __future__ import annotations
@@ -19,7 +30,8 @@ import fnmatch
 import math
 import statistics
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -227,10 +239,90 @@ class Windows:
             self.inner()
 
 
+def _tensors(obj) -> list:
+    """The tensors in a call's inputs or outputs (tensors, or tuples/lists/dicts of them; any
+    object with a `device` and `nbytes` counts, so tests can pass stand-ins)."""
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o)]
+    return [obj] if hasattr(obj, "device") and hasattr(obj, "nbytes") else []
+
+
+def _on_host(t) -> bool:
+    return torch.device(t.device).type == "cpu"
+
+
+class RooflineWarning(UserWarning):
+    """A roofline fraction above 1 was withheld: the roof it was against is the wrong one."""
+
+
+class TimedRegionError(RuntimeError):
+    """A case whose timed call would time a host/device copy it does not say it means to."""
+
+
+def timed_region(device: str, *, inputs: Iterable = (), output=None,
+                 copies: dict[str, str] | None = None) -> dict:
+    """What one timed round of a case contains, from the tensors it passes in (`inputs`) and the
+    call's `output`: extra_info.timing.region. On cuda a host input (copied in by the call) or a
+    host output (copied out) is refused with TimedRegionError unless copies["h2d"] /
+    copies["d2h"] says why that copy belongs to what the benchmark measures; it is then listed
+    as timed."""
+    copies = dict(copies or {})
+    unknown = set(copies) - {"h2d", "d2h"}
+    if unknown:
+        raise ValueError(f"copies: keys 'h2d' and 'd2h' only, got {sorted(unknown)}")
+    ins, outs = _tensors(list(inputs)), _tensors(output)
+    if device != "cuda":
+        return {"device": device, "clock": "perf_counter",
+                "contains": ["one call on the host: the kernel(s) and the adapter's Python"],
+                "excludes": ["the control op (untimed per-round setup, timing.Control)"],
+                "h2d_copy": False, "d2h_copy": False}
+    h2d = [t for t in ins if _on_host(t)]
+    d2h = [t for t in outs if _on_host(t)]
+    contains = ["the call's work as the GPU sees it between a CUDA event before and one after: "
+                "its kernels and the gaps in which the GPU waits on the host (launch overhead, "
+                "the adapter's and vLLM's Python between launches)",
+                "the adapter's closing torch.cuda.synchronize (the host's return after the last "
+                "kernel, a few microseconds)"]
+    excludes = ["the L2 flush (untimed setup before each round)"]
+    if h2d:
+        contains.append(f"host-to-device copy of {len(h2d)} input tensor(s), "
+                        f"{sum(int(t.nbytes) for t in h2d)} bytes")
+    else:
+        excludes.append("host-to-device copies of the inputs (on the device before timing)")
+    if d2h:
+        contains.append(f"device-to-host copy of {len(d2h)} output tensor(s), "
+                        f"{sum(int(t.nbytes) for t in d2h)} bytes, and the synchronisation it "
+                        "implies")
+    else:
+        excludes.append("device-to-host copies (the outputs stay on the device)")
+    unmeant = [(k, w) for k, w, ts in (("h2d", "takes host inputs", h2d),
+                                       ("d2h", "returns host outputs", d2h))
+               if ts and not copies.get(k)]
+    if unmeant:
+        raise TimedRegionError(
+            f"the timed call {' and '.join(w for _, w in unmeant)}: a kernel benchmark times "
+            "the kernel, not a copy between host and device (move the inputs to the device "
+            "before timing, leave the outputs there), or pass run_case copies={"
+            + ", ".join(f"'{k}': 'why the copy is part of what is measured'" for k, _ in unmeant)
+            + "}")
+    region = {"device": device, "clock": "cuda-events", "contains": contains,
+              "excludes": excludes, "h2d_copy": bool(h2d), "d2h_copy": bool(d2h)}
+    why = {k: copies[k] for k, ts in (("h2d", h2d), ("d2h", d2h)) if ts}
+    if why:
+        region["copies_why"] = why
+    return region
+
+
 def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
-             roofline: _roofline.Roofline, group: str, backend: str, extra: dict) -> None:
+             roofline: _roofline.Roofline, group: str, backend: str, extra: dict,
+             inputs: Iterable = (), copies: dict[str, str] | None = None) -> None:
     """Time fn and fill benchmark.extra_info: `extra` (family, shape, dtype, tokens, flop, bytes,
-    models) plus the achieved rates, the roofline fractions and how it was timed."""
+    models; compute_dtype: the arithmetic whose peak is the compute roof, default dtype) plus
+    the achieved rates, the roofline fractions and how it was timed, including what a timed
+    round contains (timed_region: `inputs` are the tensors fn reads, `copies` why a
+    host/device copy in the timed call is meant)."""
     slowdown = settings.slowdown_for(backend)
     target = Slowed(fn, slowdown) if slowdown else fn
     benchmark.group = group
@@ -239,10 +331,11 @@ def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
     warm = []
     for _ in range(3):
         t0 = time.perf_counter()
-        target()
+        output = target()
         if cuda:
             torch.cuda.synchronize()
         warm.append(time.perf_counter() - t0)
+    region = timed_region(settings.device, inputs=inputs, output=output, copies=copies)
     t = max(statistics.median(warm), 1e-7)
     control = None
     if cuda:
@@ -269,18 +362,21 @@ def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
     info.update(backend=backend, device=settings.device, median_s=median,
                 tokens_per_s=info["tokens"] / median)
     info.update(roofline.figures(dtype=info["dtype"], flop=info["flop"], nbytes=info["bytes"],
-                                 seconds=median))
+                                 seconds=median, compute_dtype=info.get("compute_dtype")))
     info["timing"] = {
         "clock": "cuda-events" if cuda else "perf_counter",
         "cold_l2": cuda, "warmup_calls": len(warm) + 1, "iterations": 1,
-        "rounds": rounds, "threads": torch.get_num_threads(),
+        "rounds": rounds, "threads": torch.get_num_threads(), "region": region,
     }
     if control is not None:
         info["control"] = control.summary()
         llc = _llc_bytes()
         # A memory-bound case whose bytes fit in the last-level cache runs from cache, above the
-        # DRAM copy bandwidth: its roofline fraction can exceed 1 (said here, not clipped).
+        # DRAM copy bandwidth: a bandwidth fraction above 1 is withheld and flagged
+        # (roofline_flags), this says why.
         info["cache_resident"] = bool(llc and info["bytes"] <= llc)
+    for flag in info["roofline_flags"]:
+        warnings.warn(f"{benchmark.name}: {flag}", RooflineWarning, stacklevel=2)
     if window is not None:
         info["timing"]["baton"] = {"window_rounds": window.rounds, "handovers": window.handovers}
     if slowdown:

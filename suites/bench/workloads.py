@@ -7,7 +7,8 @@ Experts (SwiGLU, w13 [E, 2I, H] gate-then-up, w2 [E, H, I]):
         = n_active 3 H I s_w + 2 T H s_x + T K (4 + 4)
 Quantized experts: the same FLOPs; weight bytes are the checkpoint's per expert (codes at
   their bit width, scales at their stored width, zero points at 4 bits), so the bandwidth
-  roofline fraction stays honest: bytes = n_active B_expert + 2 T H s_x + 8 T K
+  roofline fraction stays honest: bytes = n_active B_expert + 2 T H s_x + 8 T K; the compute
+  roof is the peak of the arithmetic done (quantized_compute_dtype), not the bf16 one
 Router (logits [T, E] float32 in, weights float32 + ids int32 out):
   flop  = 0 (a selection kernel: no FLOP model; its roofline fraction is against bandwidth)
   bytes = 4 T E (+ 4 E correction bias) + 8 T K
@@ -70,6 +71,13 @@ def quantized_expert_bytes(*weights) -> float:
         if w.zero is not None:
             total += w.zero.numel() * w.scheme.bits / 8 / E
     return total
+
+
+def quantized_compute_dtype(scheme, activation_dtype: str) -> str:
+    """The arithmetic of a kernel running `scheme`, whose peak is its compute roof: the type of
+    its quantized activations when it quantizes them (W8A8, W4A8: both GEMM operands are then
+    int8 or fp8), else the activation dtype (weight-only: the weights are dequantized to it)."""
+    return scheme.activation or activation_dtype
 
 
 def quantized_weights(cfg: MoEConfig, scheme, chunk: int = 8):
