@@ -32,7 +32,7 @@ import functools
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -208,8 +208,22 @@ def observe_routing(module):
                 del r.select_experts
 
 
+class ObservesRouting:
+    """`observed_routing`: what the router chose in the backend's last forward / step (one
+    ObservedRouting per router call; None where the choice cannot be observed). Kept out of
+    the dataclass fields (failure printers walk them, and the tensors are large)."""
+
+    @property
+    def observed_routing(self) -> list[ObservedRouting] | None:
+        return getattr(self, "_observed_routing", None)
+
+    @observed_routing.setter
+    def observed_routing(self, calls: list[ObservedRouting] | None) -> None:
+        self._observed_routing = calls
+
+
 @dataclass
-class MoEBlockBackend(Backend, abc.ABC):
+class MoEBlockBackend(ObservesRouting, Backend, abc.ABC):
     """A whole MoE layer as a model calls it: router logits from the gate, routing, routed
     experts, shared expert. Weights and shapes come as reference.moe's MoEConfig / MoEWeights."""
 
@@ -217,9 +231,6 @@ class MoEBlockBackend(Backend, abc.ABC):
     # The model family whose block this is (fixtures/strategies.py BLOCK_FAMILIES): the block
     # properties draw that family's configs.
     family: str = "qwen3_next"
-    # What the router chose in the last forward (ObservedRouting per router call); None: not
-    # observable. Set on the instance by forward; not a dataclass field (failure printers).
-    observed_routing: ClassVar[list | None] = None
 
     def check(self, cfg) -> None:
         """Raise UnsupportedShape when this layer cannot express cfg (another model family)."""
@@ -230,7 +241,7 @@ class MoEBlockBackend(Backend, abc.ABC):
 
 
 @dataclass
-class QuantMoEBlockBackend(Backend, abc.ABC):
+class QuantMoEBlockBackend(ObservesRouting, Backend, abc.ABC):
     """A whole MoE layer of a quantized checkpoint as a model builds it: the layer is created
     under the checkpoint's quantization config, its routed experts loaded from checkpoint
     tensors (reference.quant QuantizedWeight, packed by the backend in the format's layout)
@@ -245,7 +256,6 @@ class QuantMoEBlockBackend(Backend, abc.ABC):
     fp8_blocks: tuple[tuple[int, int], ...] = ()  # the [bn, bk] block scales it takes (): any
     zero_points: tuple[bool, ...] = (False, True)  # group schemes: with / without zero points
     selected: str = ""  # what ran the routed experts last time (vLLM: its experts class)
-    observed_routing: ClassVar[list | None] = None  # as MoEBlockBackend's
 
     def check(self, cfg) -> None:
         """Raise UnsupportedShape when this layer cannot express cfg (another model family)."""
@@ -269,6 +279,7 @@ class EPRank:
     routed: torch.Tensor | None = None  # [T, H] its routed experts' output before the reduction
     pre_reduce: torch.Tensor | None = None  # [T, H] what it handed to the all-reduce
     experts_class: str = ""  # what ran its routed experts
+    routing: ObservedRouting | None = None  # what its router chose (None: not observable)
 
 
 @dataclass
@@ -318,7 +329,7 @@ class MTPStepOutput:
 
 
 @dataclass
-class MTPModuleBackend(Backend, abc.ABC):
+class MTPModuleBackend(ObservesRouting, Backend, abc.ABC):
     """One MTP draft module as the drafter calls it, one step at a time: the suites chain the
     steps (drafted token and fed-back hidden state appended as a new position)."""
 
@@ -327,7 +338,6 @@ class MTPModuleBackend(Backend, abc.ABC):
     # What the module hands back for the next step: "normed" (after the final norm) or
     # "pre_norm". The suites hold it to the oracle with the same convention.
     feeds_back: str = "normed"
-    observed_routing: ClassVar[list | None] = None  # of the last step, as MoEBlockBackend's
 
     def check(self, problem) -> None:
         """Raise UnsupportedShape when this module cannot run the problem here."""

@@ -155,7 +155,9 @@ class ReferenceEPMoEBlock(EPMoEBlockBackend):
         outs = self.all_reduce(pre)
         ranks = [EPRank(rank=r, expert_map=maps[r], placement=layout.strategy,
                         local_w13=w13[r], local_w2=w2[r], out=outs[r], routed=routed[r],
-                        pre_reduce=pre[r], experts_class="reference.experts.fused_experts")
+                        pre_reduce=pre[r], experts_class="reference.experts.fused_experts",
+                        routing=ObservedRouting(x, router_logits(x, w.gate, w.gate_bias), tw,
+                                                physical))
                  for r in range(self.ep_size)]
         return EPRun(ranks=ranks, physical_to_logical=p2l)
 

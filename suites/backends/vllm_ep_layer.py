@@ -56,8 +56,10 @@ from suites.backends.base import (
     EPMoEBlockBackend,
     EPRank,
     EPRun,
+    ObservedRouting,
     UnsupportedShape,
     cuda_unavailable_reason,
+    observe_routing,
 )
 from suites.backends.vllm_layer import (
     _COMMON,
@@ -233,15 +235,19 @@ class _Worker:
                 qm = getattr(m, "quant_method", None)
                 if qm is not None and hasattr(qm, "process_weights_after_loading"):
                     qm.process_weights_after_loading(m)
+            seen: list = []
             try:
                 with (self.instrumented(block, rec), set_forward_context(None, vc),
-                      torch.no_grad()):
+                      torch.no_grad(), observe_routing(block) as seen):
                     out = block(x.to(dev).clone())
             except _Refused as e:
                 rec["refused"] = str(e)
                 for k in ("routed", "pre_reduce"):
                     rec.pop(k, None)
                 return rec
+            finally:
+                # plain tensors across the pipe (the loader takes no classes): ObservedRouting's fields
+                rec["routing"] = dict(vars(seen[0])) if len(seen) == 1 else None
             rec["out"] = out.detach().cpu()
         return rec
 
@@ -562,6 +568,8 @@ class VllmEPMoEBlock(EPMoEBlockBackend):
         refused = [r.pop("refused", "") for r in recs]
         if len({bool(why) for why in refused}) != 1:
             raise EPWorkerError(f"the ranks disagree on refusing the forward: {refused}")
+        for r in recs:
+            r["routing"] = ObservedRouting(**r["routing"]) if r.get("routing") else None
         ranks = [EPRank(**r) for r in recs]
         return EPRun(ranks=ranks, physical_to_logical=physical_to_logical(
             cfg.num_experts, num_redundant_experts),

@@ -425,7 +425,13 @@ def observed_choice(backend, p, prop: str, x_gate: torch.Tensor, w, cfg, dtype: 
     if len(calls) != 1:
         raise AssertionError(_ctx(backend, p, prop, f"{len(calls)} router calls in one forward "
                                   "of a one-layer block (expected 1)"))
-    o = calls[0]
+    return judge_choice(calls[0], backend, p, prop, x_gate, w, cfg, dtype)
+
+
+def judge_choice(o, backend, p, prop: str, x_gate: torch.Tensor, w, cfg, dtype: torch.dtype):
+    """observed_choice's judgement of one ObservedRouting o (returned when it holds)."""
+    from suites.moe.routing_choice import admissible, gate_logit_box
+
     T, E, K = x_gate.shape[0], cfg.num_experts, cfg.num_experts_per_tok
     if (tuple(o.router_logits.shape) != (T, E) or tuple(o.topk_ids.shape) != (T, K)
             or tuple(o.topk_weights.shape) != (T, K)):
