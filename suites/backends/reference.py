@@ -13,7 +13,6 @@ from reference.quant import SCHEME_KINDS, quantized_fused_experts
 from reference.routing import route, router_logits
 from suites.backends.base import (
     REGISTRY,
-    ObservedRouting,
     EPMoEBlockBackend,
     EPRank,
     EPRun,
@@ -21,6 +20,7 @@ from suites.backends.base import (
     MoEBlockBackend,
     MTPModuleBackend,
     MTPStepOutput,
+    ObservedRouting,
     QuantExpertsBackend,
     QuantMoEBlockBackend,
     RouterBackend,

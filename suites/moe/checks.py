@@ -380,31 +380,6 @@ def renorm_underflow(logits: torch.Tensor, cfg, ids: torch.Tensor) -> torch.Tens
 # ----------------------------------------------------------------------------- whole block
 
 
-def block_near_ties(logits: torch.Tensor, cfg, dtype: torch.dtype,
-                    e_score_correction_bias: torch.Tensor | None = None,
-                    units: float = 1.0) -> torch.Tensor:
-    """[T] bool: tokens whose top-k choice can flip when the router logits are rounded to the
-    model dtype (vLLM's gate is a linear layer in that dtype: each logit l carries up to half a
-    unit of rounding, two of them a full unit, r(dtype) * max(|l|, 1)).
-
-    Softmax top-k selects on the logits: a near-tie is a margin within one unit of the largest
-    logit. Grouped routers select on scores: a logit error d moves a sigmoid score by at most
-    s(1 - s) d, a softmax score by at most d / 2 (its partials sum to 2 s (1 - s)); a margin
-    compares two scores (expert boundary) or two sums of two (DeepSeek-V3 group scores), so a
-    near-tie is a margin within 4 such moves. units scales the unit, for a gate whose input
-    already carries rounding from earlier layers (the MTP modules)."""
-    margin = selection_margin(logits, cfg.router, e_score_correction_bias)
-    unit = units * resolution(dtype) * logits.double().abs().clamp_min(1.0)  # [T, E]
-    if cfg.topk_method in ("greedy", "topk_softmax"):
-        return margin <= unit.amax(1)
-    if cfg.scoring_func == "sigmoid":
-        s = torch.sigmoid(logits.double())
-        move = (s * (1 - s) * unit).amax(1)
-    else:
-        move = 0.5 * unit.amax(1)
-    return margin <= 4 * move
-
-
 # Rows a test must hold to the oracle (compared / drawn), below which it has judged too little to
 # pass ("nothing to judge"): with the implementation's routing observed every row is compared,
 # so anything short of all is a defect of the check; where the choice cannot be observed and
@@ -417,7 +392,6 @@ def observed_choice(backend, p, prop: str, x_gate: torch.Tensor, w, cfg, dtype: 
     logits its router received must lie in the rounding box of the exact logits of x_gate (the
     router's input) and its choice must be admissible there (suites/moe/routing_choice.py),
     every token. None when the backend cannot show its choice."""
-    from suites.moe.routing_choice import admissible, gate_logit_box
 
     calls = getattr(backend, "observed_routing", None)
     if not calls:

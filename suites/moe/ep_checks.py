@@ -23,7 +23,8 @@ from reference.moe import moe_block
 from reference.routing import route, router_logits
 from suites.backends.base import QuarantinedInput
 from suites.compare import closeness
-from suites.moe.checks import block_near_ties, judge_choice, sharded_tolerance
+from suites.moe.checks import judge_choice, sharded_tolerance
+from suites.moe.routing_choice import ambiguous, gate_logit_box
 
 
 def _ctx(backend, p, prop: str, extra: str = "") -> str:
@@ -155,7 +156,8 @@ def check_block(backend, p) -> dict:
     ref, tw, ids = moe_block(x, cfg, w, router_logits_dtype=dt, topk_ids=chosen)
     ref_routed = fused_experts(x, w.w13, w.w2, tw, ids, cfg.hidden_act)
     tie = (torch.zeros(x.shape[0], dtype=torch.bool) if chosen is not None else
-           block_near_ties(router_logits(x, w.gate), cfg, dt, w.e_score_correction_bias))
+           ambiguous(*gate_logit_box(x, w.gate, w.gate_bias, dt), cfg.router,
+                     w.e_score_correction_bias))
     keep = ~tie
     figures = {"near_ties": int(tie.sum()), "compared": int(keep.sum()), "drawn": x.shape[0],
                "experts_class": out.ranks[0].experts_class}
@@ -217,8 +219,8 @@ def check_remote_zero(backend, p) -> dict:
     ids = chosen if chosen is not None else oracle_routing(p, x, w)[1]
     layout = p.layout()
     tie = (torch.zeros(x.shape[0], dtype=torch.bool) if chosen is not None else
-           block_near_ties(router_logits(x, w.gate), p.cfg, p.torch_dtype,
-                           w.e_score_correction_bias))
+           ambiguous(*gate_logit_box(x, w.gate, w.gate_bias, p.torch_dtype), p.cfg.router,
+                     w.e_score_correction_bias))
     checked = 0
     for rk in out.ranks:
         if rk.routed is None:

@@ -169,8 +169,8 @@ def check_mtp_chain(backend, p, inputs=None, handle=None) -> ChainFigures:
     worst, clear, compared, drawn, own_total = 0.0, 0, 0, 0, 0
     for s in range(p.k):
         out = backend.step(handle, ids, hid_b, pos)
-        fed, logits, _, keep, own, trace = _routed(backend, p, inputs, ids, hid_o, pos, normed,
-                                                   dt, tol, f"chain step {s}")
+        fed, logits, _, keep, own, _ = _routed(backend, p, inputs, ids, hid_o, pos, normed,
+                                               dt, tol, f"chain step {s}")
         observed = bool(backend.observed_routing)
         if s and not observed:  # the module's trajectory too (its own fed-back states)
             _, _, _, tr_b = _oracle(inputs, ids, hid_b, pos, normed)
