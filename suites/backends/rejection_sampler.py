@@ -33,6 +33,13 @@ Backends:
                                 nox -s triton_interpret)
   vllm.rejection_sample.interp  the "kernels" entry likewise
 
+Unwritten memory (poison_unwritten, the CPU backends): vLLM runs inside
+poisoned_unwritten_memory(), PyTorch's own fill of uninitialised allocations (NaN for floating
+dtypes, the max for integers). vLLM computes the same values either way; a read of memory it
+never wrote (suites/known_failures.py cpu-expand-batch-to-tokens-lost-write) gives the same
+wrong value every run instead of whatever the allocator left there, which may by chance be
+right. The adapter does no work for vLLM: it only decides what garbage is.
+
 Interpreted shares: vllm.rejection_sampler.interp runs the statistical laws of constrained
 requests and mixed batches, vllm.rejection_sample.interp the rest (law_share); both run every
 deterministic check.
@@ -51,6 +58,7 @@ import functools
 from dataclasses import dataclass
 
 import torch
+import torch.utils.deterministic
 
 from reference.speculative import SpecBatch, batch_target_probs, rejection_sample
 from suites.backends.base import REGISTRY, Backend, vllm_build_reason
@@ -163,6 +171,25 @@ def _sampling_metadata(batch: SpecBatch, device: torch.device):
     )
 
 
+@contextlib.contextmanager
+def poisoned_unwritten_memory():
+    """Inside, every tensor allocated uninitialised (torch.empty, new_empty, empty_like, ... in
+    Python or C++) is filled with NaN (floating dtypes) or the dtype's max (integers):
+    torch.utils.deterministic.fill_uninitialized_memory, which PyTorch applies under
+    torch.use_deterministic_algorithms(True). warn_only: an op without a deterministic variant
+    runs as it is and warns; on CPU tensors the mode changes no result of the sampler's ops."""
+    det = torch.utils.deterministic
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), det.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    det.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        det.fill_uninitialized_memory = saved[2]
+
+
 @dataclass
 class VllmRejectionSampler(RejectionSamplerBackend):
     """entry: "forward" (RejectionSampler.forward) or "kernels" (rejection_sample with the
@@ -170,6 +197,13 @@ class VllmRejectionSampler(RejectionSamplerBackend):
 
     entry: str = "forward"
     interpreted: bool = False  # vLLM's Triton kernels under Triton's interpreter (CPU tensors)
+    # Run vLLM inside poisoned_unwritten_memory() (see the module docstring). CPU tensors only:
+    # on CUDA the deterministic mode would also swap kernels for their deterministic variants.
+    poison_unwritten: bool = True
+
+    def __post_init__(self):
+        if self.device == "cuda":
+            self.poison_unwritten = False
 
     def unavailable_reason(self):
         if self.device == "cuda":
@@ -215,12 +249,16 @@ class VllmRejectionSampler(RejectionSamplerBackend):
         draft_probs = None if batch.draft_probs is None else batch.draft_probs.to(dev).contiguous()
         return md, sm, draft_probs, batch.target_logits.to(dev).contiguous()
 
+    @contextlib.contextmanager
     def _launch_context(self):
-        if not self.interpreted:
-            return contextlib.nullcontext()
-        from suites.backends.vllm_triton import interpreter_context
+        with contextlib.ExitStack() as stack:
+            if self.interpreted:
+                from suites.backends.vllm_triton import interpreter_context
 
-        return interpreter_context()
+                stack.enter_context(interpreter_context())
+            if self.poison_unwritten:
+                stack.enter_context(poisoned_unwritten_memory())
+            yield
 
     def sample(self, batch, seed):
         with self._launch_context():

@@ -6,10 +6,13 @@
                         VNNI-packed by torch.ops._C.convert_weight_packed
   cpu_router            vllm.model_executor.layers.fused_moe.router.cpu_router.CPURouter
 
-Neither experts kernel takes an expert_map (vLLM never hands them one). Expert parallelism is
-driven the way a rank would see it: global ids of remote experts are mapped to a local expert
-with weight 0 (checked separately: zero-weight slots contribute nothing). Ids must be valid:
-an id outside [0, E_local) corrupts memory (see suites/known_failures.py), so adapters refuse it.
+Neither experts kernel takes an expert_map: these backends have no expert-parallel mode
+(supports_expert_map False) and refuse a map (UnsupportedShape) rather than apply one
+themselves, which would test this adapter, not vLLM. Under expert parallelism vLLM's CPU
+layer hands the kernel the global ids unmapped (suites/known_failures.py
+cpu-ep-experts-ignore-expert-map; layer level: suites/moe/test_ep_layer.py). Ids must be
+valid: an id outside [0, E) corrupts memory (cpu-fused-moe-no-id-bounds-check), so the
+adapters refuse it.
 """
 
 from __future__ import annotations
@@ -59,9 +62,17 @@ def _check_ids(topk_ids: torch.Tensor, n_local: int, name: str) -> None:
         )
 
 
+def _no_expert_map(expert_map, name: str) -> None:
+    if expert_map is not None:
+        raise UnsupportedShape(
+            f"{name}: the op takes no expert_map (no expert-parallel mode); vLLM's CPU experts "
+            "layer hands it the global ids (known failure cpu-ep-experts-ignore-expert-map)")
+
+
 def _localize(topk_weights, topk_ids, expert_map):
-    """What an EP rank hands a kernel without expert_map support: remote slots -> weight 0 on
-    local expert 0."""
+    """For suites/backends/vllm_cpu_quant.py only, which still drives expert parallelism this
+    way (its backends take no expert_map either): remote slots -> weight 0 on local expert 0.
+    An emulation by the adapter; not used by the backends of this module."""
     if expert_map is None:
         return topk_weights, topk_ids
     local = expert_map.long()[topk_ids.long()]  # [T, K], -1 remote
@@ -76,7 +87,6 @@ class CpuFusedMoE(ExpertsBackend):
     activations: tuple[str, ...] = ("silu", "gelu", "swigluoai")
     dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
     supports_bias: bool = True
-    supports_expert_map: bool = True  # emulated by _localize
     alignment: int = 32
 
     def unavailable_reason(self):
@@ -109,8 +119,8 @@ class CpuFusedMoE(ExpertsBackend):
 
         if x.dtype != handle["dtype"]:
             raise UnsupportedShape(f"{self.name}: activations {x.dtype} != weights {handle['dtype']}")
-        tw, ti = _localize(topk_weights, topk_ids, expert_map)
-        tw, ti = tw.float().contiguous(), ti.int().contiguous()
+        _no_expert_map(expert_map, self.name)
+        tw, ti = topk_weights.float().contiguous(), topk_ids.int().contiguous()
         _check_ids(ti, handle["E"], self.name)
         if out is None:
             out = torch.empty(x.shape[0], handle["H"], dtype=x.dtype)
@@ -123,7 +133,6 @@ class CpuFusedMoE(ExpertsBackend):
 class FusedExpertsCpu(ExpertsBackend):
     dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)
     activations: tuple[str, ...] = ("silu",)
-    supports_expert_map: bool = True  # emulated by _localize
     alignment: int = 32
 
     def unavailable_reason(self):
@@ -142,8 +151,8 @@ class FusedExpertsCpu(ExpertsBackend):
     def run(self, handle, x, topk_weights, topk_ids, out=None, expert_map=None):
         from vllm import _custom_ops as ops
 
-        tw, ti = _localize(topk_weights, topk_ids, expert_map)
-        tw, ti = tw.float().contiguous(), ti.int().contiguous()
+        _no_expert_map(expert_map, self.name)
+        tw, ti = topk_weights.float().contiguous(), topk_ids.int().contiguous()
         _check_ids(ti, handle["E"], self.name)
         if out is None:
             out = torch.empty(x.shape[0], handle["H"], dtype=x.dtype)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
+import re
 
 import pytest
 
@@ -90,10 +91,38 @@ def max_tokens_tp2() -> int:
 
 _RUNS: dict[tuple, object] = {}
 
+# Lines of an engine's whole log that say how it died (the error quotes only the log's tail,
+# which a worker's crash report scrolls out of): segfault reports with their native frames,
+# fatal errors, dead workers, the exception lines of tracebacks and their vLLM frames.
+CRASH_LINES = re.compile(r"Segfault encountered|Fatal Python error|csrc/\S+\.(?:cpp|h)\b|"
+                         r"died unexpectedly|^\S*(?:Error|Exception)\b.*|"
+                         r"File \"\S*/vllm/\S+\", line \d+, in \w+")
+LOG_PATH = re.compile(r"\((/\S+\.log)\) ---")
+
+
+def crash_excerpt(error: str, max_lines: int = 80) -> str:
+    """The CRASH_LINES of every engine log the error names (deduplicated, in order)."""
+    seen, out = set(), []
+    for path in dict.fromkeys(LOG_PATH.findall(error)):
+        try:
+            text = pathlib.Path(path).read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            body = line.split("] ", 1)[-1].strip() if line.startswith("(") else line.strip()
+            if CRASH_LINES.search(body) and body not in seen:
+                seen.add(body)
+                out.append(body)
+    if not out:
+        return ""
+    return "\n--- crash lines of the whole engine log ---\n" + "\n".join(out[-max_lines:])
+
 
 def _run(backend, layout: str, k: int, prompts, max_tokens):
-    """Greedy requests (top-2 logprobs) on one configuration, once per session; an engine error
-    is cached too, so each test of a broken configuration fails at once with the engine's log."""
+    """Greedy requests (top-2 logprobs) on one configuration, once per session. An engine that
+    fails raises EngineError with its log's tail and the crash lines of the whole log (what the
+    known-failure ledger's entries for this backend match); the error is cached too, so each
+    test of a broken configuration fails at once with the same error."""
     from suites.backends.engine import EngineConfig, EngineError, EngineRequest
 
     key = (backend.name, layout, k)
@@ -104,10 +133,10 @@ def _run(backend, layout: str, k: int, prompts, max_tokens):
             _RUNS[key] = backend.generate(cfg, [EngineRequest(tuple(p), max_tokens, logprobs=2)
                                                 for p in prompts])
         except EngineError as e:
-            _RUNS[key] = e
+            _RUNS[key] = EngineError(str(e) + crash_excerpt(str(e)))
     run = _RUNS[key]
-    if isinstance(run, Exception):
-        pytest.fail(str(run), pytrace=False)
+    if isinstance(run, EngineError):
+        raise EngineError(str(run)) from None
     return run
 
 

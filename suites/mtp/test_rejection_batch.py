@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fixtures.seeds import stable_seed
+from fixtures.seeds import generator, stable_seed
 from reference.speculative import SamplingParams, SpecBatch
 from suites.mtp.checks import (
     RandomCase,
@@ -86,3 +86,27 @@ def test_all_requests_without_drafts_but_one(sampler_backend):
     if out.tolist() != [[0, V - 1], [0, -1], [0, -1], [0, -1]]:
         raise AssertionError(f"{sampler_backend.name}: {out.tolist()} != hand-derived "
                              f"[[0, {V - 1}], [0, -1], [0, -1], [0, -1]]")
+
+
+def test_batch_without_drafts(sampler_backend):
+    """No request drafts: every row is its bonus token alone. Greedy requests, and random ones
+    whose top-k is 1 or whose top-p is below their top token's probability, emit the argmax
+    whatever the temperature. Nothing is verified, so no per-request value is expanded to
+    draft positions (vLLM's CPU expand_batch_to_tokens, whose write is known to be lost,
+    writes zero tokens here: this batch gates)."""
+    V = 16
+    argmax = [3, 0, V - 1, 7, 11]
+    g = generator("batch without drafts")
+    logits = torch.stack([torch.randperm(V, generator=g).float() / 2 for _ in argmax])
+    for row, a in zip(logits, argmax):  # distinct values; the row's maximum at its argmax
+        top = int(row.argmax())
+        row[top], row[a] = row[a].clone(), row[top].clone()
+    params = [GREEDY, SamplingParams(0.7, top_k=1), SamplingParams(1.3, top_p=0.01),
+              SamplingParams(0.9, top_k=3, top_p=0.02), SamplingParams(1.0, top_k=1, seed=5)]
+    batch = SpecBatch([[] for _ in argmax], logits, params)
+    out = sampler_backend.sample(batch, stable_seed("batch without drafts"))
+    expected = [[a] for a in argmax]
+    if out.tolist() != expected:
+        raise AssertionError(f"{sampler_backend.name}: batch without drafts emitted "
+                             f"{out.tolist()}, expected the argmax bonus tokens {expected} "
+                             f"(params {params})")
