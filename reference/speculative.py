@@ -274,7 +274,8 @@ def assemble(
     R = torch.zeros(B, K, dtype=torch.int64)
     A[req, pos], X[req, pos], R[req, pos] = accept, batch.flat_draft_token_ids, recovered.long()
     rejected = (~A) & (torch.arange(K)[None, :] < k[:, None])  # [B, K]
-    n_acc = torch.where(rejected.any(1), rejected.int().argmax(1), k)  # [B] accepted drafts
+    # [B] accepted drafts (no request drafting, K = 0: none, and every row is its bonus token)
+    n_acc = torch.where(rejected.any(1), rejected.int().argmax(1), k) if K else k
     last = torch.where(n_acc < k, R.gather(1, n_acc.clamp(max=max(K - 1, 0))[:, None]).squeeze(1)
                        if K else bonus.long(), bonus.long())  # [B]
     col = torch.arange(K + 1)[None, :]  # [1, K + 1]

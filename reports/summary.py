@@ -187,7 +187,7 @@ def render(rows: list[dict], source: str) -> str:
                 out.append(f"  replay: `{r['props']['reproduce']}`")
     if by["XPASS"]:
         out.append("\n## Ledger entries that passed (fixed upstream? a strict repro fails the run "
-                   "until its entry goes; a non-strict one may be a lucky draw)\n")
+                   "until its entry goes)\n")
         for r in by["XPASS"]:
             why = r["props"].get("xpassed") or r["detail"]
             out.append(f"- `{_nodeid(r)}`: {why[:200]}")

@@ -126,6 +126,16 @@ def test_greedy_rows_hand_derived():
     assert out.tolist() == [[3, 5, 1], [0, -1, -1], [4, -1, -1]]
 
 
+def test_batch_where_no_request_drafts():
+    """Every request emits only its bonus token (the oracle used to fail on argmax over an
+    empty draft dimension); greedy: the target's argmax."""
+    V = 5
+    rows = torch.stack([torch.nn.functional.one_hot(torch.tensor(t), V).float() * 4 for t in (2, 4)])
+    batch = SpecBatch([[], []], rows, [SamplingParams(0.0)] * 2)
+    out = rejection_sample(batch, torch.Generator().manual_seed(0))
+    assert out.tolist() == [[2], [4]]
+
+
 def test_top_k_top_p_hand_derived():
     logits = torch.log(torch.tensor([[0.1, 0.4, 0.2, 0.3]], dtype=torch.float64))
     k2 = apply_top_k_top_p(logits, torch.tensor([2]), torch.tensor([1.0]))
