@@ -15,13 +15,18 @@ pytestmark = pytest.mark.moe
 METHODS = ["greedy", "topk_softmax", "group_limited_greedy", "noaux_tc"]
 
 
+# "computed": some routed weight is a computed probability; "exact": K = 1 renormalized, the one
+# weight is exact in any dtype (a defect in how weights are computed cannot show there, so the
+# ledger can name the computed cases alone).
+@pytest.mark.parametrize("weights", ["computed", "exact"])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("logits_dtype", ["float32", "bfloat16"])
 @given(data=st.data())
-def test_router_matches_oracle(router_backend, method, logits_dtype, data, record):
+def test_router_matches_oracle(router_backend, method, logits_dtype, weights, data, record):
     if method not in router_backend.topk_methods:
         pytest.skip(f"{router_backend.name} does not implement {method}")
-    rp = data.draw(router_problems(methods=(method,), logits_dtypes=(logits_dtype,)))
+    rp = data.draw(router_problems(methods=(method,), logits_dtypes=(logits_dtype,),
+                                   weights=weights))
     figures = checks.check_router(router_backend, rp)
     record.rows(figures["compared"], figures["tokens"], checks.COMPARED_FLOOR)
     record.sum(tokens=figures["tokens"], near_ties=figures["near_ties"],
