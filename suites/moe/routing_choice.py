@@ -110,7 +110,7 @@ def admissible(logits: torch.Tensor, delta: torch.Tensor, cfg, topk_ids: torch.T
     K = ids.shape[1]
     reasons = [""] * T
     ok = torch.ones(T, dtype=torch.bool)
-    if K != cfg.num_experts_per_tok:
+    if cfg.num_experts_per_tok != K:
         return ChoiceVerdict(torch.zeros(T, dtype=torch.bool),
                              [f"{K} experts per token, the config says {cfg.num_experts_per_tok}"] * T)
     out_of_range = ((ids < 0) | (ids >= E)).any(1)
