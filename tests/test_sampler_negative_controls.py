@@ -9,6 +9,14 @@ Bugs: the recovered token drawn from p instead of norm(max(0, p - q)); draft pro
 ignored (exact in distribution, lower acceptance: only the acceptance comparison can see it);
 placeholders forgotten after the first rejection; the bonus token dropped; an acceptance rule
 biased towards accepting (u < p/q + 0.05).
+
+And two biases of exactly the size the suite claims to detect (suites.stats: power >= 0.99
+against a TV shift of TV_SHIFT and an acceptance shift of RATE_SHIFT): the bonus token drawn
+from a law at total variation exactly TV_SHIFT from p_k, the mass moved into the set of tokens
+where the test's power is lowest; acceptance at position 0 raised by exactly RATE_SHIFT. One
+run misses such a bias with probability <= 1%, so each runs on SHIFT_SEEDS (fixed: the outcome
+is deterministic) and may miss once: a suite whose power claim holds fails this with probability
+<= P(Binomial(6, 0.01) >= 2) = 1.5e-3 over a fresh choice of seeds.
 """
 
 from __future__ import annotations
@@ -16,8 +24,11 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
+from scipy import special
+from scipy import stats as sps
 
 from fixtures.seeds import stable_seed
 from reference.speculative import (
@@ -31,7 +42,25 @@ from reference.speculative import (
     batch_target_probs,
 )
 from suites.backends.rejection_sampler import ReferenceRejectionSampler
-from suites.mtp.checks import RandomCase, check_greedy_exact, check_random_verification
+from suites.mtp.checks import (
+    RandomCase,
+    check_greedy_exact,
+    check_random_verification,
+    plan,
+    position0_acceptance,
+)
+from suites.stats import (
+    MIN_EXPECTED,
+    POWER,
+    RATE_SHIFT,
+    TV_SHIFT,
+    _binom_critical,
+    binom_sample_size,
+    bonferroni,
+    tv_cells,
+    tv_critical,
+    x_crit,
+)
 
 CASE = RandomCase("negative-control", num_spec_tokens=2)
 
@@ -41,6 +70,8 @@ class BrokenReference(ReferenceRejectionSampler):
     """The oracle's algorithm with one planted bug (see `bug`)."""
 
     bug: str = "none"
+    shift: float = 0.0  # tv_shift_bonus / rate_shift_position0: the size of the planted bias
+    tilt: tuple[int, ...] = ()  # tv_shift_bonus: the tokens the shifted mass moves into
 
     def sample(self, batch: SpecBatch, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
@@ -55,6 +86,12 @@ class BrokenReference(ReferenceRejectionSampler):
         q_x = Q.gather(1, x[:, None]).squeeze(1)
         bias = 0.05 if self.bug == "biased_acceptance" else 0.0
         accept = u_acc * q_x < p_x + bias * q_x  # u < p/q (+ 0.05 when biased)
+        if self.bug == "rate_shift_position0":
+            # a rejected draft at position 0 is accepted anyway with probability
+            # shift / (1 - beta): P(accept) = beta + shift exactly
+            beta = torch.minimum(Pt, Q).sum(-1)
+            v = torch.rand(x.shape[0], generator=g, dtype=torch.float64)
+            accept |= (batch.position_of_token == 0) & (v * (1.0 - beta) < self.shift)
         residual = Pt if self.bug == "recovers_from_p" else (Pt - Q).clamp_min(0.0)
         residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, Pt)
         recovered = _inverse_cdf(residual, u_rec)
@@ -63,6 +100,12 @@ class BrokenReference(ReferenceRejectionSampler):
         accept = torch.where(greedy, x == amax, accept)
         recovered = torch.where(greedy, amax, recovered)
         Pb = P[batch.bonus_rows]
+        if self.bug == "tv_shift_bonus":
+            # mass `shift` moved into `tilt`, proportionally on both sides: TV exactly `shift`
+            into = torch.zeros(Pb.shape[1], dtype=torch.bool)
+            into[list(self.tilt)] = True
+            pa = Pb[:, into].sum(-1, keepdim=True)
+            Pb = torch.where(into, Pb * (1 + self.shift / pa), Pb * (1 - self.shift / (1 - pa)))
         g_req = torch.tensor([p.greedy for p in batch.params])
         bonus = torch.where(g_req, Pb.argmax(-1), _inverse_cdf(Pb, u_bon))
         if self.bug == "drops_bonus":
@@ -184,3 +227,94 @@ def test_vllm_planted_control_is_caught(bug):
     check, pattern = CONTROLS[bug]
     with planted_in_vllm(bug), pytest.raises(AssertionError, match=pattern):
         _run_check(backend, check)
+
+
+# --------------------------------------------------------------------------- at the claimed shift
+
+SHIFT_SEEDS = [stable_seed("exact-shift control", i) for i in range(6)]
+ALLOWED_MISSES = 1  # of 6: P(Binomial(6, 1 - POWER) > 1) = 1.5e-3 when the power claim holds
+
+
+def _weakest_tilt(case: RandomCase, seed: int) -> tuple[tuple[int, ...], float, float]:
+    """(tokens, expected rows, detection bound) for a TV_SHIFT bias of the bonus position: among
+    tokens frequent enough to be cells of their own at the rows the plan sizes the position for
+    (so the shift is exactly TV_SHIFT on the cells the check pools), the set whose mass makes
+    the subset test's power lowest; the bound is P(Binomial(n, pi + TV_SHIFT) >= x_crit(pi))."""
+    pl = plan(case, seed)
+    k = case.num_spec_tokens
+    p = pl.p[k].numpy()
+    need = pl.n_needed[2 * k]  # rows the position-k distribution comparison is sized for
+    n = int(pl.n_requests * float(pl.reach[k]))
+    tokens = [int(i) for i in np.nonzero(p * need >= MIN_EXPECTED)[0]]
+    c = tv_critical(len(tv_cells(p, n)), pl.alpha)
+    codes = np.arange(1, 2 ** len(tokens) - 1)
+    masks = (codes[:, None] >> np.arange(len(tokens))[None, :]) & 1 == 1  # [sets, tokens]
+    pi = masks.astype(np.float64) @ p[tokens]
+    pi = np.where(pi <= 1 - TV_SHIFT, pi, np.nan)  # no room to move TV_SHIFT into the set
+    power = special.bdtrc(x_crit(n, np.nan_to_num(pi), c) - 1, n, np.minimum(pi + TV_SHIFT, 1))
+    w = int(np.nanargmin(np.where(np.isnan(pi), np.nan, power)))
+    best = (float(power[w]), tuple(t for t, m in zip(tokens, masks[w]) if m))
+    # the planted law on the cells the check pools at n rows: TV exactly TV_SHIFT
+    into = np.zeros(len(p), dtype=bool)
+    into[list(best[1])] = True
+    pa = p[into].sum()
+    alt = np.where(into, p * (1 + TV_SHIFT / pa), p * (1 - TV_SHIFT / (1 - pa)))
+    cells = tv_cells(p, min(n, need))
+    assert 0.5 * sum(abs(alt[cl].sum() - p[cl].sum()) for cl in cells) == pytest.approx(
+        TV_SHIFT, abs=1e-12)
+    return best[1], n, best[0]
+
+
+def test_tv_shift_of_exactly_the_claimed_size_is_caught():
+    """The bonus token from a law at TV exactly TV_SHIFT from p_k (the weakest direction for
+    the test): the suite's random-verification check rejects the position-k comparison on at
+    least 5 of the 6 fixed seeds."""
+    caught, bounds = [], []
+    for seed in SHIFT_SEEDS:
+        tilt, n, bound = _weakest_tilt(CASE, seed)
+        bounds.append(round(bound, 4))
+        assert bound >= POWER, (seed, tilt, n, bound)
+        broken = BrokenReference(name="reference.broken.tv_shift_bonus", bug="tv_shift_bonus",
+                                 shift=TV_SHIFT, tilt=tilt)
+        try:
+            check_random_verification(broken, CASE, seed)
+            caught.append(False)
+        except AssertionError as e:
+            caught.append(f"emitted token at position {CASE.num_spec_tokens} vs target" in str(e))
+    assert caught.count(False) <= ALLOWED_MISSES, (caught, bounds)
+
+
+def test_rate_shift_of_exactly_the_claimed_size_is_caught():
+    """Acceptance at position 0 raised by exactly RATE_SHIFT: the suite's position-0 check (one
+    depth, so one comparison sized to power POWER exactly) rejects on at least 5 of the 6 fixed
+    seeds; the exact probability of catching it is printed by the assertion."""
+    case = RandomCase("rate-control", num_spec_tokens=2)
+    caught, powers = [], []
+    for seed in SHIFT_SEEDS:
+        pl = plan(case, seed)
+        beta0, alpha = float(pl.beta[0]), bonferroni(1)
+        n = binom_sample_size(beta0, alpha, delta=RATE_SHIFT)
+        lo, hi = _binom_critical(n, beta0, alpha)
+        powers.append(round(float(sps.binom.sf(hi - 1, n, beta0 + RATE_SHIFT)
+                                  + sps.binom.cdf(lo, n, beta0 + RATE_SHIFT)), 4))
+        assert powers[-1] >= POWER
+        broken = BrokenReference(name="reference.broken.rate_shift_position0",
+                                 bug="rate_shift_position0", shift=RATE_SHIFT)
+        try:
+            position0_acceptance(broken, case, (2,), seed)
+            caught.append(False)
+        except AssertionError as e:
+            caught.append("position-0 acceptance with k=2" in str(e))
+    assert caught.count(False) <= ALLOWED_MISSES, (caught, powers)
+
+
+def test_exact_shift_controls_are_unbiased_at_zero():
+    """The same planted code paths with a zero shift pass both checks (the shift, not the
+    plumbing, is what gets caught)."""
+    seed = SHIFT_SEEDS[0]
+    tilt, _, _ = _weakest_tilt(CASE, seed)
+    check_random_verification(BrokenReference(name="reference.tilt0", bug="tv_shift_bonus",
+                                              shift=0.0, tilt=tilt), CASE, seed)
+    position0_acceptance(BrokenReference(name="reference.rate0", bug="rate_shift_position0",
+                                         shift=0.0), RandomCase("rate-control", num_spec_tokens=2),
+                         (2,), seed)

@@ -11,10 +11,12 @@ identical requests (statistics) or of mixed requests (greedy, random, ragged dra
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from scipy import stats as sps
 
 from fixtures.seeds import generator, stable_seed
 from reference.acceptance import num_accepted
@@ -33,14 +35,40 @@ from suites.stats import (
     POWER,
     TV_SHIFT,
     StatResult,
+    binom_power,
     binom_sample_size,
     binom_test,
     bonferroni,
-    chi2_gof,
-    chi2_plan,
+    require_power,
+    tv_gof,
+    tv_plan,
+    tv_plan_power,
 )
 
 MAX_REQUESTS = 400_000  # a design needing more is a case too weak for the stated power
+# P(a position is reached by fewer rows than its comparison was sized for), per comparison:
+# negligible against 1 - POWER, so the planned power holds at the rows a run actually gets.
+SHORTFALL = 1e-6
+
+
+def requests_for(need: int, reach: float, shortfall: float = SHORTFALL) -> int:
+    """Smallest N with P(Binomial(N, reach) < need) <= shortfall: N identical requests give a
+    comparison at a position reached with probability `reach` its planned `need` rows."""
+    if reach >= 1.0:
+        return int(need)
+    r = float(reach)
+    z = float(sps.norm.isf(shortfall)) * math.sqrt(r * (1.0 - r))
+    hi = max(int(need), math.ceil(((z + math.sqrt(z * z + 4.0 * r * need)) / (2.0 * r)) ** 2))
+    while sps.binom.cdf(need - 1, hi, r) > shortfall:
+        hi = math.ceil(hi * 1.01) + 1
+    lo = int(need) - 1  # too few: P(Binomial(N, r) < need) = 1 for N < need
+    while lo + 1 < hi:
+        mid = (lo + hi) // 2
+        if sps.binom.cdf(need - 1, mid, r) <= shortfall:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def _capped(n: int, what: str) -> int:
@@ -150,7 +178,8 @@ class Plan:
     reach: torch.Tensor  # [k + 1] P(position j verified/emitted)
     alpha: float  # per comparison
     n_requests: int
-    n_needed: list[int] = field(default_factory=list)  # per comparison, given reach
+    n_needed: list[int] = field(default_factory=list)  # per comparison, rows it needs
+    power: list[float] = field(default_factory=list)  # per comparison, at n_needed (>= POWER)
 
     @property
     def num_comparisons(self) -> int:
@@ -161,7 +190,9 @@ class Plan:
 def plan(case: RandomCase, seed: int, budget: float = FALSE_POSITIVE_RATE,
          power: float = POWER, shift: float = TV_SHIFT) -> Plan:
     """Sample size for power `power` against a TV shift / acceptance shift of `shift` at the
-    false-positive `budget` (Bonferroni over the 2k + 1 comparisons)."""
+    false-positive `budget` (Bonferroni over the 2k + 1 comparisons). Each comparison's power
+    at the rows it is sized for is asserted (require_power), and N is large enough that every
+    position gets those rows but with probability SHORTFALL."""
     k = case.num_spec_tokens
     logits, q = target_and_draft(case.shape, case.vocab_size, k, seed)
     top_p = 1.0
@@ -174,17 +205,33 @@ def plan(case: RandomCase, seed: int, budget: float = FALSE_POSITIVE_RATE,
     reach = reach_probabilities(beta)
     m = 2 * k + 1  # k + 1 distribution tests, k acceptance tests
     alpha = bonferroni(m, budget)
-    needed = []
+    needed, powers = [], []
     n = 1
     for j in range(k + 1):
-        nd = chi2_plan(p[j].numpy(), alpha, power, tv=shift)
+        nd, pw = _sized(p[j].numpy(), None, alpha, power, shift, f"{case} position {j}")
         needed.append(nd)
-        n = max(n, int(np.ceil(1.05 * nd / float(reach[j]))))
+        powers.append(pw)
+        n = max(n, requests_for(nd, float(reach[j])))
         if j < k:
-            na = binom_sample_size(float(beta[j]), alpha, power, delta=shift)
+            na, pw = _sized(None, float(beta[j]), alpha, power, shift, f"{case} position {j}")
             needed.append(na)
-            n = max(n, int(np.ceil(1.05 * na / float(reach[j]))))
-    return Plan(case, logits, q, params, p, beta, reach, alpha, _capped(n, str(case)), needed)
+            powers.append(pw)
+            n = max(n, requests_for(na, float(reach[j])))
+    return Plan(case, logits, q, params, p, beta, reach, alpha, _capped(n, str(case)), needed,
+                powers)
+
+
+def _sized(probs, rate: float | None, alpha: float, power: float, shift: float, what: str
+           ) -> tuple[int, float]:
+    """(rows, power at those rows) of one comparison: the distribution test on probs (rate
+    None) or the acceptance test of `rate`; the power is asserted, not only recorded."""
+    if rate is None:
+        n = tv_plan(probs, alpha, power, tv=shift)
+        return n, require_power(tv_plan_power(probs, n, alpha, shift),
+                                f"{what}: emitted-token law vs TV shift {shift}", power)
+    n = binom_sample_size(rate, alpha, power, delta=shift)
+    return n, require_power(binom_power(n, rate, alpha, shift),
+                            f"{what}: acceptance {rate:.4f} vs shift {shift}", power)
 
 
 def identical_requests_batch(pl: Plan, seed: int) -> SpecBatch:
@@ -282,8 +329,8 @@ def position_results(out: torch.Tensor, p: torch.Tensor, beta: torch.Tensor, alp
                      label: str, acceptance: bool = True, distribution: bool = True,
                      shift: float = TV_SHIFT) -> list[StatResult]:
     """Per position j (rows of identical requests with k drafts): the emitted token among rows
-    that reached j follows p_j (chi-square); acceptance at j among rows that reached j is
-    Binomial(reached, beta_j) (exact binomial)."""
+    that reached j follows p_j (suites.stats.tv_gof); acceptance at j among rows that reached j
+    is Binomial(reached, beta_j) (exact binomial)."""
     k = beta.shape[0]
     V = p.shape[1]
     acc = num_accepted(out)  # [N]
@@ -293,9 +340,9 @@ def position_results(out: torch.Tensor, p: torch.Tensor, beta: torch.Tensor, alp
         if distribution:
             counts = torch.bincount(out[reached, j].clamp(0, V - 1), minlength=V)[:V].numpy()
             # tokens outside [0, V) are counted by check_structure; here clamped into range
-            results.append(chi2_gof(counts, p[j].numpy(), alpha,
-                                    f"{label}: emitted token at position {j} vs target p_{j}",
-                                    tv=shift))
+            results.append(tv_gof(counts, p[j].numpy(), alpha,
+                                  f"{label}: emitted token at position {j} vs target p_{j}",
+                                  tv=shift))
         if acceptance and j < k:
             results.append(binom_test(int((acc >= j + 1).sum()), int(reached.sum()),
                                       float(beta[j]), alpha,
@@ -367,7 +414,8 @@ def position0_acceptance(backend, case: RandomCase, depths: tuple[int, ...], see
     alpha = bonferroni(len(depths))
     beta0 = float(beta[0])
     shift = detect_shift(backend)
-    n = _capped(binom_sample_size(beta0, alpha, delta=shift), f"position-0 acceptance {case}")
+    n, _ = _sized(None, beta0, alpha, POWER, shift, f"position-0 acceptance {case}")
+    n = _capped(n, f"position-0 acceptance {case}")
     results = []
     for k in depths:
         pl = Plan(replace(case, num_spec_tokens=k), logits[: k + 1], q[:k], params, p[: k + 1],
@@ -441,16 +489,14 @@ def permute_batch(batch: SpecBatch, perm: list[int]) -> SpecBatch:
                      meta=dict(batch.meta, permuted=True))
 
 
-def check_mixed_batch(backend, templates: list[RequestTemplate], vocab_size: int, seed: int,
-                      draft_probs_known: bool = True) -> list[StatResult]:
-    """A batch mixing greedy and random requests with ragged draft lengths (0 .. max): greedy
-    requests exactly equal the oracle; each random template's emitted tokens and acceptance
-    per position follow its own closed form. Copies per template are sized for the stated
-    power on the hardest template; Bonferroni over every comparison of every template."""
+def mixed_plan(templates: list[RequestTemplate], vocab_size: int, seed: int,
+               draft_probs_known: bool = True, shift: float = TV_SHIFT
+               ) -> tuple[int, float, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """(copies per template, alpha per comparison, {template index: (p [k + 1, V], beta [k])}
+    of each random template) for check_mixed_batch: every comparison of every random template
+    gets the rows it needs (power asserted), Bonferroni over all of them."""
     random_t = [(i, t) for i, t in enumerate(templates) if not t.params.greedy]
-    m = sum(2 * t.k + 1 for _, t in random_t)
-    alpha = bonferroni(m)
-    shift = detect_shift(backend)
+    alpha = bonferroni(sum(2 * t.k + 1 for _, t in random_t))
     copies = 1
     expected = {}
     for i, t in random_t:
@@ -460,11 +506,25 @@ def check_mixed_batch(backend, templates: list[RequestTemplate], vocab_size: int
         reach = reach_probabilities(beta)
         expected[i] = (p, beta)
         for j in range(t.k + 1):
-            need = chi2_plan(p[j].numpy(), alpha, tv=shift)
+            what = f"mixed batch template {i} (k={t.k}, {t.params}) position {j}"
+            need, _ = _sized(p[j].numpy(), None, alpha, POWER, shift, what)
+            copies = max(copies, requests_for(need, float(reach[j])))
             if j < t.k:
-                need = max(need, binom_sample_size(float(beta[j]), alpha, delta=shift))
-            copies = max(copies, int(np.ceil(1.05 * need / float(reach[j]))))
+                need, _ = _sized(None, float(beta[j]), alpha, POWER, shift, what)
+                copies = max(copies, requests_for(need, float(reach[j])))
     _capped(copies * len(templates), f"mixed batch {templates}")
+    return copies, alpha, expected
+
+
+def check_mixed_batch(backend, templates: list[RequestTemplate], vocab_size: int, seed: int,
+                      draft_probs_known: bool = True) -> list[StatResult]:
+    """A batch mixing greedy and random requests with ragged draft lengths (0 .. max): greedy
+    requests exactly equal the oracle; each random template's emitted tokens and acceptance
+    per position follow its own closed form. Copies per template are sized for the stated
+    power on the hardest template; Bonferroni over every comparison of every template."""
+    random_t = [(i, t) for i, t in enumerate(templates) if not t.params.greedy]
+    shift = detect_shift(backend)
+    copies, alpha, expected = mixed_plan(templates, vocab_size, seed, draft_probs_known, shift)
     batch, which, _ = mixed_batch(templates, copies, vocab_size, seed, draft_probs_known)
     context = (f"{backend.name} mixed batch seed={seed} V={vocab_size} copies={copies} "
                f"templates={[(t.k, t.params.temperature) for t in templates]} "
@@ -505,7 +565,7 @@ def check_seeded_reorder(backend, batch: SpecBatch, seed: int) -> None:
 __all__ = [
     "POWER", "SHAPES", "TV_SHIFT", "Plan", "RandomCase", "RequestTemplate", "check_greedy_exact",
     "check_mixed_batch", "check_random_verification", "check_seeded_reorder", "check_structure",
-    "check_target_processing", "identical_requests_batch", "mixed_batch", "permute_batch",
-    "plan", "position0_acceptance", "position_results", "raise_on_rejections",
-    "target_and_draft",
+    "check_target_processing", "identical_requests_batch", "mixed_batch", "mixed_plan",
+    "permute_batch", "plan", "position0_acceptance", "position_results", "raise_on_rejections",
+    "requests_for", "target_and_draft",
 ]
