@@ -2,7 +2,7 @@
 
 For each case, N identical requests (drafts drawn from q with a stable seed) go through the
 sampler in one batch. Per position j the emitted token among requests that reached j must follow
-the processed target distribution p_j (chi-square), and acceptance at j among them must be
+the processed target distribution p_j (subset test, suites.stats.tv_gof), and acceptance at j among them must be
 Binomial(reached, beta_j) with beta_j = sum min(p_j, q_j) (sum q_j p_j when the sampler is not
 given q). False-positive rate <= 1e-6 per test (Bonferroni over its 2k + 1 comparisons); power
 >= suites.stats.POWER per comparison to detect a TV shift / an acceptance shift of the backend's
