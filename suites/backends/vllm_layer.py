@@ -41,8 +41,13 @@ from typing import ClassVar
 
 import torch
 
-from suites.backends.base import (REGISTRY, MoEBlockBackend, UnsupportedShape, observe_routing,
-                                  vllm_build_reason)
+from suites.backends.base import (
+    REGISTRY,
+    MoEBlockBackend,
+    UnsupportedShape,
+    observe_routing,
+    vllm_build_reason,
+)
 
 FIXTURE_CONFIG = (pathlib.Path(__file__).resolve().parents[2] / "fixtures" / "tiny_qwen3_next"
                   / "config.json")
