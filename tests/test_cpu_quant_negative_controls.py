@@ -97,6 +97,24 @@ def int8_per_tensor_activation_scale():
         yield
 
 
+@contextlib.contextmanager
+def int8_quiet_token_row_negated():
+    """the smallest-norm token's output row written negated (a kernel that mishandles one
+    token's row, e.g. a sign or scale taken from the wrong row); with tokens 2^+-6 apart it is
+    far below the tensor's scale: only the per-row verdict sees it"""
+    experts = _cpu_moe().CPUExpertsInt8
+    orig = experts.apply
+
+    def apply(self, output, hidden_states, *args, **kwargs):
+        result = orig(self, output, hidden_states, *args, **kwargs)
+        quiet = int(hidden_states.float().abs().amax(1).argmin())
+        output[quiet] = -output[quiet]
+        return result
+
+    with mock.patch.object(experts, "apply", apply):
+        yield
+
+
 def fp8_expert0_block_scale():
     """every expert's weights dequantized with expert 0's block scales"""
     return _wrap(_cfg(), "fp8_w8a16_moe_quant_config",
@@ -188,6 +206,7 @@ CONTROLS = [
     Control("int8_expert0_scale", "int8_w8a8", INT8, int8_expert0_scale),
     Control("int8_per_tensor_activation_scale", "int8_w8a8", INT8_ROWS,
             int8_per_tensor_activation_scale, "check_batch_invariance"),
+    Control("int8_quiet_token_row_negated", "int8_w8a8", INT8_ROWS, int8_quiet_token_row_negated),
     Control("fp8_expert0_block_scale", "fp8_w8a16", FP8, fp8_expert0_block_scale),
     Control("fp8_block_scales_shifted_one_k_block", "fp8_w8a16", FP8,
             fp8_block_scales_shifted_one_k_block),
@@ -223,3 +242,19 @@ def test_planted_bug_is_caught(control, record):
     assert b.name in msg and control.problem.scheme.name in msg  # the failure explains itself
     record.sum(caught=1)
 
+
+
+def test_quiet_row_bug_is_seen_by_the_row_verdict_only():
+    """The negated quiet token is inside the tensor-wide normalized max and RMS bounds (the old
+    verdict passed it) and fails its own row (DESIGN.md: a small row wholly wrong fails)."""
+    from suites.compare import closeness
+    from suites.tolerances import quant_tolerance
+
+    b = _backend("int8_w8a8")
+    t = INT8_ROWS.tensors()
+    with int8_quiet_token_row_negated():
+        out = quant_checks.run(b, t)
+    c = closeness(out, quant_checks.oracle(t, b), quant_tolerance(b.scheme_kind, INT8_ROWS.torch_dtype))
+    assert c.max_norm <= c.tol.max_norm and c.rms_norm <= c.tol.rms_norm, c.report()
+    quiet = int(t["x"].float().abs().amax(1).argmin())
+    assert not c.ok and c.worst_row == quiet and c.row_max_norm > 4 * c.tol.row_bound, c.report()

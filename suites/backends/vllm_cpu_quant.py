@@ -27,7 +27,7 @@ see it (vllm_cpu._localize).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -35,6 +35,25 @@ from reference import quant_layouts as L
 from reference.experts import SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT
 from suites.backends.base import REGISTRY, QuantExpertsBackend, UnsupportedShape, vllm_build_reason
 from suites.backends.vllm_cpu import _check_ids, _localize, _sgl_kernels_reason
+
+# What vLLM's CPU kernels do between the oracle's exact steps, by experts class, as the oracle's
+# QuantScheme fields (reference/quant.py) that describe a kernel's arithmetic rather than the
+# checkpoint (csrc/cpu/sgl-kernels; probed in tests/test_int4_probe.py):
+#   act_round="half_even"  quantize_row_int8<BFloat16> (vec.h) rounds x * 127 / amax with
+#                          _mm512_roundscale_ps(_MM_FROUND_TO_NEAREST_INT): ties to even (the
+#                          generic template, fp16 and non-AVX-512, uses std::round: ties away)
+#   gate_up_stored=True    moe_int4.cpp writes the first GEMM's gate and up to
+#                          intermediate_cache0 in the model dtype, silu_and_mul reads them back
+#                          (moe_int8.cpp applies silu to its fp32 accumulators: not stored)
+KERNEL_ARITHMETIC = {
+    "CPUExpertsInt8": dict(act_round="half_even"),
+    "CPUExpertsInt4": dict(act_round="half_even", gate_up_stored=True),
+}
+
+
+def kernel_scheme(experts_class: str, scheme):
+    """The oracle's scheme for `scheme` as vLLM's CPU experts class `experts_class` runs it."""
+    return replace(scheme, **KERNEL_ARITHMETIC.get(experts_class, {}))
 
 
 def _amx_fp8_reason() -> str | None:
@@ -77,6 +96,15 @@ class CpuQuantExperts(QuantExpertsBackend):
         if not isa.startswith(("AVX512", "AMX")):
             return _sgl_kernels_reason()
         return _amx_fp8_reason() if self.method == "fp8_w8a8" else None
+
+    @property
+    def experts_class(self) -> str:
+        return {"int8_w8a8": "CPUExpertsInt8", "fp8_w8a16": "CPUExpertsFp8", "mxfp4": "CPUExpertsMxfp4",
+                "int4_w4a8": "CPUExpertsInt4", "fp8_w8a8": "CPUExpertsFp8W8A8"}[self.method]
+
+    def kernel_scheme(self, scheme):
+        """The oracle's scheme as this kernel runs it (KERNEL_ARITHMETIC)."""
+        return kernel_scheme(self.experts_class, scheme)
 
     # ------------------------------------------------------------------ weight processing
 

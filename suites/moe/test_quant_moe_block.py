@@ -13,8 +13,9 @@ catches what only the layer gets wrong: a scale loaded into another expert's or 
 slot, gate and up shards swapped, a checkpoint tensor read in the wrong orientation or packing,
 a scale stored as its inverse (tests/test_quant_block_negative_controls.py plants each).
 Drawn problems: every expert's scales distinct, block scales far from uniform, H ragged against
-the fp8 block, group sizes 32 / 64 / 128, E up to 128; near-ties at bf16 router logits excluded
-and counted.
+the fp8 block, group sizes 32 / 64 / 128, E up to 128. Every row is compared: the layer's own
+routing is observed, judged admissible at bf16 router logits, and the oracle evaluated with it
+(suites/moe/checks.py observed_choice).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 from fixtures.catalogue import get as get_shape
 from fixtures.strategies import BlockProblem, QuantBlockProblem, quant_block_problems
 from suites.backends import UnsupportedShape
+from suites.moe.checks import COMPARED_FLOOR
 from suites.moe.quant_checks import check_quant_block_matches_oracle
 
 pytestmark = pytest.mark.moe
@@ -44,7 +46,7 @@ def _run(b, p, record):
         pytest.skip(str(e))
     figures = check_quant_block_matches_oracle(b, p)
     record(family=b.family, experts_class=b.selected)
-    record.sum(near_ties=figures["near_ties"], compared=figures["compared"])
+    record.rows(figures["compared"], figures["drawn"], COMPARED_FLOOR)
     if "max_norm" in figures:
         record.max(max_norm=figures["max_norm"], rms_norm=figures["rms_norm"])
 
