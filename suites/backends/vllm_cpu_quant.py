@@ -20,8 +20,8 @@ oracles' CPU branches), which is where packing bugs live:
 vLLM's oracle selects these classes on AMX CPUs only (`_supports_current_device`); the kernels
 themselves are built for AVX-512 and run without AMX (their non-AMX code path), which is what
 runs here. The adapters build the classes directly, never through the selection. The experts
-take no expert_map (vLLM never hands them one); expert parallelism is driven as a rank would
-see it (vllm_cpu._localize).
+take no expert_map (vLLM never hands them one): they refuse one (UnsupportedShape) and have no
+expert-parallel property at kernel level (vLLM's CPU EP: ledger cpu-ep-experts-ignore-expert-map).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 from reference import quant_layouts as L
 from reference.experts import SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT
 from suites.backends.base import REGISTRY, QuantExpertsBackend, UnsupportedShape, vllm_build_reason
-from suites.backends.vllm_cpu import _check_ids, _localize, _sgl_kernels_reason
+from suites.backends.vllm_cpu import _check_ids, _no_expert_map, _sgl_kernels_reason
 
 # What vLLM's CPU kernels do between the oracle's exact steps, by experts class, as the oracle's
 # QuantScheme fields (reference/quant.py) that describe a kernel's arithmetic rather than the
@@ -84,6 +84,7 @@ class CpuQuantExperts(QuantExpertsBackend):
     algo: str = ""  # int4: "gptq" | "awq"
     dtypes: tuple[torch.dtype, ...] = (torch.bfloat16,)
     alignment: int = 32  # the VNNI prepack's tiles: H and I multiples of 32
+    supports_expert_map: bool = False  # the op takes none (an adapter never emulates one)
 
     def unavailable_reason(self):
         r = vllm_build_reason("cpu") or _sgl_kernels_reason()
@@ -198,8 +199,8 @@ class CpuQuantExperts(QuantExpertsBackend):
         from vllm.model_executor.layers.fused_moe.activation import MoEActivation
 
         self.check(dtype=x.dtype)
-        tw, ti = _localize(topk_weights, topk_ids, expert_map)
-        tw, ti = tw.float().contiguous(), ti.int().contiguous()
+        _no_expert_map(expert_map, self.name)
+        tw, ti = topk_weights.float().contiguous(), topk_ids.int().contiguous()
         _check_ids(ti, handle["E"], self.name)
         experts = handle.get("experts")
         if experts is None:  # one experts object per weights, as a layer holds it
