@@ -106,3 +106,49 @@ def test_selection_margin_flags_constructed_near_tie():
     clear = Routing("tie_free_bf16").logits(8, 16, 4, "m").double()
     assert (selection_margin(tied, cfg) <= 2 * torch.finfo(torch.float32).eps * 8).all()
     assert (selection_margin(clear, cfg) >= 0.125 - 1e-12).all()
+
+
+@given(cfg=router_configs())
+def test_routing_weights_at_the_routers_own_choice_are_its_weights(cfg):
+    """routing_weights (the oracle evaluated with a given choice) reproduces route()'s weights
+    at route()'s own choice, in any slot order, for every method."""
+    from reference.routing import routing_weights
+
+    lg = _logits(9, cfg.num_experts, cfg)
+    bias = torch.randn(cfg.num_experts, generator=generator("bias", cfg), dtype=torch.float64) * 0.05
+    w, ids = route(lg, cfg, bias)
+    perm = torch.randperm(ids.shape[1], generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(routing_weights(lg, cfg, ids[:, perm], bias), w[:, perm],
+                               rtol=1e-13, atol=0)
+
+
+def test_routing_weights_of_another_choice_by_hand():
+    """Softmax top-2 renormalized, at the choice {0, 2} instead of the router's {0, 1}."""
+    from reference.routing import routing_weights
+
+    lg = torch.tensor([[2.0, 1.0, 0.5, -1.0]], dtype=torch.float64)
+    cfg = RouterConfig(num_experts=4, num_experts_per_tok=2)
+    e = torch.exp(lg[0])
+    want = torch.stack([e[0], e[2]]) / (e[0] + e[2])
+    torch.testing.assert_close(routing_weights(lg, cfg, torch.tensor([[0, 2]]))[0], want)
+    sig = RouterConfig(num_experts=4, num_experts_per_tok=2, topk_method="noaux_tc",
+                       scoring_func="sigmoid", n_group=2, topk_group=1, routed_scaling_factor=2.5,
+                       norm_topk_prob=False)
+    s = torch.sigmoid(lg[0])
+    torch.testing.assert_close(routing_weights(lg, sig, torch.tensor([[1, 0]]))[0],
+                               2.5 * torch.stack([s[1], s[0]]))
+
+
+def test_moe_block_with_its_own_choice_forced_is_unchanged():
+    from fixtures.strategies import BlockProblem
+    from reference.moe import moe_block
+
+    for family in ("qwen3_next", "deepseek_v3", "gpt_oss"):
+        bp = BlockProblem(E=16, K=4, H=64, I=32, Is=32, norm_topk_prob=True, T=7, gate_scale=2.0,
+                          seed=3, family=family)
+        x, w = bp.tensors()
+        out, tw, ids = moe_block(x, bp.cfg, w, router_logits_dtype=torch.bfloat16)
+        forced = moe_block(x, bp.cfg, w, router_logits_dtype=torch.bfloat16,
+                           topk_ids=ids.flip(1))
+        torch.testing.assert_close(forced[0], out, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(forced[1], tw.flip(1), rtol=1e-12, atol=0)
