@@ -133,6 +133,12 @@ class QuantScheme:
                     common exactly where it matters least to a test and most to a row: when
                     amax is 127 * 2^k (a bf16 row has it with probability ~1/128) every
                     element with a half in its scaled value is a tie.
+    weights_upcast  the kernel dequantizes each weight (code x scale, in fp32) and rounds it to
+                    the model dtype before its GEMMs (vLLM's CPU FP8_W8A16: e4m3 upcast to bf16
+                    with the block scale folded in). That rounding acts on every weight inside
+                    a dot product, so its error scales with sum |x w|, not with the output: at
+                    a cancelling row it is many times the output's own rounding; the oracle
+                    follows it.
     """
 
     name: str
@@ -144,6 +150,7 @@ class QuantScheme:
     scale_dtype: str = "float32"
     gate_up_stored: bool = False
     act_round: str = "half_away"
+    weights_upcast: bool = False
 
     @property
     def bits(self) -> int:
@@ -385,13 +392,19 @@ def quantized_fused_experts(
     scheme = w13.scheme
     store_gate_up = scheme.gate_up_stored and activation_dtype is not None
 
+    def gemm_weights(w: QuantizedWeight) -> torch.Tensor:  # [E, N, K] fp64, as the GEMM sees it
+        d = w.dequantize()
+        if scheme.weights_upcast and activation_dtype is not None:
+            d = d.float().to(activation_dtype).double()  # fp32 product, then the model dtype
+        return d
+
     def act_quant(a: torch.Tensor) -> torch.Tensor:
         if activation_dtype is not None:
             a = a.to(activation_dtype)
         return fake_quantize_activation(a, scheme)
 
     if not store_gate_up:
-        return fused_experts(act_quant(hidden_states), w13.dequantize(), w2.dequantize(),
+        return fused_experts(act_quant(hidden_states), gemm_weights(w13), gemm_weights(w2),
                              topk_weights, topk_ids, activation, w13_bias=w13_bias,
                              w2_bias=w2_bias, expert_map=expert_map,
                              quantize_intermediate=act_quant if scheme.activation else None)
@@ -405,7 +418,7 @@ def quantized_fused_experts(
     weights = topk_weights.reshape(-1).double()  # [T*K]
     token_of_slot = torch.arange(T * K) // K  # [T*K]
     x = act_quant(hidden_states)  # [T, H] float64
-    d13, d2 = w13.dequantize(), w2.dequantize()  # [E, 2I, H], [E, H, I]
+    d13, d2 = gemm_weights(w13), gemm_weights(w2)  # [E, 2I, H], [E, H, I]
     out = torch.zeros(T, H, dtype=torch.float64)
     for e in ids[ids >= 0].unique().tolist():
         slots = (ids == e).nonzero().squeeze(1)

@@ -263,9 +263,10 @@ QUANT_MODELS: dict[tuple[str, torch.dtype], ErrorModel] = {
                                                  step_row=INT8_STEP_ROW),
     ("int4_w4a8", torch.bfloat16): ErrorModel(torch.bfloat16, 2, step_max=INT8_STEP_MAX,
                                               step_row=INT8_STEP_ROW),
-    # weights upcast to bf16 (FP8_W8A16 with the block scale folded in and rounded; MXFP4's
-    # e8m0 scales are powers of two), bf16 activations the oracle keeps exact: gate and up, the
-    # activated intermediate, the partial, the output: 5 storage roundings, no code step
+    # weights upcast to bf16 (FP8_W8A16 with the block scale folded in and rounded: the oracle
+    # follows it, QuantScheme.weights_upcast; MXFP4's e8m0 scales are powers of two: exact),
+    # bf16 activations: gate and up, the activated intermediate, the partial, the output: 4
+    # storage roundings, no code step; the bound keeps the earlier model's 5 (1.25x on the max)
     ("fp8_block_w8a16", torch.bfloat16): ErrorModel(torch.bfloat16, 5),
     ("mxfp4", torch.bfloat16): ErrorModel(torch.bfloat16, 5),
     # Triton on the GPU: intermediate_cache3 + moe_sum in bf16 (K <= 4), plus an e4m3 step
