@@ -121,6 +121,38 @@ def fused_experts(
     return out
 
 
+def fused_experts_magnitude(
+    hidden_states: torch.Tensor,  # [T, H]
+    w13: torch.Tensor,  # [E, 2I, H] (dequantized where the checkpoint is quantized)
+    w2: torch.Tensor,  # [E, H, I]
+    topk_weights: torch.Tensor,  # [T, K]
+    topk_ids: torch.Tensor,  # [T, K]
+    activation: Activation = "silu",
+    w13_bias: torch.Tensor | None = None,  # [E, 2I]
+    w2_bias: torch.Tensor | None = None,  # [E, H]
+) -> torch.Tensor:  # [T] float64
+    """The accumulated magnitude of each token's routed-experts output, max over h of
+    sum_k |w_k| (|W2_e| |a_k| + |b2_e|)_h with a_k the activated intermediate: the scale the
+    roundings of the terms carry (an intermediate rounded in the model dtype moves y_h by up to
+    u sum_i |W2_hi a_i|; each expert's partial rounded in it, by u |w_k y_k|), which exceeds
+    max_h |y_h| where the terms cancel (inside the second GEMM, or between experts)."""
+    x = hidden_states.double()
+    T = x.shape[0]
+    mag = torch.zeros(T, w2.shape[1], dtype=torch.float64, device=x.device)  # [T, H]
+    for k in range(topk_ids.shape[1]):
+        for e in topk_ids[:, k].long().unique().tolist():
+            rows = (topk_ids[:, k].long() == e).nonzero().squeeze(1)
+            gate_up = x[rows] @ w13[e].double().T
+            if w13_bias is not None:
+                gate_up = gate_up + w13_bias[e].double()
+            a = ACTIVATIONS[activation](gate_up).abs()  # [n, I]
+            m = a @ w2[e].double().abs().T  # [n, H]
+            if w2_bias is not None:
+                m = m + w2_bias[e].double().abs()
+            mag[rows] += topk_weights[rows, k].double().abs()[:, None] * m
+    return mag.amax(1)
+
+
 def shared_expert(
     hidden_states: torch.Tensor,  # [T, H]
     w13: torch.Tensor,  # [2Is, H] gate_proj rows then up_proj rows

@@ -185,3 +185,24 @@ def test_fp8_bf16_bound_covers_the_kernel_storage_points(p):
                                    w2=replace(t["w2"], scheme=unstored)))
     c_old = closeness(out, old, quant_tolerance("fp8_block", torch.bfloat16))
     assert c.rms_norm < c_old.rms_norm
+
+
+def test_accumulated_magnitude_bounds_the_output_and_sees_cancellation():
+    """fused_experts_magnitude >= |fused_experts| row by row, and far above it on a row whose
+    two experts cancel (the scale a row's rounding is judged against there)."""
+    from reference.experts import fused_experts, fused_experts_magnitude
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 16, generator=g, dtype=torch.float64)
+    w13 = torch.randn(2, 8, 16, generator=g, dtype=torch.float64)
+    w2 = torch.randn(2, 16, 4, generator=g, dtype=torch.float64)
+    w2[1] = -w2[0]  # expert 1 undoes expert 0 where both see the same intermediate
+    w13[1] = w13[0]
+    ids = torch.tensor([[0, 1]] * 6)
+    tw = torch.tensor([[0.5, 0.5]] * 6, dtype=torch.float64)
+    y = fused_experts(x, w13, w2, tw, ids)
+    mag = fused_experts_magnitude(x, w13, w2, tw, ids)
+    assert float(y.abs().max()) < 1e-12 < float(mag.min())
+    tw1 = torch.tensor([[1.0, 0.0]] * 6, dtype=torch.float64)
+    y1 = fused_experts(x, w13, w2, tw1, ids)
+    assert (fused_experts_magnitude(x, w13, w2, tw1, ids) >= y1.abs().amax(1) - 1e-12).all()

@@ -11,7 +11,7 @@ from dataclasses import replace
 import torch
 
 from fixtures.strategies import ExpertsProblem, RouterProblem, experts_problems
-from reference.experts import expert_mlp, fused_experts
+from reference.experts import expert_mlp, fused_experts, fused_experts_magnitude
 from reference.routing import route, routing_weights, selection_margin
 from suites.backends.base import ExpertsBackend, RouterBackend
 from suites.compare import Closeness, closeness
@@ -64,6 +64,33 @@ def oracle(t: dict, p: ExpertsProblem, **over) -> torch.Tensor:
                          a["w13_bias"], a["w2_bias"], a.get("expert_map"))
 
 
+def experts_row_scale(t: dict, activation: str, w13=None, w2=None, topk_ids=None,
+                      topk_weights=None) -> torch.Tensor:
+    """[T] the accumulated magnitude of each token's routed output (fused_experts_magnitude):
+    the scale a row's rounding error is judged against where its terms cancel."""
+    return fused_experts_magnitude(
+        t["x"], t["w13"] if w13 is None else w13, t["w2"] if w2 is None else w2,
+        t["topk_weights"] if topk_weights is None else topk_weights,
+        t["topk_ids"] if topk_ids is None else topk_ids, activation, t.get("w13_bias"),
+        t.get("w2_bias"))
+
+
+def block_row_scale(x: torch.Tensor, cfg, w, topk_weights, topk_ids, w13=None,
+                    w2=None) -> torch.Tensor:
+    """[T] the accumulated magnitude of each token's block output: routed experts plus the
+    (gated) shared expert."""
+    t = {"x": x, "w13_bias": w.w13_bias, "w2_bias": w.w2_bias, "topk_weights": topk_weights,
+         "topk_ids": topk_ids, "w13": w.w13 if w13 is None else w13,
+         "w2": w.w2 if w2 is None else w2}
+    mag = experts_row_scale(t, cfg.hidden_act)
+    if w.shared_w13 is not None:
+        g = (torch.sigmoid(x.double() @ w.shared_expert_gate.double().T)
+             if w.shared_expert_gate is not None else torch.ones(x.shape[0], 1, dtype=torch.float64))
+        mag = mag + fused_experts_magnitude(x, w.shared_w13[None], w.shared_w2[None], g,
+                                            torch.zeros_like(g, dtype=torch.long), "silu")
+    return mag
+
+
 def _self_bound(ref: torch.Tensor, dtype: torch.dtype) -> float:
     return METAMORPHIC_ULPS * resolution(dtype) * max(float(ref.double().abs().max()), 1e-30)
 
@@ -85,7 +112,8 @@ def check_matches_oracle(backend: ExpertsBackend, p: ExpertsProblem) -> Closenes
     t = p.tensors()
     out = run_experts(backend, t, p)
     ref = oracle(t, p)
-    c = closeness(out, ref, tolerance(p.torch_dtype, backend.name))
+    c = closeness(out, ref, tolerance(p.torch_dtype, backend.name),
+                  row_scale=experts_row_scale(t, p.activation))
     if not c.ok:
         raise AssertionError(_ctx(backend, p, "matches_oracle", c.report()))
     return c
@@ -471,18 +499,19 @@ def check_block_matches_oracle(backend, bp) -> dict:
     obs = observed_choice(backend, bp, "block", x, w, cfg, dt)
     logits = router_logits(x, w.gate, w.gate_bias).to(dt).double()  # the oracle's gate
     if obs is not None:
-        ref = moe_block(x, cfg, w, router_logits_dtype=dt, topk_ids=obs.topk_ids)[0]
+        ref, tw, ids = moe_block(x, cfg, w, router_logits_dtype=dt, topk_ids=obs.topk_ids)
         keep = torch.ones(bp.T, dtype=torch.bool)
         own = own_choice_rows(logits, cfg, w.e_score_correction_bias, obs.topk_ids)
     else:
-        ref = moe_block(x, cfg, w, router_logits_dtype=dt)[0]
+        ref, tw, ids = moe_block(x, cfg, w, router_logits_dtype=dt)
         exact, delta = gate_logit_box(x, w.gate, w.gate_bias, dt)
         keep = ~ambiguous(exact, delta, cfg.router, w.e_score_correction_bias)
         own = 0
     figures = {"drawn": bp.T, "compared": int(keep.sum()), "own_choice": own,
                "observed": obs is not None}
     if keep.any():
-        c = closeness(out[keep], ref[keep], tolerance(dt, backend.name))
+        c = closeness(out[keep], ref[keep], tolerance(dt, backend.name),
+                      row_scale=block_row_scale(x, cfg, w, tw, ids)[keep])
         if not c.ok:
             raise AssertionError(_ctx(backend, bp, "block matches oracle", (
                 f"routing observed: every row held to the oracle with the block's own choice "

@@ -68,10 +68,14 @@ def oracle(t: dict, backend=None, **over) -> torch.Tensor:
 
 def check_matches_oracle(backend: QuantExpertsBackend, p: QuantExpertsProblem) -> Closeness:
     """Output vs the dequantizing fp64 oracle; NaN-poisoned out buffer; all outputs finite."""
+    from suites.moe.checks import experts_row_scale
+
     t = p.tensors()
     out = run(backend, t)
     ref = oracle(t, backend)
-    c = closeness(out, ref, quant_tolerance(backend.scheme_kind, p.torch_dtype))
+    c = closeness(out, ref, quant_tolerance(backend.scheme_kind, p.torch_dtype),
+                  row_scale=experts_row_scale(t, t["activation"], t["w13"].dequantize(),
+                                              t["w2"].dequantize()))
     if not c.ok:
         raise AssertionError(_ctx(backend, p, "matches_oracle", c.report()))
     return c
@@ -193,8 +197,9 @@ def check_quant_block_matches_oracle(backend, p) -> dict:
 
         w13, w2 = (replace(q, scheme=kernel_scheme(selected, q.scheme)) for q in (w13, w2))
     obs = observed_choice(backend, p, "quant block", x, w, cfg, dt)
-    ref = quantized_moe_block(x, cfg, w, w13, w2, router_logits_dtype=dt, activation_dtype=dt,
-                              topk_ids=None if obs is None else obs.topk_ids)[0]
+    ref, tw, ids = quantized_moe_block(x, cfg, w, w13, w2, router_logits_dtype=dt,
+                                       activation_dtype=dt,
+                                       topk_ids=None if obs is None else obs.topk_ids)
     ctx = f"[quant block matches oracle] backend={backend.name} problem: {p.describe()}"
     if tuple(out.shape) != tuple(ref.shape):
         raise AssertionError(f"{ctx}\nshape {tuple(out.shape)} != {tuple(ref.shape)}")
@@ -209,7 +214,11 @@ def check_quant_block_matches_oracle(backend, p) -> dict:
         keep = torch.ones(p.T, dtype=torch.bool)
     figures = {"drawn": p.T, "compared": int(keep.sum()), "observed": obs is not None}
     if keep.any():
-        c = closeness(out[keep], ref[keep], quant_tolerance(backend.scheme_kind, dt))
+        from suites.moe.checks import block_row_scale
+
+        c = closeness(out[keep], ref[keep], quant_tolerance(backend.scheme_kind, dt),
+                      row_scale=block_row_scale(x, cfg, w, tw, ids, w13.dequantize(),
+                                                w2.dequantize())[keep])
         if not c.ok:
             raise AssertionError(f"{ctx}\nexperts class {backend.selected}; "
                                  f"{p.T - figures['compared']} ambiguous tokens excluded (routing "
