@@ -122,6 +122,9 @@ def _rows(t: torch.Tensor) -> torch.Tensor:  # [rows, columns]: leading dim = ro
     return t.reshape(t.shape[0], -1)
 
 
+RMS_MIN_ELEMENTS = 32  # fewer compared elements: the RMS is held to the max bound
+
+
 def closeness(out: torch.Tensor, ref: torch.Tensor, tol: Tolerance,
               row_scale: torch.Tensor | None = None) -> Closeness:
     """out vs ref (ref in float64). Passes when the output is finite, the normalized max and RMS
@@ -193,7 +196,12 @@ def closeness(out: torch.Tensor, ref: torch.Tensor, tol: Tolerance,
         failed.append("non-finite output")
     if not max_norm <= tol.max_norm:
         failed.append("normalized max")
-    if not rms_norm <= tol.rms_norm:
+    # The RMS bound models an average over many independent roundings; over a handful of
+    # elements it is no average (one element: RMS = max), so there the max bound holds it
+    # (found by the nightly profile: one fp32 softmax weight over 512 experts, 31 u32 off,
+    # within the max model and read as an RMS of 1.9e-6 against 9.8e-7)
+    rms_bound = tol.rms_norm if d.numel() >= RMS_MIN_ELEMENTS else max(tol.rms_norm, tol.max_norm)
+    if not rms_norm <= rms_bound:
         failed.append("normalized RMS")
     if not row_max_norm <= tol.row_bound:
         failed.append(f"row {worst} against its own scale")

@@ -167,3 +167,20 @@ def test_nonfinite_output_fails_and_says_so():
     out[1, 3] = float("nan")
     c = closeness(out, ref, BF16)
     assert not c.ok and "non-finite output" in c.failed and "Non-finite" in c.report()
+
+
+def test_rms_of_a_handful_of_elements_is_held_to_the_max_bound():
+    """One element's RMS is its max: the RMS bound (an average of many roundings) does not
+    judge it, the max bound does; from RMS_MIN_ELEMENTS on the RMS bound applies again."""
+    from suites.compare import RMS_MIN_ELEMENTS, closeness
+    from suites.tolerances import TOLERANCES
+
+    tol = TOLERANCES[torch.float32]
+    ref = torch.tensor([[0.1175]], dtype=torch.float64)
+    off = ref * (1 + 0.5 * (tol.rms_norm + tol.max_norm) / 1)  # between the two bounds
+    assert closeness(off.float(), ref, tol).ok
+    n = RMS_MIN_ELEMENTS
+    ref_n = torch.full((1, n), 0.1175, dtype=torch.float64)
+    off_n = ref_n * (1 + 0.5 * (tol.rms_norm + tol.max_norm))
+    c = closeness(off_n, ref_n, tol)
+    assert not c.ok and "normalized RMS" in c.failed
