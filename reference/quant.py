@@ -34,7 +34,8 @@ oracle's codes are the kernel's codes given the same input:
   fp8, per token group (vLLM `per_token_group_quant_fp8`): s = max(amax, eps) * (1 / 448),
       q = e4m3(clamp(x / s, -448, 448))
   int8, per token (vLLM `per_token_quant_int8`): s = amax / 127, q = round(x * (127 / amax))
-      (round half away from zero; half to even where the scheme says so: QuantScheme.act_round)
+      (127 / amax one fp32 division; round half away from zero, half to even where the scheme
+      says so: QuantScheme.act_round)
 Everything after the codes (dequantization, the expert GEMMs, the weighted sum) is float64.
 """
 
@@ -345,7 +346,10 @@ def quantize_activation(x: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Ten
     if scheme.activation == "int8":
         amax = x32.abs().amax(-1, keepdim=True).clamp(min=ACT_EPS)  # [T, 1]
         scale = amax / 127
-        ratio = x32 * (127 / amax)
+        # 127 / amax as one fp32 division, as the kernels compute it (vec.h quantize_row_int8,
+        # Triton's _per_token_quant_int8); PyTorch's `127 / tensor` is reciprocal(amax) * 127,
+        # two roundings, which moves x = amax / 2 (an exact tie) from 63.499996 to 63.500004
+        ratio = x32 * torch.full_like(amax, 127.0).div(amax)
         q = torch.round(ratio) if scheme.act_round == "half_even" else round_half_away(ratio)
         return q.clamp(-128, 127).double(), scale
     raise ValueError(f"{scheme.name}: activations are not quantized")

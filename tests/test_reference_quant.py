@@ -164,6 +164,23 @@ def test_int8_activation_per_token_hand_made():
     assert q[1].tolist() == [0.0] * 4 and s[1, 0].item() == pytest.approx(Q.ACT_EPS / 127)
 
 
+
+def test_int8_activation_ratio_is_one_fp32_division():
+    """The kernels compute x * (127 / amax) with 127 / amax one fp32 division (vec.h
+    quantize_row_int8, Triton's _per_token_quant_int8). Found by the nightly (int4 W4A8, T = 1,
+    x_scale 1e3, seed 0): amax = 2576, x = -1288 = -amax / 2. The kernel's ratio is -63.499996
+    (-> -63); a reciprocal-then-multiply (PyTorch's `127 / tensor`) gives -63.500004 (-> -64),
+    one code on a large element: an RMS error of 4.9e-3 of max|out| the oracle had caused."""
+    import numpy as np
+
+    x = torch.tensor([[2576.0, -1288.0, 1288.0, 3.0]])
+    inv = np.float32(127) / np.float32(2576)  # one IEEE fp32 division
+    expected = [float(np.rint(np.float32(v) * inv)) for v in x[0].tolist()]
+    assert expected[1:3] == [-63.0, 63.0]
+    for scheme in (Q.INT8_W8A8_CHANNEL, Q.int4_w4a8(32, False)):
+        q, _ = Q.quantize_activation(x, scheme)
+        assert q[0].tolist() == expected, scheme.name
+
 @pytest.mark.parametrize("scheme", [Q.fp8_block(32, 32), Q.INT8_W8A8_CHANNEL], ids=lambda s: s.name)
 def test_activation_quantization_is_per_token(scheme):
     x = torch.randn(5, 64, generator=torch.Generator().manual_seed(3))
