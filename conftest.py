@@ -149,102 +149,45 @@ def _is_under_test(item: pytest.Item) -> bool:
 
 
 def backend_params(config: pytest.Config, kind: str) -> list:
-    """pytest.param per registered backend of this kind, unavailable ones marked skip with the
-    backend's own reason. Imported lazily so tests/ that need no backend never import vLLM."""
-    from suites.backends import REGISTRY
+    """pytest.param per selected backend of this kind (suites/kinds.py select_backends: the
+    implementations under test on --device matching --backend; the reference only when a
+    --backend glob names it), unavailable ones marked skip with the backend's own reason.
+    Imported lazily so tests/ that need no backend never import vLLM."""
+    from suites.kinds import select_backends
 
-    patterns = config.getoption("--backend") or None
-    device = config.getoption("--device")
-    params = []
-    for name in REGISTRY.names(kind=kind, device=device):
-        b = REGISTRY.get(name)
-        selected = patterns and any(fnmatch.fnmatch(name, p) for p in patterns)
-        # The reference is a backend too, but suites run it only when asked (--backend
-        # 'reference.*': oracle vs oracle, e.g. without vLLM); tests/ exercise it directly.
-        if b.is_reference and not selected:
-            continue
-        if patterns and not selected:
-            continue
-        marks = [pytest.mark.gpu] if b.device == "cuda" else []
-        reason = b.unavailable_reason()
-        if reason:
-            marks.append(pytest.mark.skip(reason=f"{name}: {reason}"))
-        params.append(pytest.param(name, id=name, marks=marks))
-    return params
+    return [pytest.param(name, id=name, marks=marks) for name, marks in select_backends(
+        kind, patterns=config.getoption("--backend") or None, device=config.getoption("--device"))]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    for argname, kind in (("experts_backend", "experts"), ("quant_backend", "quant_experts"),
-                          ("router_backend", "router"),
-                          ("block_backend", "moe_block"), ("ep_block_backend", "ep_moe_block"),
-                          ("quant_block_backend", "quant_moe_block"), ("mtp_backend", "mtp_module"),
-                          ("sampler_backend", "rejection_sampler"),
-                          ("engine_backend", "engine")):
-        if argname in metafunc.fixturenames:
-            metafunc.parametrize(argname, backend_params(metafunc.config, kind), indirect=True)
+    """One backend argument per kind (suites/kinds.py KINDS: kind.fixture), parametrized over
+    that kind's selected backends; the generic fixture below turns the name into the backend."""
+    from suites.kinds import FAMILIES, KINDS
+
+    for k in KINDS:
+        if k.fixture in metafunc.fixturenames:
+            metafunc.parametrize(k.fixture, backend_params(metafunc.config, k.name), indirect=True)
+    for fixture, kinds in FAMILIES.items():
+        if fixture in metafunc.fixturenames:
+            metafunc.parametrize(fixture, [p for k in kinds for p in
+                                           backend_params(metafunc.config, k)], indirect=True)
 
 
-@pytest.fixture
-def experts_backend(request):
+def _backend(request):
+    """The backend a test asked for by its kind's fixture name (the parametrized name)."""
     from suites.backends import REGISTRY
 
     return REGISTRY.get(request.param)
 
 
-@pytest.fixture
-def quant_backend(request):
-    from suites.backends import REGISTRY
+def _define_backend_fixtures() -> None:
+    from suites.kinds import FAMILIES, KINDS
 
-    return REGISTRY.get(request.param)
-
-
-@pytest.fixture
-def router_backend(request):
-    from suites.backends import REGISTRY
-
-    return REGISTRY.get(request.param)
+    for name in [k.fixture for k in KINDS] + list(FAMILIES):
+        globals()[name] = pytest.fixture(name=name)(_backend)
 
 
-@pytest.fixture
-def block_backend(request):
-    from suites.backends import REGISTRY
-
-    return REGISTRY.get(request.param)
-
-
-@pytest.fixture
-def ep_block_backend(request):
-    from suites.backends import REGISTRY
-
-    return REGISTRY.get(request.param)
-
-
-@pytest.fixture
-def quant_block_backend(request):
-    from suites.backends import REGISTRY
-
-    return REGISTRY.get(request.param)
-
-
-@pytest.fixture
-def mtp_backend(request):
-    from suites.backends import REGISTRY
-
-    return REGISTRY.get(request.param)
-
-
-@pytest.fixture
-def sampler_backend(request):
-    from suites.backends import REGISTRY
-
-    return REGISTRY.get(request.param)
-
-
-@pytest.fixture
-def engine_backend(request):
-    from suites.backends import REGISTRY
-
-    return REGISTRY.get(request.param)
+_define_backend_fixtures()
 
 
 class Recorder:
@@ -384,11 +327,43 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Property test cases that a ledger entry predicts (suites/known_failures.py: backend,
     test, parameters) are strict xfail with the entry's `raises`: a fix shows as an unexpected
     pass, any other failure as a failure. The ledger's own minimal repros
-    (suites/test_known_failures.py, marker ledger_repro) carry their marks themselves."""
+    (suites/test_known_failures.py, marker ledger_repro) carry their marks themselves. Tests
+    marked `interpreter` are deselected where Triton's interpreter is off."""
     for item in items:
         entry = ledger_entry(item)
         if entry is not None:
             item.add_marker(entry.xfail())
+    away = [i for i in items if not _collected_here(i)]
+    if away:
+        config.hook.pytest_deselected(items=away)
+        items[:] = [i for i in items if _collected_here(i)]
+
+
+def _collected_here(item: pytest.Item) -> bool:
+    """False for a case that could only skip for a reason that is not this machine's: a test of
+    Triton's interpreter where it is off (marker `interpreter`: nox -s triton_interpret runs
+    them), a test of vLLM's Triton programs (marker `triton`) where neither the interpreter
+    nor a CUDA device (--device=cuda) runs them, or a case a test's @pytest.mark.backend_filter(predicate, why) rules out by design
+    (predicate(backend, params) false: EP sharding of an op that takes no expert_map, a router
+    method the router does not implement). Deselected, not skipped: a skip says what this
+    machine could not do."""
+    interpreter = os.environ.get("TRITON_INTERPRET") == "1"
+    if item.get_closest_marker("interpreter") and not interpreter:
+        return False
+    if (item.get_closest_marker("triton") and not interpreter
+            and item.config.getoption("--device") != "cuda"):
+        return False
+    marks = list(item.iter_markers("backend_filter"))
+    cs = getattr(item, "callspec", None)
+    if not marks or cs is None:
+        return True
+    name = next((v for k, v in cs.params.items() if k.endswith("_backend")), None)
+    if not isinstance(name, str):
+        return True
+    from suites.backends import REGISTRY
+
+    b = REGISTRY.get(name)
+    return all(m.args[0](b, cs.params) for m in marks)
 
 
 def ledger_entry(item: pytest.Item):
@@ -399,7 +374,9 @@ def ledger_entry(item: pytest.Item):
     if cs is None or item.get_closest_marker("ledger_repro"):
         return None
     backend = next((v for k, v in cs.params.items() if k.endswith("_backend")), None)
-    if backend is None:
+    if not isinstance(backend, str):
+        # None, or NOTSET: an empty parametrization (no backend of the kind selected, e.g.
+        # `-m moe` in a session whose --backend matches none) has no backend to look up
         return None
     try:
         return marking(backend, dict(cs.params), getattr(item, "originalname", item.name))

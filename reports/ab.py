@@ -6,13 +6,14 @@ stored-run compare (reports/compare.py) mostly says "noisy". Chromium's Pinpoint
 interleave the two builds instead: whatever the machine does hits both sides alike, and a paired
 comparison removes it.
 
-Plan (`nox -s ab -- A B`, `python -m reports ab run`): A and B are two Python environments, each
-with its vLLM (the noxfile installs them: .nox/ab-<slug>, one venv when A and B are the same
-requirement). `--ab-pairs N` pairs of benchmark processes (default 6), in the balanced order
-A B | B A | A B | B A ...; each process is one pytest run of suites/bench with the selection
-given, writing pytest-benchmark JSON, as `nox -s bench` runs one process (bench_command: the
-same pytest arguments). `--ab-slowdown-b GLOB=F` adds suites/bench's `--bench-slowdown GLOB=F`
-to B's processes only (calibration: a known slowdown in one side).
+Plan (`nox -s ab -- A B`, `python -m reports ab run`; the runner is harness/ab.py, this module
+is the judgement): A and B are two Python environments, each with its vLLM (harness/install.py
+installs them: .nox/ab-<slug>, one venv when A and B are the same requirement). `--ab-pairs N`
+pairs of benchmark processes (default 6), in the balanced order A B | B A | A B | B A ...
+(schedule); each process is one pytest run of suites/bench with the selection given, writing
+pytest-benchmark JSON, as `nox -s bench` runs one process (harness.ab.bench_command: the same
+pytest arguments). `--ab-slowdown-b GLOB=F` adds suites/bench's `--bench-slowdown GLOB=F` to
+B's processes only (calibration: a known slowdown in one side).
 
 `--ab-interleave window` (the default): the two processes of a pair run at the same time and
 take turns with a baton (reports/baton.py): only the holder computes, and each timed case hands
@@ -89,33 +90,25 @@ import dataclasses
 import datetime as _dt
 import json
 import math
-import os
 import pathlib
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from reports import baton as _baton
 from reports.verdicts import VerdictTable, write_new
 
 if TYPE_CHECKING:
     from reports.compare import Rule
     from reports.schema import Run
 
-# The run half of this module (schedule, bench_command, split_args, run) needs only the standard
-# library: noxfile.py imports it into nox's own Python (bench_command is what `nox -s bench` runs
-# too). The judgement imports numpy, scipy and the rest of reports/ inside the functions that
-# use them (paired_interval, judge, load_folder, calibrate, main).
+# Importing this module needs only the standard library: harness/ab.py (the runner, which nox's
+# own Python imports) takes the folder's format and ABError from here. The judgement imports
+# numpy, scipy and the rest of reports/ inside the functions that use them (paired_interval,
+# judge, load_folder, calibrate, main).
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIDES = ("A", "B")
 MIN_PAIRS = 3  # fewer: t_{0.99, 1} = 31.8, no interval worth the name
-DEFAULT_PAIRS = 6
 VERDICTS = ("acceptance_drop", "regression", "faster", "same", "inconclusive", "new", "missing")
 FAILING = ("acceptance_drop", "regression")
 MARK = {"acceptance_drop": "ACCEPTANCE DROP", "regression": "REGRESSION", "faster": "faster",
@@ -127,211 +120,21 @@ PLAN = "plan.json"
 
 
 class ABError(ValueError):
-    """Bad input for an A/B run or judgement; str() is one line."""
+    """Bad input for an A/B run (harness/ab.py) or judgement; str() is one line."""
 
 
-class ProcessFailed(RuntimeError):
-    """A benchmark process of one side failed (its pytest output is above)."""
-
-    def __init__(self, index: int, side: str, rc: int, folder: pathlib.Path) -> None:
-        self.index, self.side, self.rc, self.folder = index, side, rc, folder
-        why = f"signal {-rc}" if rc < 0 else f"pytest exit {rc}" if rc else "no JSON written"
-        super().__init__(f"process {index} ({side}) failed: {why}; nothing judged (the "
-                         f"processes before it are in {folder})")
-
-
-# -------------------------------------------------------------------------------- the run
+# ------------------------------------------------------------------- the folder's format
 
 def schedule(pairs: int) -> list[str]:
     """The sides of the processes in run order: A B, B A, A B, B A, ... (pair i is AB for even
-    i, BA for odd i): each side runs first in half of the pairs."""
+    i, BA for odd i): each side runs first in half of the pairs. The judgement pairs processes
+    in this order; harness/ab.py runs them in it."""
     return [s for i in range(pairs) for s in (("A", "B") if i % 2 == 0 else ("B", "A"))]
 
 
 def process_file(folder: pathlib.Path, index: int, side: str) -> pathlib.Path:
+    """Where the runner writes process `index` (from 1) of `side` (PROCESS_RE reads it back)."""
     return pathlib.Path(folder) / f"process{index:02d}-{side}.json"
-
-
-def bench_command(python: str, json_path: pathlib.Path | str, pytest_args, *, device: str,
-                  quiet: bool) -> list[str]:
-    """One benchmark process, the pytest invocation `nox -s bench` runs for each of its
-    processes (noxfile.py bench uses this too)."""
-    return [python, "-m", "pytest", "suites/bench", "-m", "bench", f"--device={device}",
-            f"--benchmark-json={json_path}", "--benchmark-columns=median,iqr,rounds",
-            "--benchmark-sort=fullname", *(["-q"] if quiet else []), *pytest_args]
-
-
-def check_slowdown(value: str) -> str:
-    """--ab-slowdown-b's value, as suites/bench's --bench-slowdown takes it (GLOB=F[,...],
-    0 < F <= 10); checked here so that a typo fails before any process runs."""
-    parts = [p.strip() for p in value.split(",") if p.strip()]
-    for part in parts or [value]:
-        glob, sep, frac = part.partition("=")
-        try:
-            f = float(frac)
-        except ValueError:
-            f = math.nan
-        if not sep or not glob or not 0 < f <= 10:
-            raise ABError(f"--ab-slowdown-b {value!r}: expected GLOB=FRACTION with "
-                          "0 < FRACTION <= 10, e.g. cpu_fused_moe.vec=0.10")
-    return ",".join(parts)
-
-
-INTERLEAVE = ("window", "process")
-
-
-@dataclass
-class Args:
-    """What split_args finds among pytest's arguments."""
-
-    pairs: int = DEFAULT_PAIRS
-    slowdown_b: str | None = None
-    interleave: str = "window"
-    rest: list[str] = field(default_factory=list)
-
-
-def split_args(argv: list[str]) -> Args:
-    """--ab-pairs N / --ab-slowdown-b GLOB=F / --ab-interleave window|process (either form,
-    =VALUE or a separate VALUE), mixed with pytest's arguments (the rest)."""
-    out, pairs = Args(), str(DEFAULT_PAIRS)
-    args = list(argv)
-    while args:
-        a = args.pop(0)
-        name, eq, val = a.partition("=")
-        if name in ("--ab-pairs", "--ab-slowdown-b", "--ab-interleave"):
-            if not eq:
-                if not args:
-                    raise ABError(f"{name} needs a value")
-                val = args.pop(0)
-            if name == "--ab-pairs":
-                pairs = val
-            elif name == "--ab-interleave":
-                if val not in INTERLEAVE:
-                    raise ABError(f"--ab-interleave {val!r}: expected one of {', '.join(INTERLEAVE)}")
-                out.interleave = val
-            else:
-                out.slowdown_b = check_slowdown(val)
-        elif name == "--bench-processes":
-            raise ABError("--bench-processes: an A/B run's processes are its pairs "
-                          "(--ab-pairs N runs 2N processes)")
-        else:
-            out.rest.append(a)
-    if not pairs.isdigit() or not 1 <= int(pairs) <= 100:
-        raise ABError(f"--ab-pairs {pairs!r}: expected a whole number of pairs, 1..100")
-    out.pairs = int(pairs)
-    return out
-
-
-@dataclass
-class Side:
-    name: str  # as given: a version, a requirement, a wheel, a checkout
-    python: str  # the interpreter of its environment
-
-
-def new_folder(out: str | pathlib.Path | None) -> pathlib.Path:
-    """The run's folder: `out` (must not exist or be empty), else reports/out/<time>-ab."""
-    folder = pathlib.Path(out) if out else (
-        ROOT / "reports" / "out" / f"{_dt.datetime.now():%Y%m%d-%H%M%S}-ab")
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise ABError(f"{folder}: exists and is not an empty folder; refusing to overwrite it")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ABError(f"{folder}: cannot create ({e.strerror})") from None
-    return folder
-
-
-def run(a: Side, b: Side, *, pairs: int, pytest_args: list[str], folder: pathlib.Path,
-        device: str = "cpu", slowdown_b: str | None = None, env: dict | None = None,
-        interleave: str = "window",
-        say=lambda line: print(line, flush=True)) -> list[tuple[str, pathlib.Path]]:
-    """Run the 2 x pairs benchmark processes; returns (side, file) in run order (the balanced
-    order A B, B A, ...: in "window" mode the side named first in a pair takes the baton first).
-    Raises ProcessFailed when a process fails or writes no JSON."""
-    if interleave not in INTERLEAVE:
-        raise ABError(f"interleave {interleave!r}: expected one of {', '.join(INTERLEAVE)}")
-    for side in (a, b):
-        if not (os.path.isfile(side.python) and os.access(side.python, os.X_OK)):
-            raise ABError(f"{side.python}: no Python interpreter there (side {side.name})")
-    order = schedule(pairs)
-    plan = {"format": "ab-plan/1", "a": dataclasses.asdict(a), "b": dataclasses.asdict(b),
-            "pairs": pairs, "order": order, "device": device, "pytest_args": list(pytest_args),
-            "slowdown_b": slowdown_b, "interleave": interleave,
-            "started": _dt.datetime.now().astimezone().isoformat()}
-    (folder / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
-    env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
-    for var in (_baton.ENV_SOCKET, _baton.ENV_SIDE):
-        env.pop(var, None)
-    done, walls, handovers = [], [], []
-    t0 = time.monotonic()
-
-    def command(i: int, side_name: str, quiet: bool) -> tuple[list[str], pathlib.Path]:
-        side = a if side_name == "A" else b
-        part = process_file(folder, i, side_name)
-        extra = [f"--bench-slowdown={slowdown_b}"] if side_name == "B" and slowdown_b else []
-        return bench_command(side.python, part, [*pytest_args, *extra], device=device,
-                             quiet=quiet), part
-
-    if interleave == "process":
-        for i, side_name in enumerate(order, start=1):
-            cmd, part = command(i, side_name, quiet=i > 2)
-            say(f"A/B process {i} of {len(order)}: {side_name} "
-                f"({(a if side_name == 'A' else b).name})")
-            start = time.monotonic()
-            rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
-            walls.append(round(time.monotonic() - start, 2))
-            if rc != 0 or not part.exists():
-                raise ProcessFailed(i, side_name, rc, folder)
-            done.append((side_name, part))
-    else:
-        sock_dir = tempfile.mkdtemp(prefix="ab-baton-")  # a socket path must be short
-        try:
-            for p in range(pairs):
-                i1 = 2 * p + 1
-                first, second = order[i1 - 1], order[i1]
-                say(f"A/B pair {p + 1} of {pairs}: processes {i1} ({first}) and {i1 + 1} "
-                    f"({second}), interleaved by windows, {first} first")
-                server = _baton.BatonServer(os.path.join(sock_dir, f"pair{p + 1}"), first).start()
-                procs = {}
-                start = time.monotonic()
-                try:
-                    for i, side_name in ((i1, first), (i1 + 1, second)):
-                        cmd, part = command(i, side_name, quiet=True)
-                        log = open(folder / f"process{i:02d}-{side_name}.log", "w")  # noqa: SIM115
-                        penv = {**env, _baton.ENV_SOCKET: server.path, _baton.ENV_SIDE: side_name}
-                        procs[side_name] = (i, part, log, subprocess.Popen(
-                            cmd, cwd=ROOT, env=penv, stdout=log, stderr=subprocess.STDOUT))
-                    rcs: dict[str, int] = {}
-                    while len(rcs) < 2:
-                        for side_name, (_, _, _, proc) in procs.items():
-                            if side_name not in rcs and proc.poll() is not None:
-                                rcs[side_name] = proc.returncode
-                                server.side_exited(side_name)
-                        time.sleep(0.2)
-                finally:
-                    for _, _, log, proc in procs.values():
-                        if proc.poll() is None:
-                            proc.kill()
-                            proc.wait()
-                        log.close()
-                    server.close()
-                wall = round(time.monotonic() - start, 2)
-                handovers.append(server.handovers)
-                for side_name in (first, second):
-                    i, part, log, _ = procs[side_name]
-                    walls.append(wall)
-                    if rcs[side_name] != 0 or not part.exists():
-                        tail = pathlib.Path(log.name).read_text(errors="replace")[-3000:]
-                        say(f"--- {pathlib.Path(log.name).name} (tail) ---\n{tail}")
-                        raise ProcessFailed(i, side_name, rcs[side_name], folder)
-                    done.append((side_name, part))
-        finally:
-            shutil.rmtree(sock_dir, ignore_errors=True)
-    plan["wall_s"] = {"total": round(time.monotonic() - t0, 1), "processes": walls}
-    if handovers:
-        plan["handovers"] = handovers
-    (folder / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
-    return done
 
 
 # ---------------------------------------------------------------------------- the judgement
@@ -679,16 +482,9 @@ def _parser():
           description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=P)
     rule = {"default": None, "help": "thresholds file (default reports/thresholds.json)"}
-    s = sub.add_parser("run", allow_abbrev=False)
-    s.add_argument("--a-python", required=True)
-    s.add_argument("--b-python", required=True)
-    s.add_argument("--a-name", default="A")
-    s.add_argument("--b-name", default="B")
-    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    s.add_argument("--out", help="the run's folder (default reports/out/<time>-ab; must not "
-                                 "exist or be empty)")
-    s.add_argument("--rule", **rule)
-    s.add_argument("--threshold", type=float)
+    # listed for --help only: reports/__main__.py hands `ab run` to harness/ab.py
+    sub.add_parser("run", add_help=False, help="run the processes, then judge them "
+                   "(harness/ab.py: python -m reports ab run --help)")
     s = sub.add_parser("judge", allow_abbrev=False)
     s.add_argument("folder")
     s.add_argument("--rule", **rule)
@@ -711,7 +507,8 @@ def _rule(a) -> Rule:
     return Rule.load(a.rule or DEFAULT_RULE, threshold=getattr(a, "threshold", None))
 
 
-def _report(cmp: ABComparison) -> None:
+def print_report(cmp: ABComparison) -> None:
+    """The table, then one line: the regressions of B (on stderr) or none."""
     print(to_markdown(cmp))
     c = cmp.counts()
     summary = ", ".join(f"{MARK[v]} {n}" for v, n in c.items() if n)
@@ -729,10 +526,11 @@ def _write_new(path: str, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m reports ab ...`: 0 fine, 1 a regression (or acceptance drop) of B, 2 bad input
-    or a failed process (one line on stderr; nothing overwritten)."""
+    """`python -m reports ab judge|calibrate ...` (`ab run` is harness/ab.py's): 0 fine, 1 a
+    regression (or acceptance drop) of B, 2 bad input (one line on stderr; nothing
+    overwritten)."""
     from reports.compare import RuleError
-    from reports.schema import SchemaError, load_run
+    from reports.schema import SchemaError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -742,21 +540,8 @@ def main(argv: list[str] | None = None) -> int:
             argv, tail = argv[:k], argv[k + 1:]
         a, extra = _parser().parse_known_args(argv)
         if a.cmd == "run":
-            args = split_args([*extra, *tail])
-            pairs = args.pairs
-            rule = _rule(a)
-            folder = new_folder(a.out)
-            sides = Side(a.a_name, a.a_python), Side(a.b_name, a.b_python)
-            t0 = time.monotonic()
-            done = run(*sides, pairs=pairs, pytest_args=args.rest, folder=folder,
-                       device=a.device, slowdown_b=args.slowdown_b, interleave=args.interleave)
-            cmp = judge([(s, load_run(p)) for s, p in done], rule, a=a.a_name, b=a.b_name)
-            plan = json.loads((folder / PLAN).read_text())
-            md, _ = write_outputs(cmp, folder, extra={"folder": str(folder),
-                                                       "wall_s": plan.get("wall_s")})
-            _report(cmp)
-            print(f"A/B: {2 * pairs} processes in {time.monotonic() - t0:.0f} s; table: {md}")
-            return cmp.exit_code
+            raise ABError("ab run: the runner is harness/ab.py (python -m reports ab run ..., "
+                          "or python -m harness.ab ...)")
         if extra or tail:
             raise ABError(f"unrecognized arguments: {' '.join([*extra, *tail])}")
         if a.cmd == "judge":
@@ -764,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
             plan, procs = load_folder(a.folder)
             cmp = judge(procs, rule, a=(plan.get("a") or {}).get("name", "A"),
                         b=(plan.get("b") or {}).get("name", "B"))
-            _report(cmp)
+            print_report(cmp)
             if a.markdown:
                 _write_new(a.markdown, to_markdown(cmp))
             if a.json:
@@ -787,9 +572,6 @@ def main(argv: list[str] | None = None) -> int:
                      if c["slowdown_b"] <= rule.threshold), default=0.0)
         return 0 if worst <= rule.max_false_alarm_rate else 1
     except (ABError, SchemaError, RuleError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ProcessFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""Roofline arithmetic, shared by the benchmarks that measure (suites/bench/roofline.py) and the
+"""Roofline arithmetic, shared by the benchmarks that measure (suites/bench/probes.py) and the
 reports that merge runs from several processes (reports/merge.py). No torch here.
 
 A benchmark's roofline fraction is achieved FLOP/s over the attainable FLOP/s at its arithmetic

@@ -1,6 +1,6 @@
 """The known-failure ledger: real defects this suite found in the implementation under test.
 
-An entry predicts exactly what fails (DESIGN.md "Known failures"): which backends, which
+An entry predicts exactly what fails: which backends, which
 property tests and parameters (`tests`, `params`: the cases the defect can affect, nothing
 else), and how they fail (`raises`, and `match` where the type is generic). Every matching case
 is a strict xfail whose `raises` is that prediction (root conftest.py), so
@@ -41,7 +41,7 @@ if sys.version_info < (3, 11):  # pragma: no cover (pytest's own backport on 3.1
     from exceptiongroup import BaseExceptionGroup
 
 from suites.backends.base import QuarantinedInput, UnsupportedShape
-from suites.backends.engine import EngineError
+from suites.backends.vllm.engine import EngineError
 
 KINDS = ("wrong", "region", "crash")
 MARKING_KINDS = ("wrong", "crash")  # region entries are consulted by their check instead
@@ -179,7 +179,7 @@ EXPAND_LOST_WRITE = (
     "are divided by the garbage temperature before the argmax). Untouched: all-greedy batches "
     "(apply_sampling_constraints returns early) and batches without draft tokens; bonus tokens "
     "come from the Sampler with the per-request values. The adapter fills the memory vLLM "
-    "leaves unwritten with NaN / int max (suites/backends/rejection_sampler.py "
+    "leaves unwritten with NaN / int max (suites/backends/vllm/rejection_sampler.py "
     "poison_unwritten), so the garbage is the same every run: a NaN temperature or top-p makes "
     "every draft position's target NaN (greedy rows: argmax token 0); for top-k see "
     "cpu-expand-batch-to-tokens-lost-write-top-k")
@@ -220,7 +220,7 @@ LEDGER = (
         kind="crash",
         backends=("cpu_fused_moe.*",),
         # marks no property test: the adapters refuse ids outside [0, E) (suites/backends/
-        # vllm_cpu.py _check_ids) and the strategies draw none; the repro's parent asserts on
+        # vllm/common.py check_ids) and the strategies draw none; the repro's parent asserts on
         # what the quarantined child did
         raises=AssertionError,
         summary=("cpu_fused_moe does not check topk_ids: an id of -1 (vLLM's 'not local' "

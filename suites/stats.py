@@ -8,8 +8,8 @@ probability >= POWER,
   - a distribution test: a shift of total variation TV_SHIFT (0.02) from the target
     distribution (measured on the cells the test keeps after pooling rare tokens);
   - a rate test: an absolute shift RATE_SHIFT (0.02) of an acceptance probability.
-The plans that size the sampler suites (suites/mtp/checks.py) assert that power at the sizes they
-choose (require_power); tests/test_stats*.py check the rates below at those sizes.
+The plans that size the sampler suites (suites/mtp/sampler_checks.py) assert that power at the sizes they
+choose (require_power); tests/machinery/test_stats*.py check the rates below at those sizes.
 
 Distribution test: the subset test (tv_gof). Counts of n samples over V tokens are grouped into
 k cells (tv_cells: a token with expected count >= MIN_EXPECTED is a cell of its own; rarer tokens
@@ -39,7 +39,7 @@ and reports the p-value (2^k - 2) exp(-S) (capped at 1; it is itself a valid p-v
   with t <= pi added it is the region under the concave upper edge of that set), so if every
   vertex is accepted every A is. Ascending prefixes have t <= pi, so S is the max over the
   k - 1 proper prefixes of the descending order (checked against brute force over all sets in
-  tests/test_stats.py).
+  tests/machinery/test_stats.py).
 
   Power >= tv_power(n, k, alpha, tv), a proof given the binomial law: under an alternative p1
   at TV d >= tv from p0 on the cells, A* = {p1 > p0} has P1(A*) = P0(A*) + d; the test rejects
@@ -50,18 +50,18 @@ and reports the p-value (2^k - 2) exp(-S) (capped at 1; it is itself a valid p-v
   power is >= P(Binomial(n, a + d) >= x_crit(b)); tv_power takes the minimum of these interval
   bounds over a grid refined where it binds: a certified lower bound, within ~1e-4 of the
   exact minimum (checked against the exact minimum, from the breakpoints of x_crit, in
-  tests/test_stats.py). Sample sizes (tv_sample_size, tv_plan) are the smallest n, to within
+  tests/machinery/test_stats.py). Sample sizes (tv_sample_size, tv_plan) are the smallest n, to within
   ~0.5%, whose certified bound reaches POWER.
 
   What the proof costs: the union bound is conservative; at the suites' sizes the rate is
   0.01-0.12 alpha (computed exactly or as the union of exact tails in
-  tests/test_stats_calibration.py), and at alpha 2e-7, TV 0.02 the test needs 5-13% more
+  tests/machinery/test_stats_calibration.py), and at alpha 2e-7, TV 0.02 the test needs 5-13% more
   samples than the old rule's (asymptotic) sizing for 2-16 cells, 37% more for 64.
 
   The old rule, Pearson chi-square with its asymptotic critical value over cells of expected
   count >= 20, had no such guarantee: at df = 1, alpha 2e-7 its exact rate is 12x nominal (18x
   at expected count 21), and at the sizes it planned for the interpreted backends 9-17x
-  (tests/test_stats_calibration.py). Its pooling also merged a rare remainder into a frequent
+  (tests/machinery/test_stats_calibration.py). Its pooling also merged a rare remainder into a frequent
   token's cell, leaving single-cell "tests" that recorded power 1.0 and could only catch
   impossible tokens. chi2_* below are that rule, kept for the calibration analysis and for
   callers outside the sampler suites; a new distribution test uses tv_gof.
@@ -345,7 +345,7 @@ def tv_gof(counts: np.ndarray, probs: np.ndarray, alpha: float, what: str,
 # --------------------------------------------------------------------------- the old rule
 # Pearson chi-square with its asymptotic critical value, cells of expected count >= MIN_EXPECTED.
 # Not used by the sampler suites: at their sizes its false-positive rate exceeds the nominal
-# one (tests/test_stats_calibration.py measures by how much). Kept for that analysis and for
+# one (tests/machinery/test_stats_calibration.py measures by how much). Kept for that analysis and for
 # callers outside the sampler suites; a new distribution test uses tv_gof.
 
 

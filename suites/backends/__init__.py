@@ -1,25 +1,21 @@
-"""The only package that imports vLLM. Suites ask for a backend by name:
+"""The only package that imports vLLM (or any other implementation under test). Suites ask for
+a backend by name:
 
     from suites.backends import REGISTRY
     b = REGISTRY.get("cpu_fused_moe.vec")
     if (why := b.unavailable_reason()): pytest.skip(why)
 
-Importing this package registers every backend; vLLM itself is imported lazily, inside the
-backends, so listing and skipping never needs it.
+Adapters live by implementer: suites/backends/oracle.py (the fp64 oracles as backends, always
+available), suites/backends/vllm/ (vLLM's kernels, layers, samplers and engine; its public
+shared helpers in vllm/common.py). Importing this package imports every module below it, so an
+adapter file registers its backends by existing: none can be silently absent
+(tests/machinery/test_backend_seam.py checks that each adapter module registered some).
+vLLM itself is imported lazily, inside the backends, so listing and skipping never needs it.
 """
 
-from suites.backends import (  # noqa: F401  (registration)
-    engine,
-    reference,
-    rejection_sampler,
-    vllm_cpu,
-    vllm_cpu_quant,
-    vllm_ep_layer,
-    vllm_layer,
-    vllm_mtp,
-    vllm_quant_layer,
-    vllm_triton,
-)
+import importlib
+import pkgutil
+
 from suites.backends.base import (
     REGISTRY,
     Backend,
@@ -29,5 +25,23 @@ from suites.backends.base import (
     UnsupportedShape,
 )
 
+# Modules that hold shared code, not adapters (they register nothing)
+HELPER_MODULES = frozenset({
+    "suites.backends.base",
+    "suites.backends.vllm.common",
+    "suites.backends.vllm.cuda_op_standins",
+    "suites.backends.vllm.triton_standins",
+})
+
+
+def adapter_modules() -> list[str]:
+    """Every module under suites/backends (recursively), helpers excluded."""
+    return sorted(m.name for m in pkgutil.walk_packages(__path__, prefix=__name__ + ".")
+                  if not m.ispkg and m.name not in HELPER_MODULES)
+
+
+for _name in adapter_modules():
+    importlib.import_module(_name)
+
 __all__ = ["REGISTRY", "Backend", "ExpertsBackend", "MoEBlockBackend", "RouterBackend",
-           "UnsupportedShape"]
+           "UnsupportedShape", "adapter_modules"]

@@ -19,8 +19,8 @@ Kinds and their one signature each:
                      each rank held and computed (EPRank)
   mtp_module         prepare(p: MTPProblem, inputs: MTPInputs) -> handle (fixtures/strategies.py)
                      step(handle, input_ids [T], hidden [T, H], positions [T]) -> MTPStepOutput
-  rejection_sampler  see suites/backends/rejection_sampler.py
-  engine             see suites/backends/engine.py
+  rejection_sampler  see suites/backends/vllm/rejection_sampler.py
+  engine             see suites/backends/vllm/engine.py
 """
 
 from __future__ import annotations
@@ -29,12 +29,17 @@ import abc
 import contextlib
 import fnmatch
 import functools
+import importlib
 import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from reference.speculative import SpecBatch
 
 
 class UnsupportedShape(ValueError):
@@ -353,14 +358,46 @@ class MTPModuleBackend(ObservesRouting, Backend, abc.ABC):
 
 
 @dataclass
+class RejectionSamplerBackend(Backend, abc.ABC):
+    kind: str = "rejection_sampler"
+    # TV / acceptance shift the statistical checks must detect with power POWER (sample sizes
+    # follow); None: the suite's own (suites.stats.TV_SHIFT). A backend too slow for that many
+    # requests states its coarser one (suites/backends/vllm/rejection_sampler.py).
+    detect_shift: float | None = None
+    # Which statistical laws this backend runs: "all"; or, for the two interpreted entries,
+    # which run the same greedy/random/recovered Triton programs, one share each so that no
+    # law runs twice at the interpreter's speed: "constraints" (the laws of requests with
+    # temperature/top-k/top-p and mixed batches: per-request constraints, which the forward
+    # entry expands with vLLM's Triton expand kernel) or "verification" (the others: q given
+    # or absent, shapes, vocabulary edges, depth). `law_partner` names the other share's backend.
+    law_share: str = "all"
+    law_partner: str = ""
+
+    @abc.abstractmethod
+    def sample(self, batch: SpecBatch, seed: int) -> torch.Tensor:
+        """output_token_ids [B, max_k + 1] int64 (see the module docstring)."""
+
+    @abc.abstractmethod
+    def target_probs(self, batch: SpecBatch) -> torch.Tensor:
+        """[num_tokens, V] float64: the processed target distributions of the draft positions."""
+
+
+@dataclass
 class Registry:
     _factories: dict[str, Callable[[], Backend]] = field(default_factory=dict)
     _cache: dict[str, Backend] = field(default_factory=dict)
+
+    _modules: dict[str, str] = field(default_factory=dict)  # name -> registering module
 
     def register(self, name: str, factory: Callable[[], Backend]) -> None:
         if name in self._factories:
             raise ValueError(f"backend {name!r} registered twice")
         self._factories[name] = factory
+        self._modules[name] = sys._getframe(1).f_globals.get("__name__", "?")
+
+    def registered_by(self, module: str) -> list[str]:
+        """The backend names the module `module` registered."""
+        return sorted(n for n, m in self._modules.items() if m == module)
 
     def get(self, name: str) -> Backend:
         if name not in self._factories:

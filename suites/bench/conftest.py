@@ -34,7 +34,7 @@ import pytest
 import torch
 
 from reports import baton as _baton
-from suites.bench import roofline as _roofline
+from suites.bench import probes as _roofline
 from suites.bench import timing as _timing
 from suites.bench.fingerprint import fingerprint
 from suites.bench.timing import BenchSettings, parse_slowdown
@@ -91,7 +91,7 @@ def _opt(config: pytest.Config, name: str):
     return value
 
 
-def settings(config: pytest.Config) -> BenchSettings:
+def settings_of(config: pytest.Config) -> BenchSettings:
     if _SETTINGS_KEY not in config.stash:
         device = config.getoption("--device", default="cpu")
         try:
@@ -131,7 +131,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def bench_settings(request) -> BenchSettings:
-    return settings(request.config)
+    return settings_of(request.config)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -159,7 +159,7 @@ def roofline(bench_machine) -> _roofline.Roofline:
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    s = settings(config)
+    s = settings_of(config)
     machine_info.update(fingerprint(_AFFINITY_AT_START))
     machine_info["device"] = s.device
     machine_info["threads"] = config.stash.get(_THREADS_KEY, {"device": s.device})

@@ -19,7 +19,7 @@ disturbance larger than the whole decode: seen once here, a 1-token generate of 
 full one of 0.9 s while other work shared the 2 cores) is timed again, at most `redo` times a
 case, and counted (PhaseRounds.redone, recorded); one that stays so fails the case. vLLM 0.32's RequestOutput.metrics (RequestStateStats:
 first_token_ts, last_token_ts) would give the same split from inside the engine, but the engine
-backend (suites/backends/engine.py) returns only token ids, counters and the call's duration.
+backend (suites/backends/vllm/engine.py) returns only token ids, counters and the call's duration.
 """
 
 from __future__ import annotations

@@ -4,39 +4,27 @@ unavailable backend is still listed, marked skip with its own reason (never drop
 
 from __future__ import annotations
 
-import fnmatch
-
 import pytest
 
 
 def backends(config: pytest.Config, kind: str, include_reference: bool) -> list[tuple[str, list]]:
-    from suites.backends import REGISTRY
+    """(name, marks) per backend a benchmark times: suites/kinds.py select_backends, the one
+    selection the suites use too."""
+    from suites.kinds import select_backends
 
-    patterns = config.getoption("--backend", default=None) or None
-    device = config.getoption("--device", default="cpu")
-    out = []
-    for name in REGISTRY.names(kind=kind, device=device):
-        b = REGISTRY.get(name)
-        if b.is_reference and not include_reference:
-            continue
-        if patterns and not any(fnmatch.fnmatch(name, p) for p in patterns):
-            continue
-        marks = [pytest.mark.gpu] if b.device == "cuda" else []
-        reason = b.unavailable_reason()
-        if reason:
-            marks.append(pytest.mark.skip(reason=f"{name}: {reason}"))
-        out.append((name, marks))
-    return out
+    return select_backends(kind, patterns=config.getoption("--backend", default=None) or None,
+                           device=config.getoption("--device", default="cpu"),
+                           include_reference=include_reference)
 
 
 def parametrize_cases(metafunc: pytest.Metafunc, argname: str, kind: str) -> None:
     """One case (backend, shape, dtype, tokens) per backend of `kind` x the bench settings'
     shapes, dtypes and token counts, tokens innermost (consecutive cases share packed weights)."""
-    from suites.bench.conftest import settings
+    from suites.bench.conftest import settings_of
 
     if argname not in metafunc.fixturenames:
         return
-    s = settings(metafunc.config)
+    s = settings_of(metafunc.config)
     params = [pytest.param((name, shape, dtype, tokens), marks=marks,
                            id=f"{name}-{shape}-{dtype}-T{tokens}")
               for name, marks in backends(metafunc.config, kind, s.include_reference)

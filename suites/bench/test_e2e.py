@@ -1,7 +1,7 @@
 """End-to-end decode throughput with MTP off and on (k = 1, 2, 3), prefill told apart, with
 acceptance figures.
 
-The engine is vLLM's whole `LLM` (suites/backends/engine.py: a child process per configuration)
+The engine is vLLM's whole `LLM` (suites/backends/vllm/engine.py: a child process per configuration)
 serving the committed tiny trained Qwen3-Next fixture (fixtures/tiny_qwen3_next: Gated DeltaNet +
 gated attention, 8 experts top-2 + gated shared expert, one trained MTP layer); nothing is
 downloaded. On a GPU runner the same fixture runs through vllm.engine.cuda: tokens/s there
@@ -33,7 +33,7 @@ import pathlib
 import pytest
 
 from suites.bench import phases, timing
-from suites.bench.conftest import settings
+from suites.bench.conftest import settings_of
 from suites.bench.selection import backends
 from suites.bench.timing import Control, ReplayClock
 
@@ -57,7 +57,7 @@ def _kid(k: int) -> str:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "e2e_case" not in metafunc.fixturenames:
         return
-    s = settings(metafunc.config)
+    s = settings_of(metafunc.config)
     params = [pytest.param((name, k, b), marks=marks,
                            id=f"{name}-tiny-qwen3-next-{_kid(k)}-B{b}-decode")
               for name, marks in backends(metafunc.config, "engine", s.include_reference)
@@ -69,7 +69,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def _prompts() -> list[list[int]]:
     path = FIXTURE / "golden.json"
     if not path.exists():
-        pytest.fail(f"{path} missing: run python -m fixtures.train_tiny_mtp --golden",
+        pytest.fail(f"{path} missing: run python -m tools.train_tiny_mtp --golden",
                     pytrace=False)
     return [list(p) for p in json.loads(path.read_text())["prompts"]]
 
@@ -83,7 +83,7 @@ def _model_shape() -> dict:
 
 def test_e2e(benchmark, e2e_case, bench_settings):
     from suites.backends import REGISTRY
-    from suites.backends.engine import EngineConfig, EngineError, EngineRequest
+    from suites.backends.vllm.engine import EngineConfig, EngineError, EngineRequest
 
     name, k, batch = e2e_case
     backend = REGISTRY.get(name)

@@ -10,7 +10,7 @@ import pytest
 
 from fixtures.catalogue import get as get_shape
 from suites.bench import workloads
-from suites.bench.roofline import DTYPES
+from suites.bench.probes import DTYPES
 from suites.bench.selection import parametrize_cases
 from suites.bench.timing import run_case
 

@@ -6,7 +6,7 @@ blocks (DeepSeek-V3, Qwen3.5-FP8), int8 per channel, int4 groups of 128 (GPTQ/AW
 of 128/64/32 that divides H and I at shrunk CPU shapes), mxfp4 (gpt-oss). Bytes moved are the
 checkpoint's quantized sizes (suites/bench/workloads.py quantized_expert_bytes). The compute
 fraction is against the peak of the arithmetic the kernel does (workloads.quantized_compute_dtype,
-measured in the same run, suites/bench/roofline.py): int8 for int8 W8A8 and int4 W4A8 kernels (activations
+measured in the same run, suites/bench/probes.py): int8 for int8 W8A8 and int4 W4A8 kernels (activations
 quantized to int8, int8 dot products), float8_e4m3fn for fp8 W8A8, the activation dtype for
 weight-only kernels (w4a16, fp8 w8a16, mxfp4 w4a16: weights dequantized, bf16/fp16 products).
 Against the bf16 peak an int8 kernel read above 1. Where this run has no peak of that arithmetic
@@ -21,7 +21,7 @@ import pytest
 from fixtures.catalogue import get as get_shape
 from reference import quant as Q
 from suites.bench import workloads
-from suites.bench.roofline import DTYPES
+from suites.bench.probes import DTYPES
 from suites.bench.selection import parametrize_cases
 from suites.bench.timing import run_case
 

@@ -11,7 +11,7 @@ both copies.
 Acceptance per draft position (vLLM's unconditional definition, reference/acceptance.py) is
 measured on one untimed call and recorded with the timings; it is not asserted.
 
-Backends of kind "rejection_sampler" come from suites/backends/rejection_sampler.py; while that
+Backends of kind "rejection_sampler" come from suites/backends/vllm/rejection_sampler.py; while that
 module is absent the benchmark skips saying so.
 """
 
@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from fixtures.seeds import generator, stable_seed
-from suites.bench.conftest import settings
+from suites.bench.conftest import settings_of
 from suites.bench.selection import backends
 from suites.bench.timing import run_case
 
@@ -36,8 +36,8 @@ DRAFT_LENGTHS = (1, 2, 3)
 
 
 def _missing_reason() -> str | None:
-    if importlib.util.find_spec("suites.backends.rejection_sampler") is None:
-        return ("no rejection-sampler backend: suites/backends/rejection_sampler.py is not in "
+    if importlib.util.find_spec("suites.backends.vllm.rejection_sampler") is None:
+        return ("no rejection-sampler backend: suites/backends/vllm/rejection_sampler.py is not in "
                 "this checkout")
     from suites.backends import REGISTRY
 
@@ -49,7 +49,7 @@ def _missing_reason() -> str | None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "sampler_case" not in metafunc.fixturenames:
         return
-    s = settings(metafunc.config)
+    s = settings_of(metafunc.config)
     cuda = s.device == "cuda"
     vocab, batches = (GPU_VOCAB, GPU_BATCHES) if cuda else (CPU_VOCAB, CPU_BATCHES)
     reason = _missing_reason()

@@ -16,7 +16,7 @@ import pytest
 
 from fixtures.catalogue import DEEPSEEK_V3, GPT_OSS_120B, MIXTRAL_8X7B, QWEN35_397B
 from suites.bench import workloads
-from suites.bench.conftest import settings
+from suites.bench.conftest import settings_of
 from suites.bench.selection import backends
 from suites.bench.timing import run_case
 
@@ -36,7 +36,7 @@ ROUTERS = {
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "router_case" not in metafunc.fixturenames:
         return
-    s = settings(metafunc.config)
+    s = settings_of(metafunc.config)
     params = [pytest.param((name, method, tokens), marks=marks, id=f"{name}-{method}-T{tokens}")
               for name, marks in backends(metafunc.config, "router", s.include_reference)
               for method in ROUTERS for tokens in s.tokens]

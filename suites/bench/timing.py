@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from reports import baton as _baton
-from suites.bench import roofline as _roofline
+from suites.bench import probes as _roofline
 from suites.bench.fingerprint import llc_bytes as _llc_bytes
 
 CPU_SHAPES = ("qwen3.5-397b-a17b-cpu-experts", "qwen3-next-80b-a3b-cpu-dims",

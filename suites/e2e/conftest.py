@@ -38,7 +38,7 @@ def golden() -> dict:
 @pytest.fixture(scope="session")
 def fixture_golden() -> dict:
     if not (FIXTURE / "golden.json").exists():
-        pytest.fail(f"{FIXTURE}/golden.json missing: run python -m fixtures.train_tiny_mtp --golden")
+        pytest.fail(f"{FIXTURE}/golden.json missing: run python -m tools.train_tiny_mtp --golden")
     return golden()
 
 
@@ -77,7 +77,7 @@ def _oracle_single_thread():
 
 
 def _sampled_requests(prompts, seed_tag: str):
-    from suites.backends.engine import EngineRequest
+    from suites.backends.vllm.engine import EngineRequest
 
     return [EngineRequest(tuple(p), SAMPLED_TOKENS, temperature=1.0,
                           seed=stable_seed("e2e-sampling", seed_tag, i), logprobs=None)
@@ -87,7 +87,7 @@ def _sampled_requests(prompts, seed_tag: str):
 def engine_runs(backend, k: int, prompts, max_tokens) -> EngineRuns:
     """Run every request the suite needs on configuration k once per session; an engine error is
     cached too, so each test of a broken configuration fails with the engine's log at once."""
-    from suites.backends.engine import EngineConfig, EngineError, EngineRequest
+    from suites.backends.vllm.engine import EngineConfig, EngineError, EngineRequest
 
     key = (backend.name, k)
     if key not in _RUNS:

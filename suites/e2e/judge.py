@@ -1,4 +1,4 @@
-"""Margin-aware judgement of engine token streams against the fp64 oracle (DESIGN.md: a greedy
+"""Margin-aware judgement of engine token streams against the fp64 oracle (a greedy
 divergence fails only where the oracle's logit margin exceeds the numeric tolerance; near-ties are
 reported and the comparison continues teacher-forced).
 

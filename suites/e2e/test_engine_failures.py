@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from fixtures.train_tiny_mtp import CONFIG
 from suites.e2e.conftest import FIXTURE
+from tools.train_tiny_mtp import CONFIG
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # starts vLLM in a child (~15 s)
 
@@ -22,7 +22,7 @@ def _fresh(engine_backend, **kw):
 
 
 def test_engine_that_fails_to_start_reports_its_log(engine_backend, tmp_path):
-    from suites.backends.engine import EngineConfig, EngineError, EngineRequest
+    from suites.backends.vllm.engine import EngineConfig, EngineError, EngineRequest
 
     # A checkpoint whose config names an architecture vLLM does not have.
     cfg = dict(CONFIG, architectures=["NoSuchArchitectureForCausalLM"])
@@ -45,7 +45,7 @@ def test_engine_that_fails_to_start_reports_its_log(engine_backend, tmp_path):
 
 
 def test_hung_engine_is_killed_with_its_log(engine_backend):
-    from suites.backends.engine import EngineConfig, EngineError, EngineRequest
+    from suites.backends.vllm.engine import EngineConfig, EngineError, EngineRequest
 
     # 1 s is far less than vLLM needs to import and start: the parent must give up, kill the
     # child's process group and raise with the log tail, without waiting longer.

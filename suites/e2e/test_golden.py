@@ -1,5 +1,5 @@
 """The fixture, the live fp64 oracle and the fixture's golden data belong together: the oracle
-measures exactly the acceptance counts fixtures/train_tiny_mtp.py stored in golden.json. A
+measures exactly the acceptance counts tools/train_tiny_mtp.py stored in golden.json. A
 drifted oracle, or a regenerated checkpoint without regenerated golden data, shows here rather
 than as a puzzling engine failure. No engine needed (runs in `nox -s tests`)."""
 

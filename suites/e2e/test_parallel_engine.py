@@ -68,7 +68,7 @@ def _kid(k: int) -> str:
 def _golden() -> dict:
     path = FIXTURE_TP2 / "golden.json"
     if not path.exists():
-        pytest.fail(f"{path} missing: run python -m fixtures.train_tiny_mtp --fixture tp2")
+        pytest.fail(f"{path} missing: run python -m tools.train_tiny_mtp --fixture tp2")
     return json.loads(path.read_text())
 
 
@@ -123,7 +123,7 @@ def _run(backend, layout: str, k: int, prompts, max_tokens):
     fails raises EngineError with its log's tail and the crash lines of the whole log (what the
     known-failure ledger's entries for this backend match); the error is cached too, so each
     test of a broken configuration fails at once with the same error."""
-    from suites.backends.engine import EngineConfig, EngineError, EngineRequest
+    from suites.backends.vllm.engine import EngineConfig, EngineError, EngineRequest
 
     key = (backend.name, layout, k)
     if key not in _RUNS:
@@ -209,7 +209,7 @@ def test_parallel_acceptance_matches_oracle(engine_backend, layout, oracle_tp2, 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_engine_runs_the_layout_asked_for(engine_backend, layout, prompts_tp2, max_tokens_tp2,
                                           record):
-    from suites.backends.engine import EngineConfig
+    from suites.backends.vllm.engine import EngineConfig
 
     res = _run(engine_backend, layout, 0, prompts_tp2, max_tokens_tp2)
     want = EngineConfig(model=str(FIXTURE_TP2), **LAYOUTS[layout])

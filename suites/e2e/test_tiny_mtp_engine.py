@@ -14,7 +14,7 @@ oracle of reference/target_model.py.
 What the engine gets wrong shows as: a MoE/attention/DeltaNet bug -> greedy divergences with
 large oracle margins and large log-probability errors; MTP weights loaded wrongly, hidden states
 taken from the wrong layer or position, a swapped fc concat or a skipped pre-fc norm -> counters
-off the replay and below the golden curve (tests/test_mtp_drafter_negative_controls.py shows
+off the replay and below the golden curve (tests/negative_controls/test_mtp_drafter_negative_controls.py shows
 the oracle drafter with those bugs planted misses the replay by far more than the tolerance).
 """
 

@@ -14,8 +14,10 @@ from fixtures.strategies import ExpertsProblem, RouterProblem, experts_problems
 from reference.experts import expert_mlp, fused_experts, fused_experts_magnitude
 from reference.routing import route, routing_weights, selection_margin
 from suites.backends.base import ExpertsBackend, RouterBackend
-from suites.compare import Closeness, closeness
-from suites.tolerances import resolution, tolerance
+from suites.closeness import Closeness, closeness
+from suites.properties import context as _ctx
+from suites.properties import experts as P
+from suites.tolerances import tolerance
 
 DTYPE_NAMES = {"torch.bfloat16": "bfloat16", "torch.float16": "float16", "torch.float32": "float32"}
 
@@ -30,32 +32,6 @@ def problems_for(b: ExpertsBackend, dtypes: tuple[str, ...] | None = None, **kw)
     limits = {k: min(v, kw[k]) if k in kw else v for k, v in b.draw_limits.items()}
     return experts_problems(dtypes=names, alignment=b.alignment, activations=acts,
                             bias=b.supports_bias, **{**kw, **limits})
-
-
-# Metamorphic properties compare the implementation with itself (same dtype, same kernel):
-# only summation order may differ, so the bound is a few units of the dtype's resolution
-# relative to the output's scale, far tighter than the oracle bound.
-METAMORPHIC_ULPS = 2.0
-
-
-def _ctx(backend: ExpertsBackend | RouterBackend, p, prop: str, extra: str = "") -> str:
-    return f"[{prop}] backend={backend.name} problem: {p.describe()}" + (f"\n{extra}" if extra else "")
-
-
-def run_experts(backend: ExpertsBackend, t: dict, p: ExpertsProblem, *, x=None, topk_weights=None,
-                topk_ids=None, w13=None, w2=None, expert_map=None, w13_bias=None, w2_bias=None,
-                use_bias=True) -> torch.Tensor:
-    """Run the backend with NaN-poisoned output (rows it forgets to write stay NaN)."""
-    x = t["x"] if x is None else x
-    handle = backend.prepare(
-        t["w13"] if w13 is None else w13, t["w2"] if w2 is None else w2,
-        (t["w13_bias"] if w13_bias is None else w13_bias) if use_bias else None,
-        (t["w2_bias"] if w2_bias is None else w2_bias) if use_bias else None,
-        p.activation)
-    out = torch.full((x.shape[0], t["w13"].shape[2]), float("nan"), dtype=x.dtype)
-    return backend.run(handle, x, t["topk_weights"] if topk_weights is None else topk_weights,
-                       t["topk_ids"] if topk_ids is None else topk_ids, out=out,
-                       expert_map=expert_map)
 
 
 def oracle(t: dict, p: ExpertsProblem, **over) -> torch.Tensor:
@@ -91,97 +67,6 @@ def block_row_scale(x: torch.Tensor, cfg, w, topk_weights, topk_ids, w13=None,
     return mag
 
 
-def _self_bound(ref: torch.Tensor, dtype: torch.dtype) -> float:
-    return METAMORPHIC_ULPS * resolution(dtype) * max(float(ref.double().abs().max()), 1e-30)
-
-
-def _assert_self_close(a: torch.Tensor, b: torch.Tensor, dtype, ctx: str, what: str) -> float:
-    d = (a.double() - b.double()).abs()
-    bound = _self_bound(b, dtype)
-    worst = float(d.max()) if d.numel() else 0.0
-    if not torch.isfinite(d).all() or worst > bound:
-        idx = torch.unravel_index(torch.argmax(torch.nan_to_num(d, nan=float("inf"))), d.shape)
-        raise AssertionError(
-            f"{ctx}\n{what}: max |difference| {worst:.3e} at {tuple(int(i) for i in idx)} exceeds "
-            f"{METAMORPHIC_ULPS:g} x eps({dtype}) x max|out| = {bound:.3e}")
-    return worst
-
-
-def check_matches_oracle(backend: ExpertsBackend, p: ExpertsProblem) -> Closeness:
-    """Output vs the fp64 oracle under the tolerance table; NaN-poisoned out buffer."""
-    t = p.tensors()
-    out = run_experts(backend, t, p)
-    ref = oracle(t, p)
-    c = closeness(out, ref, tolerance(p.torch_dtype, backend.name),
-                  row_scale=experts_row_scale(t, p.activation))
-    if not c.ok:
-        raise AssertionError(_ctx(backend, p, "matches_oracle", c.report()))
-    return c
-
-
-def check_token_permutation(backend: ExpertsBackend, p: ExpertsProblem) -> float:
-    """out(x[perm]) == out(x)[perm] (routing permuted with the tokens)."""
-    t = p.tensors()
-    g = torch.Generator().manual_seed(p.seed)
-    perm = torch.randperm(p.T, generator=g)
-    base = run_experts(backend, t, p)
-    permuted = run_experts(backend, t, p, x=t["x"][perm], topk_weights=t["topk_weights"][perm].contiguous(),
-                           topk_ids=t["topk_ids"][perm].contiguous())
-    return _assert_self_close(permuted, base[perm], p.torch_dtype,
-                              _ctx(backend, p, "token_permutation", f"perm[:8]={perm[:8].tolist()}"),
-                              "out(x[perm]) vs out(x)[perm]")
-
-
-def check_batch_invariance(backend: ExpertsBackend, p: ExpertsProblem, n_probe: int = 3) -> float:
-    """A token's output does not depend on its batch companions: run it alone (T=1) and compare
-    with its row in the full batch."""
-    t = p.tensors()
-    full = run_experts(backend, t, p)
-    rows = sorted({0, p.T - 1, p.T // 2})[:n_probe]
-    worst = 0.0
-    for r in rows:
-        alone = run_experts(backend, t, p, x=t["x"][r : r + 1],
-                            topk_weights=t["topk_weights"][r : r + 1].contiguous(),
-                            topk_ids=t["topk_ids"][r : r + 1].contiguous())
-        worst = max(worst, _assert_self_close(
-            alone[0], full[r], p.torch_dtype,
-            _ctx(backend, p, "batch_invariance", f"token {r} alone (T=1) vs in the batch of {p.T}"),
-            "alone vs embedded"))
-    return worst
-
-
-def check_expert_relabeling(backend: ExpertsBackend, p: ExpertsProblem) -> float:
-    """Renaming experts (permuting w13/w2 and mapping ids) leaves the output unchanged."""
-    t = p.tensors()
-    g = torch.Generator().manual_seed(p.seed + 1)
-    perm = torch.randperm(p.E, generator=g)  # new slot j holds old expert perm[j]
-    inv = torch.argsort(perm)
-    relabeled = dict(t)
-    relabeled["w13"] = t["w13"][perm].contiguous()
-    relabeled["w2"] = t["w2"][perm].contiguous()
-    if t["w13_bias"] is not None:
-        relabeled["w13_bias"] = t["w13_bias"][perm].contiguous()
-        relabeled["w2_bias"] = t["w2_bias"][perm].contiguous()
-    relabeled["topk_ids"] = inv[t["topk_ids"].long()].int().contiguous()
-    base = run_experts(backend, t, p)
-    out = run_experts(backend, relabeled, p)
-    return _assert_self_close(out, base, p.torch_dtype,
-                              _ctx(backend, p, "expert_relabeling", f"perm={perm[:8].tolist()}..."),
-                              "relabeled vs original")
-
-
-def expert_maps(E: int, n_shards: int) -> list[torch.Tensor]:
-    """Contiguous EP placement like vLLM's: shard s owns experts [s*E/S, (s+1)*E/S)."""
-    maps = []
-    bounds = [round(s * E / n_shards) for s in range(n_shards + 1)]
-    for s in range(n_shards):
-        m = torch.full((E,), -1, dtype=torch.int32)
-        lo, hi = bounds[s], bounds[s + 1]
-        m[lo:hi] = torch.arange(hi - lo, dtype=torch.int32)
-        maps.append(m)
-    return maps
-
-
 def sharded_tolerance(dtype: torch.dtype, backend: str, n_shards: int, *,
                       summed_in_dtype: bool = False):
     """The table's tolerance for a sum of n_shards partial outputs, each rounded to dtype by its
@@ -197,24 +82,35 @@ def sharded_tolerance(dtype: torch.dtype, backend: str, n_shards: int, *,
                            f"{n_shards} shard outputs, {how}")
 
 
-def check_ep_sharding(backend: ExpertsBackend, p: ExpertsProblem, n_shards: int = 2) -> Closeness:
-    """Sum over EP shards (each with its local experts and expert_map) equals the full layer."""
-    t = p.tensors()
-    total = torch.zeros(p.T, p.H, dtype=torch.float64)
-    for m in expert_maps(p.E, n_shards):
-        local = (m >= 0).nonzero().squeeze(1)
-        if local.numel() == 0:
-            continue
-        sharded = dict(t)
-        for k in ("w13", "w2", "w13_bias", "w2_bias"):
-            if t[k] is not None:
-                sharded[k] = t[k][local].contiguous()
-        total += run_experts(backend, sharded, p, expert_map=m).double()
-    ref = oracle(t, p)
-    c = closeness(total, ref, sharded_tolerance(p.torch_dtype, backend.name, n_shards))
-    if not c.ok:
-        raise AssertionError(_ctx(backend, p, f"ep_sharding(shards={n_shards})", c.report()))
-    return c
+def _sharded(backend, p, n_shards: int):
+    """n_shards partial outputs, each rounded to the dtype by its shard, summed in fp64 here."""
+    return sharded_tolerance(p.torch_dtype, backend.name, n_shards), None
+
+
+def _shaped_problem(backend, H: int, I: int) -> ExpertsProblem:
+    return ExpertsProblem(T=3, H=H, I=I, E=4, K=2, dtype="bfloat16", routing="uniform", seed=7)
+
+
+def _finite_problem(backend, x_scale: float) -> ExpertsProblem:
+    return ExpertsProblem(T=33, H=64, I=64, E=8, K=2, dtype=DTYPE_NAMES[str(backend.dtypes[0])],
+                          routing="hot_expert", seed=11, x_scale=x_scale)
+
+
+# The float experts as a case of the experts properties (suites/properties/experts.py).
+FLOAT_EXPERTS = P.ExpertsCase(
+    kind="experts",
+    problems=problems_for,
+    oracle=lambda backend, t, p, **over: oracle(t, p, **over),
+    tolerance=lambda backend, p: tolerance(p.torch_dtype, backend.name),
+    sharded_tolerance=_sharded,
+    row_scale=lambda t, p, **over: experts_row_scale(t, p.activation, **over),
+    take_experts=lambda w, idx: w[idx].contiguous(),
+    louder=lambda w, factor: (w.double() * factor).to(w.dtype),
+    concat=lambda w, more: torch.cat([w, more]).contiguous(),
+    dense=lambda w: w.double(),
+    shaped_problem=_shaped_problem,
+    finite_problem=_finite_problem,
+)
 
 
 def check_topk_equals_dense(backend: ExpertsBackend, p: ExpertsProblem) -> Closeness:
@@ -222,7 +118,7 @@ def check_topk_equals_dense(backend: ExpertsBackend, p: ExpertsProblem) -> Close
     here expert by expert over all tokens (no grouping), independently of the oracle's code."""
     p = replace(p, K=p.E)
     t = p.tensors()
-    out = run_experts(backend, t, p)
+    out = P.run(backend, t, p)
     probs = torch.softmax(t["logits"].double(), -1)  # [T, E]
     dense = torch.zeros(p.T, p.H, dtype=torch.float64)
     for e in range(p.E):
@@ -233,79 +129,6 @@ def check_topk_equals_dense(backend: ExpertsBackend, p: ExpertsProblem) -> Close
     if not c.ok:
         raise AssertionError(_ctx(backend, p, "topk_equals_dense", c.report()))
     return c
-
-
-def check_zero_weight_slots(backend: ExpertsBackend, p: ExpertsProblem) -> float:
-    """A slot with weight 0 contributes nothing, whichever expert it names: every token's last
-    slot gets weight 0 and names, in one run, an extra 'loud' expert (weights scaled up, named
-    by no other slot) and, in the other, an ordinary expert; the two outputs must agree on
-    every row. The extra expert makes the property hold on every problem (K = 1: the token's
-    only slot is the zero one; E = 1; routings that send every token to the same experts)."""
-    t = p.tensors()
-    tw = t["topk_weights"].clone()
-    tw[:, -1] = 0.0  # last slot of every token: weight 0
-    loud = p.E  # a new expert id, E
-    # As loud as the dtype allows while the expert's own output stays finite: any leak is
-    # glaring, and 0 * inf = NaN cannot be blamed on the kernel.
-    limit = torch.finfo(p.torch_dtype).max / 64
-    for factor in (30.0, 8.0, 2.0, 1.0):
-        loud_w13 = (t["w13"][0].double() * factor).to(p.torch_dtype)
-        y = expert_mlp(t["x"], loud_w13, t["w2"][0], p.activation)
-        if bool(torch.isfinite(loud_w13.double()).all()) and float(y.abs().max()) < limit:
-            break
-    more = {"w13": torch.cat([t["w13"], loud_w13[None]]), "w2": torch.cat([t["w2"], t["w2"][:1]])}
-    for k in ("w13_bias", "w2_bias"):
-        if t[k] is not None:
-            more[k] = torch.cat([t[k], t[k][:1] * 8])
-    ids_a, ids_b = t["topk_ids"].clone(), t["topk_ids"].clone()
-    ids_a[:, -1] = loud
-    ids_b[:, -1] = 0  # zero slots may repeat a real slot's expert, as vLLM's padded routing does
-    a = run_experts(backend, t, p, topk_weights=tw, topk_ids=ids_a.contiguous(), **more)
-    b = run_experts(backend, t, p, topk_weights=tw, topk_ids=ids_b.contiguous(), **more)
-    return _assert_self_close(a, b, p.torch_dtype,
-                              _ctx(backend, p, "zero_weight_slots", f"loud expert {loud} "
-                                   f"(expert 0's weights x {factor:g})"),
-                              "zero-weight slot on the loud expert vs on expert 0")
-
-
-def check_finite(backend: ExpertsBackend, p: ExpertsProblem) -> None:
-    """Finite inputs give a finite output with every row written (NaN-poisoned buffer)."""
-    t = p.tensors()
-    out = run_experts(backend, t, p)
-    bad = (~torch.isfinite(out)).any(1).nonzero().squeeze(1)
-    if bad.numel():
-        raise AssertionError(_ctx(backend, p, "finite_output",
-                                  f"{bad.numel()} of {p.T} rows not finite (NaN poison left or "
-                                  f"overflow), first rows {bad[:8].tolist()}"))
-
-
-def check_refuses_unaligned(backend: ExpertsBackend, H: int, I: int) -> str:
-    """A shape the kernel refuses by design raises a clear exception (not a crash, not garbage)."""
-    p = ExpertsProblem(T=3, H=H, I=I, E=4, K=2, dtype="bfloat16", routing="uniform", seed=7)
-    t = p.tensors()
-    try:
-        out = run_experts(backend, t, p)
-    except (RuntimeError, ValueError) as e:
-        msg = str(e).strip()
-        if not msg:
-            raise AssertionError(f"{backend.name}: H={H}, I={I} refused with an empty message") from e
-        return msg.splitlines()[0]
-    c = closeness(out, oracle(t, p), tolerance(p.torch_dtype, backend.name))
-    if not c.ok:
-        raise AssertionError(f"{backend.name}: unaligned H={H}, I={I} neither refused nor "
-                             f"correct:\n{c.report()}")
-    return "accepted and correct"
-
-
-def check_invariants(backend: ExpertsBackend, p: ExpertsProblem, n_shards: int = 2) -> None:
-    """Oracle closeness and every metamorphic property the backend has, one problem."""
-    check_matches_oracle(backend, p)
-    check_token_permutation(backend, p)
-    check_batch_invariance(backend, p)
-    check_expert_relabeling(backend, p)
-    if backend.supports_expert_map:  # an op that takes no expert_map has no EP sharding to hold
-        check_ep_sharding(backend, p, n_shards)
-    check_zero_weight_slots(backend, p)
 
 
 # ----------------------------------------------------------------------------- routers

@@ -1,6 +1,6 @@
 """Expert-parallel MoE block properties as plain functions: (backend, EPProblem) -> figures,
 AssertionError with the whole story on failure. suites/moe/test_ep_layer.py calls them for
-vLLM's EP blocks (suites/backends/vllm_ep_layer.py); tests/test_ep_negative_controls.py calls
+vLLM's EP blocks (suites/backends/vllm/ep_layer.py); tests/negative_controls/test_ep_negative_controls.py calls
 them for deliberately broken EP layers, so a property no planted bug can violate shows up there.
 
   placement   every rank's expert_map is the placement vLLM documents for the strategy
@@ -22,14 +22,10 @@ from reference.experts import fused_experts
 from reference.moe import moe_block
 from reference.routing import route, router_logits
 from suites.backends.base import QuarantinedInput
-from suites.compare import closeness
+from suites.closeness import closeness
 from suites.moe.checks import judge_choice, sharded_tolerance
 from suites.moe.routing_choice import ambiguous, gate_logit_box
-
-
-def _ctx(backend, p, prop: str, extra: str = "") -> str:
-    return f"[{prop}] backend={backend.name} problem: {p.describe()}" + (f"\n{extra}" if extra
-                                                                       else "")
+from suites.properties import context as _ctx
 
 
 def run(backend, p):

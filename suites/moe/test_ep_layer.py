@@ -1,6 +1,6 @@
 """Layer-level expert parallelism: vLLM's MoE blocks (Qwen3NextSparseMoeBlock, DeepseekV2MoE with
 a DeepSeek-V3 config) over two expert-parallel ranks in two processes of a real
-torch.distributed group (suites/backends/vllm_ep_layer.py), held to the fp64 block with the same
+torch.distributed group (suites/backends/vllm/ep_layer.py), held to the fp64 block with the same
 weights (suites/moe/ep_checks.py):
 
   placement            (b) the expert_map vLLM built on each rank is the placement it documents

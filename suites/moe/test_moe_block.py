@@ -1,4 +1,4 @@
-"""vLLM's MoE layers as each model family's file builds them (suites/backends/vllm_layer.py:
+"""vLLM's MoE layers as each model family's file builds them (suites/backends/vllm/layer.py:
 Qwen3-Next / Qwen3.5, Qwen3-MoE, Mixtral, DeepSeek-V3, gpt-oss), held to the fp64 block of
 reference/moe.py on hypothesis-drawn shapes (E up to 512, top-k up to 10, decode and awkward
 token counts) made into the backend's family (BlockProblem.for_family) and on the catalogue's
@@ -6,7 +6,7 @@ CPU-sized shapes of that family's models.
 
 The kernel tests (test_experts.py, test_router.py) pin each piece; this one catches what only
 the composition gets wrong: the shared expert's gate not wired, norm_topk_prob not plumbed from
-the config, weights loaded into the wrong slots (tests/test_moe_block_negative_controls.py plants
+the config, weights loaded into the wrong slots (tests/negative_controls/test_moe_block_negative_controls.py plants
 each). Every row is compared: the block's own routing is observed, its choice must be one the
 oracle could make at bf16 router logits, and the output is held to the oracle evaluated with
 that choice (check_block_matches_oracle); rows compared / drawn are recorded and a test below

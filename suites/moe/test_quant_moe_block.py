@@ -1,4 +1,4 @@
-"""vLLM's MoE layers of quantized releases (suites/backends/vllm_quant_layer.py): the family's
+"""vLLM's MoE layers of quantized releases (suites/backends/vllm/quant_layer.py): the family's
 block built under the checkpoint's quantization config, its routed experts loaded from
 checkpoint tensors by their checkpoint names through vLLM's own loader and packed by its
 quantization method, held to reference/moe.py quantized_moe_block in fp64.
@@ -8,10 +8,10 @@ quantization method, held to reference/moe.py quantized_moe_block in fp64.
   int8 W8A8, GPTQ / AWQ int4 groups   Qwen3-MoE (Qwen3MoeSparseMoeBlock)
   mxfp4                  gpt-oss (MLPBlock)
 
-The kernel suite (test_quant_experts.py) pins the experts op with its properties; this one
+The kernel suite (suites/properties/test_experts.py) pins the experts op with its properties; this one
 catches what only the layer gets wrong: a scale loaded into another expert's or projection's
 slot, gate and up shards swapped, a checkpoint tensor read in the wrong orientation or packing,
-a scale stored as its inverse (tests/test_quant_block_negative_controls.py plants each).
+a scale stored as its inverse (tests/negative_controls/test_quant_block_negative_controls.py plants each).
 Drawn problems: every expert's scales distinct, block scales far from uniform, H ragged against
 the fp8 block, group sizes 32 / 64 / 128, E up to 128. Every row is compared: the layer's own
 routing is observed, judged admissible at bf16 router logits, and the oracle evaluated with it

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from fixtures.strategies import router_problems
 from suites.moe import checks
 
-pytestmark = pytest.mark.moe
+pytestmark = [pytest.mark.moe, pytest.mark.interp_ci]
 
 METHODS = ["greedy", "topk_softmax", "group_limited_greedy", "noaux_tc"]
 
@@ -18,13 +18,13 @@ METHODS = ["greedy", "topk_softmax", "group_limited_greedy", "noaux_tc"]
 # "computed": some routed weight is a computed probability; "exact": K = 1 renormalized, the one
 # weight is exact in any dtype (a defect in how weights are computed cannot show there, so the
 # ledger can name the computed cases alone).
+@pytest.mark.backend_filter(lambda b, params: params["method"] in b.topk_methods,
+                            "the router implements the method")
 @pytest.mark.parametrize("weights", ["computed", "exact"])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("logits_dtype", ["float32", "bfloat16"])
 @given(data=st.data())
 def test_router_matches_oracle(router_backend, method, logits_dtype, weights, data, record):
-    if method not in router_backend.topk_methods:
-        pytest.skip(f"{router_backend.name} does not implement {method}")
     rp = data.draw(router_problems(methods=(method,), logits_dtypes=(logits_dtype,),
                                    weights=weights))
     figures = checks.check_router(router_backend, rp)

@@ -17,15 +17,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from suites.moe import checks
+from suites.properties import experts as experts_properties
 
-pytestmark = pytest.mark.moe
+pytestmark = [pytest.mark.moe, pytest.mark.interp_ci]
 
 
+@pytest.mark.backend_filter(lambda b, params: hasattr(b, "tile_config"), "a Triton backend")
 @given(data=st.data())
 def test_tuned_tile_configs_match_oracle(experts_backend, data, record):
-    if not hasattr(experts_backend, "tile_config"):
-        pytest.skip(f"{experts_backend.name} is not a Triton backend (no tile configs)")
-    from suites.backends.vllm_triton import EMULATED_GPU, tuned_tile_configs
+    from suites.backends.vllm.triton_kernels import EMULATED_GPU, tuned_tile_configs
 
     configs = tuned_tile_configs(None)
     if not configs:
@@ -34,7 +34,7 @@ def test_tuned_tile_configs_match_oracle(experts_backend, data, record):
     p = data.draw(checks.problems_for(experts_backend, dtypes=("bfloat16", "float16")))
     try:
         with experts_backend.tile_config(cfg):
-            c = checks.check_matches_oracle(experts_backend, p)
+            c = experts_properties.matches_oracle(checks.FLOAT_EXPERTS, experts_backend, p)
     except AssertionError as e:
         raise AssertionError(f"tile config {cfg} (from {file}, M={m})\n{e}") from None
     record.max(worst_max_norm=c.max_norm)

@@ -29,19 +29,16 @@ from dataclasses import dataclass
 import torch
 
 from reference.routing import route, router_logits
-from suites.compare import closeness
+from suites.closeness import closeness
 from suites.moe.checks import observed_choice
 from suites.moe.routing_choice import ambiguous, gate_logit_box
+from suites.properties import context as _ctx
 from suites.tolerances import resolution, tolerance
 
 # Without an observed choice: the router input's own rounding, in units of the dtype's
 # resolution of sum |x_h W_eh|, added to the gate's rounding box (one unit for the input's
 # last rounding, one for what the layers before it carried).
 NEAR_TIE_UNITS = 2.0
-
-
-def _ctx(backend, p, prop: str, extra: str = "") -> str:
-    return f"[{prop}] backend={backend.name} problem: {p.describe()}" + (f"\n{extra}" if extra else "")
 
 
 @dataclass

@@ -1,10 +1,10 @@
-"""vLLM's MTP draft modules (suites/backends/vllm_mtp.py: Qwen3NextMTP, Qwen3_5MoeMTP,
+"""vLLM's MTP draft modules (suites/backends/vllm/mtp.py: Qwen3NextMTP, Qwen3_5MoeMTP,
 DeepSeekMTP) held to reference/mtp.py in fp64 on hypothesis-drawn shapes (heads and KV heads,
 head_dim, experts and top-k of the family's MoE block, vocabularies off vLLM's 64-row padding,
 prompts of 1-24 tokens, 1-3 chained draft steps), in float32 (tight: a wiring bug shows even
 where it moves the output by a fraction of a percent) and bfloat16 (as the models ship).
 
-What each property catches (tests/test_mtp_negative_controls.py plants each in vLLM's modules):
+What each property catches (tests/negative_controls/test_mtp_negative_controls.py plants each in vLLM's modules):
 the two pre-projection norms swapped, the concat order swapped, the position-0 embedding mask
 lost (DeepSeek), the pre-norm state fed back where the normed one belongs (and the reverse),
 the drafted position not advanced. Every row is compared: the MoE router's own choice inside
@@ -72,7 +72,7 @@ def test_causal_prefix_invariance(mtp_backend, p, record):
 # The target models' attention layout and expert counts at a CPU-sized hidden size (H 256,
 # I 64): Qwen3.5-397B-A17B (32 query / 2 KV heads of 256, 512 experts top-10), Qwen3-Next-80B-
 # A3B (16 / 2 of 256, 512 top-10), DeepSeek-V3 (256 experts top-8 in 8 groups, top-4 groups;
-# its MLA is substituted, see vllm_mtp.py).
+# its MLA is substituted, see suites/backends/vllm/mtp.py).
 CATALOGUE = {
     "qwen3.5-397b-a17b": dict(family="qwen3_next", heads=32, kv_heads=2, head_dim=256, E=512, K=10),
     "qwen3-next-80b-a3b": dict(family="qwen3_next", heads=16, kv_heads=2, head_dim=256, E=512, K=10),

@@ -8,7 +8,7 @@ import torch
 
 from fixtures.seeds import generator, stable_seed
 from reference.speculative import SamplingParams, SpecBatch
-from suites.mtp.checks import (
+from suites.mtp.sampler_checks import (
     RandomCase,
     RequestTemplate,
     check_greedy_exact,
@@ -51,6 +51,7 @@ def test_mixed_batch(sampler_backend, draft_probs_known, record):
            n_requests=results[0].n if results else 0)
 
 
+@pytest.mark.interp_ci
 @pytest.mark.parametrize("draft_probs_known", [True, False], ids=["q-given", "q-absent"])
 def test_seeded_requests_deterministic_and_reorderable(sampler_backend, draft_probs_known):
     """Per-request seeds: same output whatever the batch seed and the request order (a dropped
@@ -75,6 +76,7 @@ def test_position0_acceptance_independent_of_depth(sampler_backend, record):
            rates={r.what: round(r.statistic, 5) for r in results})
 
 
+@pytest.mark.interp_ci
 def test_all_requests_without_drafts_but_one(sampler_backend):
     """A batch where every request but one has no drafts: each of those emits exactly its bonus
     token (the argmax for greedy requests), the drafting one verifies normally."""

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from fixtures.seeds import generator
 from reference.speculative import SamplingParams, SpecBatch
-from suites.mtp.checks import check_greedy_exact
+from suites.mtp.sampler_checks import check_greedy_exact
 
-pytestmark = pytest.mark.mtp
+pytestmark = [pytest.mark.mtp, pytest.mark.interp_ci]
 
 VOCABS = [2, 3, 31, 257, 8193]  # 8193: one past a multiple of the GPU kernel's 8192 block
 

