@@ -14,7 +14,6 @@ build) and skip without them.
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import pytest
 import torch
@@ -159,9 +158,7 @@ def test_activation_standins_match_reference(name, ref):
     torch.testing.assert_close(out, ref(x), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "") != "1",
-                    reason="stand-ins are installed only under Triton's interpreter "
-                           "(nox -s triton_interpret)")
+@pytest.mark.interpreter  # stand-ins are installed only under it (nox -s triton_interpret)
 def test_install_registers_only_missing_ops():
     """install() never shadows a real op: each stand-in is registered only where torch has no op
     of that name, and registering twice is a no-op."""
