@@ -180,7 +180,27 @@ def test_rms_of_a_handful_of_elements_is_held_to_the_max_bound():
     off = ref * (1 + 0.5 * (tol.rms_norm + tol.max_norm) / 1)  # between the two bounds
     assert closeness(off.float(), ref, tol).ok
     n = RMS_MIN_ELEMENTS
-    ref_n = torch.full((1, n), 0.1175, dtype=torch.float64)
+    ref_n = 0.1175 + torch.arange(n, dtype=torch.float64)[None] * 1e-3  # n distinct values
     off_n = ref_n * (1 + 0.5 * (tol.rms_norm + tol.max_norm))
     c = closeness(off_n, ref_n, tol)
     assert not c.ok and "normalized RMS" in c.failed
+
+
+@pytest.mark.parametrize("rows", [31, 64])
+def test_the_same_computation_repeated_is_one_rounding(rows):
+    """Rows that are one computation on the same inputs (a router fed permutations of one set
+    of logits: one softmax weight per row, the nightly's cpu_router case) round alike: their
+    equal errors are one sample, not `rows` independent ones, for the RMS and the systematic
+    bound alike. The same relative error over as many distinct values is a pattern and fails."""
+    from suites.tolerances import TOLERANCES
+
+    tol = TOLERANCES[torch.float32]
+    e = 1.854e-6  # the nightly's: within the max model, above the RMS bound
+    assert tol.rms_norm < e < tol.max_norm
+    same = torch.full((rows, 1), 0.1175, dtype=torch.float64)
+    c = closeness(same * (1 - e), same, tol)
+    assert c.ok, c.report()
+    distinct = 0.1175 * (1 + 0.5 * torch.rand(rows, 1, generator=torch.Generator().manual_seed(0),
+                                              dtype=torch.float64))
+    c = closeness(distinct * (1 - e), distinct, tol)
+    assert not c.ok and {"normalized RMS", "systematic error"} & set(c.failed), c.report()
