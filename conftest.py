@@ -323,16 +323,25 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     hyp[0].obj._hypothesis_internal_use_reproduce_failure = (version, blob)
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: the kind's markers count there
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Property test cases that a ledger entry predicts (suites/known_failures.py: backend,
     test, parameters) are strict xfail with the entry's `raises`: a fix shows as an unexpected
     pass, any other failure as a failure. The ledger's own minimal repros
     (suites/test_known_failures.py, marker ledger_repro) carry their marks themselves. Tests
     marked `interpreter` are deselected where Triton's interpreter is off."""
+    from suites.kinds import BY_FIXTURE, FAMILIES, kind
+
     for item in items:
         entry = ledger_entry(item)
         if entry is not None:
             item.add_marker(entry.xfail())
+        names = getattr(item, "fixturenames", ())
+        kinds = [BY_FIXTURE[f] for f in names if f in BY_FIXTURE] + [
+            kind(k) for f in names if f in FAMILIES for k in FAMILIES[f]]
+        for marker in {m for k in kinds for m in k.markers}:
+            if item.get_closest_marker(marker) is None:  # a kind's test carries its markers
+                item.add_marker(marker)
     away = [i for i in items if not _collected_here(i)]
     if away:
         config.hook.pytest_deselected(items=away)

@@ -29,9 +29,13 @@ class Kind:
     oracle: str  # the fp64 truth
     tolerance: str  # suites/tolerances.py entry
     properties: tuple[str, ...]  # property functions (module:function) the kind's suites run
-    markers: tuple[str, ...]  # markers of its suites
+    markers: tuple[str, ...]  # markers every test of the kind carries (root conftest adds them)
+    # the backend attributes the properties consult (each backend states its own values)
+    capabilities: tuple[str, ...] = ("device",)
 
 
+_EXPERTS_CAPABILITIES = ("device", "dtypes", "activations", "supports_bias",
+                         "supports_expert_map", "alignment", "draw_limits")
 _EXPERTS_PROPERTIES = tuple(f"suites.properties.experts:{p}" for p in (
     "matches_oracle", "token_permutation", "batch_invariance", "expert_relabeling",
     "ep_sharding", "zero_weight_slots", "finite_output", "refuses_unsupported_shape"))
@@ -40,17 +44,20 @@ KINDS: tuple[Kind, ...] = (
     Kind("experts", "experts_backend", "suites.backends.base:ExpertsBackend",
          "suites.moe.checks:problems_for", "reference.experts:fused_experts",
          "suites.tolerances:TOLERANCES",
-         (*_EXPERTS_PROPERTIES, "suites.moe.checks:check_topk_equals_dense"), ("moe",)),
+         (*_EXPERTS_PROPERTIES, "suites.moe.checks:check_topk_equals_dense"), ("moe",),
+         _EXPERTS_CAPABILITIES),
     Kind("quant_experts", "quant_backend", "suites.backends.base:QuantExpertsBackend",
          "suites.moe.quant_checks:problems_for", "reference.quant:quantized_fused_experts",
-         "suites.tolerances:QUANT_TOLERANCES", _EXPERTS_PROPERTIES, ("moe",)),
+         "suites.tolerances:QUANT_TOLERANCES", _EXPERTS_PROPERTIES, ("moe",),
+         (*_EXPERTS_CAPABILITIES, "scheme_kind", "fp8_blocks", "zero_points")),
     Kind("router", "router_backend", "suites.backends.base:RouterBackend",
          "fixtures.strategies:router_problems", "reference.routing:route",
-         "suites.tolerances:TOLERANCES", ("suites.moe.checks:check_router",), ("moe",)),
+         "suites.tolerances:TOLERANCES", ("suites.moe.checks:check_router",), ("moe",),
+         ("device", "topk_methods")),
     Kind("moe_block", "block_backend", "suites.backends.base:MoEBlockBackend",
          "fixtures.strategies:block_problems", "reference.moe:moe_block",
          "suites.tolerances:TOLERANCES", ("suites.moe.checks:check_block_matches_oracle",),
-         ("moe",)),
+         ("moe",), ("device", "family")),
     Kind("ep_moe_block", "ep_block_backend", "suites.backends.base:EPMoEBlockBackend",
          "fixtures.strategies:ep_problems", "reference.expert_parallel:routed_partials",
          "suites.tolerances:TOLERANCES", ("suites.moe.ep_checks:check_block",
@@ -60,7 +67,8 @@ KINDS: tuple[Kind, ...] = (
     Kind("quant_moe_block", "quant_block_backend", "suites.backends.base:QuantMoEBlockBackend",
          "fixtures.strategies:quant_block_problems", "reference.moe:quantized_moe_block",
          "suites.tolerances:QUANT_TOLERANCES",
-         ("suites.moe.quant_checks:check_quant_block_matches_oracle",), ("moe",)),
+         ("suites.moe.quant_checks:check_quant_block_matches_oracle",), ("moe",),
+         ("device", "family", "scheme_kind", "alignment", "hidden_multiple", "zero_points")),
     Kind("mtp_module", "mtp_backend", "suites.backends.base:MTPModuleBackend",
          "fixtures.strategies:mtp_problems", "reference.mtp:draft_chain",
          "suites.tolerances:OVERRIDES", ("suites.mtp.module_checks:check_mtp_step",

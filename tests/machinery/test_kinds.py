@@ -45,6 +45,36 @@ def test_every_kind_is_tested_by_a_suite(k):
     assert any(f"({n}" in text or f" {n}," in text or f"{n})" in text for n in names), names
 
 
+def test_every_backend_states_its_kinds_capabilities():
+    for name in REGISTRY.names():
+        b = REGISTRY.get(name)
+        missing = [c for c in kind(b.kind).capabilities if not hasattr(b, c)]
+        assert not missing, (name, missing)
+
+
+def test_a_kinds_tests_carry_its_markers(tmp_path):
+    """A test that asks for a kind's fixture is selected by the kind's markers (-m moe) though
+    its module names none: the root conftest adds them from the table."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    folder = ROOT / "tests" / f"_generated_kinds_{os.getpid()}"
+    folder.mkdir()
+    try:
+        (folder / "test_unmarked.py").write_text(
+            "def test_uses_a_router(router_backend):\n    pass\n\n"
+            "def test_uses_no_backend():\n    pass\n")
+        r = subprocess.run([sys.executable, "-m", "pytest", str(folder), "--collect-only", "-q",
+                            "-m", "moe", "-p", "no:cacheprovider"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    out = r.stdout + r.stderr
+    assert "test_uses_a_router[" in out and "test_uses_no_backend" not in out, out[-2000:]
+
+
 def test_fixture_names_are_unique_and_families_name_kinds():
     assert len(BY_FIXTURE) == len(KINDS)
     for fixture, kinds in FAMILIES.items():
