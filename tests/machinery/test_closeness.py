@@ -204,3 +204,27 @@ def test_the_same_computation_repeated_is_one_rounding(rows):
                                               dtype=torch.float64))
     c = closeness(distinct * (1 - e), distinct, tol)
     assert not c.ok and {"normalized RMS", "systematic error"} & set(c.failed), c.report()
+
+
+def test_references_equal_but_for_fp64_summation_order_are_one_value():
+    """The nightly's T = 255, K = 3 router case: each row's fp64 weights differ from the
+    others' in the last bits (summation order), the outputs by one shared fp32 error."""
+    from suites.tolerances import TOLERANCES
+
+    tol = TOLERANCES[torch.float32]
+    base = torch.tensor([0.1175, 0.0431, 0.0159], dtype=torch.float64)
+    jitter = 1 + 1e-16 * torch.randn(255, 3, generator=torch.Generator().manual_seed(1),
+                                     dtype=torch.float64)
+    ref = base * jitter
+    assert torch.unique(ref).numel() > 3  # distinct in fp64
+    out = (base * (1 - 1.85e-6)).float().expand(255, 3)
+    assert closeness(out, ref, tol).ok
+
+
+def test_below_the_smallest_normal_a_flushed_zero_is_not_an_error():
+    """The nightly's FP8_W8A16 bf16 case: an output whose exact value is a bf16 subnormal
+    (3.5e-39) comes out 0 (flush to zero); a normal-range wrong value there still fails."""
+    ref = torch.full((1, 32), 3.487e-39, dtype=torch.float64)
+    assert closeness(torch.zeros(1, 32, dtype=torch.bfloat16), ref, BF16).ok
+    wrong = torch.full((1, 32), 1e-37, dtype=torch.bfloat16)
+    assert not closeness(wrong, ref, BF16).ok
