@@ -363,31 +363,33 @@ def _collected_here(item: pytest.Item) -> bool:
             and item.config.getoption("--device") != "cuda"):
         return False
     marks = list(item.iter_markers("backend_filter"))
-    cs = getattr(item, "callspec", None)
-    if not marks or cs is None:
-        return True
-    name = next((v for k, v in cs.params.items() if k.endswith("_backend")), None)
-    if not isinstance(name, str):
+    name = backend_name(item)
+    if not marks or name is None:
         return True
     from suites.backends import REGISTRY
 
-    b = REGISTRY.get(name)
-    return all(m.args[0](b, cs.params) for m in marks)
+    return all(m.args[0](REGISTRY.get(name), item.callspec.params) for m in marks)
+
+
+def backend_name(item: pytest.Item) -> str | None:
+    """The backend a collected case is parametrized over (its *_backend argument), or None:
+    no backend argument, or NOTSET (an empty parametrization: no backend of the kind selected,
+    e.g. `-m moe` in a session whose --backend matches none)."""
+    cs = getattr(item, "callspec", None)
+    name = None if cs is None else next(
+        (v for k, v in cs.params.items() if k.endswith("_backend")), None)
+    return name if isinstance(name, str) else None
 
 
 def ledger_entry(item: pytest.Item):
     """The ledger entry predicting this collected case, or None (it gates)."""
     from suites.known_failures import marking
 
-    cs = getattr(item, "callspec", None)
-    if cs is None or item.get_closest_marker("ledger_repro"):
-        return None
-    backend = next((v for k, v in cs.params.items() if k.endswith("_backend")), None)
-    if not isinstance(backend, str):
-        # None, or NOTSET: an empty parametrization (no backend of the kind selected, e.g.
-        # `-m moe` in a session whose --backend matches none) has no backend to look up
+    backend = backend_name(item)
+    if backend is None or item.get_closest_marker("ledger_repro"):
         return None
     try:
-        return marking(backend, dict(cs.params), getattr(item, "originalname", item.name))
+        return marking(backend, dict(item.callspec.params),
+                       getattr(item, "originalname", item.name))
     except ValueError as e:
         raise pytest.UsageError(f"{item.nodeid}: {e}") from None
