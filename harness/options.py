@@ -39,6 +39,20 @@ def slowdown(value: str, option: str = "--ab-slowdown-b") -> str:
     return ",".join(parts)
 
 
+def duration(value: str, option: str = "--ab-budget") -> float:
+    """Seconds from '900', '900s', '15m', '1.5h' (> 0)."""
+    v = value.strip().lower()
+    unit = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(v[-1:])
+    try:
+        x = float(v[:-1] if unit else v) * (unit or 1.0)
+    except ValueError:
+        x = math.nan
+    if not (x > 0 and math.isfinite(x)):
+        raise OptionError(f"{option} {value!r}: expected a duration such as 900, 900s, 15m or "
+                          "1.5h")
+    return x
+
+
 def _whole(lo: int, hi: int, what: str) -> Callable[[str, str], int]:
     def convert(value: str, name: str) -> int:
         if not value.isdigit() or not lo <= int(value) <= hi:
@@ -80,8 +94,11 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("--baseline", "bisect --perf: a stored run of a good version"),
     Option("--processes", "bisect --perf --baseline: benchmark processes",
            convert=_whole(1, 50, "a number of processes"), default="5"),
-    Option("--ab-pairs", "A/B: pairs of benchmark processes",
-           convert=_whole(1, 100, "a whole number of pairs"), default="6"),
+    Option("--ab-pairs", "A/B: the most pairs of benchmark processes a benchmark gets (it "
+           "leaves at its verdict: reports/sequential.py)",
+           convert=_whole(1, 100, "a whole number of pairs"), default="8"),
+    Option("--ab-budget", "A/B: wall time for the whole run (90s, 15m, 1h; no pair starts "
+           "that would end past it)", convert=duration),
     Option("--ab-slowdown-b", "A/B: a slowdown planted in B's processes (GLOB=F)",
            convert=slowdown),
     Option("--ab-interleave", "A/B: the two processes of a pair take turns by windows, or "

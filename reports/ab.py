@@ -8,12 +8,20 @@ comparison removes it.
 
 Plan (`nox -s ab -- A B`, `python -m reports ab run`; the runner is harness/ab.py, this module
 is the judgement): A and B are two Python environments, each with its vLLM (harness/install.py
-installs them: .nox/ab-<slug>, one venv when A and B are the same requirement). `--ab-pairs N`
-pairs of benchmark processes (default 6), in the balanced order A B | B A | A B | B A ...
-(schedule); each process is one pytest run of suites/bench with the selection given, writing
-pytest-benchmark JSON, as `nox -s bench` runs one process (harness.ab.bench_command: the same
-pytest arguments). `--ab-slowdown-b GLOB=F` adds suites/bench's `--bench-slowdown GLOB=F` to
-B's processes only (calibration: a known slowdown in one side).
+installs them: .nox/ab-<slug>, one venv when A and B are the same requirement). Pairs of
+benchmark processes in the balanced order A B | B A | A B | B A ... (schedule); each process is
+one pytest run of suites/bench with the selection given, writing pytest-benchmark JSON, as `nox
+-s bench` runs one process (harness.ab.bench_command: the same pytest arguments, with
+--bench-rounds auto: rounds from each case's own variance). `--ab-slowdown-b GLOB=F` adds
+suites/bench's `--bench-slowdown GLOB=F` to B's processes only (calibration: a known slowdown
+in one side).
+
+Sequential (the default since 2026-12-07, reports/sequential.py): the first 3 pairs time the
+whole selection; after each pair from then on the benchmarks with a verdict leave, and the next
+pair times only those still open, until none is, a benchmark has had `--ab-pairs N` pairs
+(default 8), or the next pair would end past `--ab-budget` (e.g. 15m). The looks spend the error
+budget (group-sequential, alpha over all looks); the still-open are reported inconclusive. A
+folder without a sequential plan (runs before it) is judged by the fixed rule below.
 
 `--ab-interleave window` (the default): the two processes of a pair run at the same time and
 take turns with a baton (reports/baton.py): only the holder computes, and each timed case hands
@@ -33,8 +41,9 @@ on the terminal instead of processNN-<side>.log).
 Files: reports/out/<time>-ab/plan.json, processNN-A.json / processNN-B.json (and .log in window
 mode) in run order, then ab.md and ab.json (the verdicts).
 
-Rule (per benchmark), with t the threshold of reports/thresholds.json (default 5%) and alpha its
-max_false_alarm_rate (1%):
+Rule (per benchmark; the fixed rule, one look after all pairs; the sequential rule takes the
+same interval at each look, at the look's share of alpha), with t the threshold of
+reports/thresholds.json (default 5%) and alpha its max_false_alarm_rate (1%):
 
   d_i       log(B's process median / A's process median) within pair i, the pairs taken in run
             order (processes 1-2, 3-4, ...): the two processes of a pair ran interleaved (or back
@@ -176,6 +185,8 @@ class ABRow:
     a_acceptance: float = math.nan
     b_acceptance: float = math.nan
     acceptance_p: float = math.nan
+    decided_at: int = 0  # sequential: the look (pairs) at which the verdict was reached
+    level: float = math.nan  # one-sided level a side of the interval shown
 
     @property
     def label(self) -> str:
@@ -191,15 +202,30 @@ class ABComparison(VerdictTable):
     pairs: int  # complete pairs of processes
     rows: list[ABRow]
     notes: list[str]
+    sequential: dict | None = None  # {"max_pairs": N, "rho": RHO}: reports/sequential.py
     VERDICTS: ClassVar[tuple[str, ...]] = VERDICTS
     FAILING: ClassVar[tuple[str, ...]] = FAILING
 
     def as_dict(self) -> dict:
+        interval = (f"group-sequential Student t for the mean paired log-ratio: look n spends "
+                    f"alpha x ((n/N)^rho - ((n-1)/N)^rho) a side, N = "
+                    f"{self.sequential['max_pairs']}, rho = {self.sequential['rho']}"
+                    if self.sequential else
+                    f"two-sided {1 - 2 * self.alpha:.0%} Student t for the mean paired "
+                    "log-ratio (one-sided alpha at each end)")
         return {"a": self.a, "b": self.b, "rule": dataclasses.asdict(self.rule),
-                "alpha": self.alpha, "interval": f"two-sided {1 - 2 * self.alpha:.0%} Student t "
-                "for the mean paired log-ratio (one-sided alpha at each end)",
+                "alpha": self.alpha, "interval": interval, "sequential": self.sequential,
                 "pairs": self.pairs, "notes": self.notes, "counts": self.counts(),
-                "verdict_names": MARK, "rows": [dataclasses.asdict(r) for r in self.rows]}
+                "open": self.open_names(), "verdict_names": MARK,
+                "rows": [dataclasses.asdict(r) for r in self.rows]}
+
+    def open_names(self) -> list[str]:
+        """Sequential: the benchmarks whose verdict is still open and that may still get a
+        pair (fewer than N pairs); what the next pair of processes runs."""
+        if not self.sequential:
+            return []
+        return [r.fullname for r in self.rows if r.verdict == "inconclusive"
+                and r.pairs < self.sequential["max_pairs"]]
 
 
 def _pairs(processes: list[tuple[str, Run]]) -> list[tuple[Run, Run]]:
@@ -238,15 +264,28 @@ def _unpaired(a_runs: list[Run], b_runs: list[Run], rule: Rule) -> tuple[dict[st
 
 
 def judge(processes: list[tuple[str, Run]], rule: Rule | None = None, *, a: str = "A",
-          b: str = "B", unpaired: bool = True) -> ABComparison:
+          b: str = "B", unpaired: bool = True, sequential: dict | None = None
+          ) -> ABComparison:
     """The paired verdicts of processes given in run order as (side, run); `unpaired` adds
-    compare's stored-run verdict on the same processes to each row, for contrast."""
+    compare's stored-run verdict on the same processes to each row, for contrast. With
+    `sequential` ({"max_pairs": N, "rho": ...}, what a sequential run's plan.json says) each
+    benchmark's verdict is reports/sequential.py's replay of its looks; without, the fixed
+    rule (one interval at level alpha after all pairs)."""
     import numpy as np
 
+    from reports import sequential as seq
     from reports.compare import Rule, acceptance_drop_p
     from reports.compare import classify as classify_interval
 
     rule = rule or Rule.load()
+    if sequential is not None:
+        try:
+            sequential = {"max_pairs": int(sequential["max_pairs"]),
+                          "rho": float(sequential.get("rho", seq.RHO))}
+        except (KeyError, TypeError, ValueError):
+            raise ABError(f"sequential plan {sequential!r}: expected max_pairs and rho") from None
+        if sequential["max_pairs"] < 1 or not sequential["rho"] > 0:
+            raise ABError(f"sequential plan {sequential!r}: max_pairs >= 1 and rho > 0")
     alpha = rule.max_false_alarm_rate
     if len(processes) < 2:
         raise ABError(f"{len(processes)} process(es): an A/B judgement needs pairs of processes")
@@ -307,9 +346,17 @@ def judge(processes: list[tuple[str, Run]], rule: Rule | None = None, *, a: str 
         row.pairs = len(both)
         row.pair_ratios = [y / x for x, y in both]
         row.b_slower = sum(y > x for x, y in both)
-        row.ratio, row.lo, row.hi = paired_interval(am, bm, alpha)
-        row.verdict = ("inconclusive" if row.pairs < MIN_PAIRS else
-                       _FROM_COMPARE[classify_interval(row.lo, row.hi, t)])
+        if sequential:
+            lk = seq.replay(row.pair_ratios, max_pairs=sequential["max_pairs"], alpha=alpha,
+                            threshold=t, rho=sequential["rho"])
+            row.ratio, row.lo, row.hi, row.level = lk.ratio, lk.lo, lk.hi, lk.level
+            row.verdict = lk.verdict or "inconclusive"
+            row.decided_at = lk.n if lk.verdict else 0
+        else:
+            row.ratio, row.lo, row.hi = paired_interval(am, bm, alpha)
+            row.level = alpha
+            row.verdict = ("inconclusive" if row.pairs < MIN_PAIRS else
+                           _FROM_COMPARE[classify_interval(row.lo, row.hi, t)])
         pa, pb = _pooled_acceptance(a_recs), _pooled_acceptance(b_recs)
         if pa and pb:
             row.a_acceptance, row.b_acceptance = pa[0], pb[0]
@@ -321,8 +368,13 @@ def judge(processes: list[tuple[str, Run]], rule: Rule | None = None, *, a: str 
     if few:
         notes.append(f"{len(few)} benchmark(s) inconclusive by construction: fewer than "
                      f"{MIN_PAIRS} complete pairs (--ab-pairs >= {MIN_PAIRS}), e.g. {few[0].label}")
+    if sequential:
+        left = [r for r in rows if r.decided_at]
+        notes.append(f"sequential: {len(left)} of {len(rows)} benchmarks decided, at "
+                     f"{np.mean([r.decided_at for r in left]) if left else 0:.1f} pairs on "
+                     f"average; at most {sequential['max_pairs']} pairs a benchmark")
     return ABComparison(a=a, b=b, rule=rule, alpha=alpha, pairs=len(pairs), rows=rows,
-                        notes=notes)
+                        notes=notes, sequential=sequential)
 
 
 def load_folder(folder: str | pathlib.Path) -> tuple[dict, list[tuple[str, Run]]]:
@@ -360,25 +412,38 @@ def to_markdown(cmp: ABComparison) -> str:
     t = cmp.rule.threshold
     level = 1 - 2 * cmp.alpha
     c = cmp.counts()
+    band = (f"With t = {t:.0%}: REGRESSION when the whole interval lies above {1 + t:.3f}, "
+            f"faster below {1 / (1 + t):.3f}, same inside [{1 / (1 + t):.3f}, {1 + t:.3f}]")
+    if cmp.sequential:
+        n_max = cmp.sequential["max_pairs"]
+        rule = (f"Rule (sequential, reports/sequential.py): per benchmark, the paired ratios B/A "
+                f"of the process medians of the two processes of each pair; after each pair "
+                f"n >= {MIN_PAIRS} a Student t interval of the mean log ratio at one-sided level "
+                f"a_n = {cmp.alpha:.0%} x ((n/{n_max})^{cmp.sequential['rho']:g} - "
+                f"((n-1)/{n_max})^{cmp.sequential['rho']:g}) a side (the levels sum to "
+                f"{cmp.alpha:.0%}: at most {cmp.alpha:.0%} false verdicts per benchmark over "
+                f"all looks). {band}; a benchmark leaves at its first verdict ('at' = pairs "
+                f"then), and is inconclusive when still open after {n_max} pairs or when the "
+                "run's budget ran out. The interval shown is the deciding (or last) look's.")
+    else:
+        rule = (f"Rule: per benchmark, the paired ratios B/A of the process medians of the two "
+                f"processes of each pair; ratio = their geometric mean, interval = {level:.0%} "
+                f"Student t interval of the mean log ratio ({cmp.alpha:.0%} one-sided at each "
+                f"end: at most {cmp.alpha:.0%} false regressions per benchmark). {band}, "
+                f"inconclusive otherwise or with fewer than {MIN_PAIRS} pairs.")
     lines = [
         f"A/B: A = {cmp.a}, B = {cmp.b}; {cmp.pairs} pairs of processes, run order A B B A ...",
         "",
-        f"Rule: per benchmark, the paired ratios B/A of the process medians of the two processes"
-        f" of each pair; ratio = their geometric mean, interval = {level:.0%} Student t interval"
-        f" of the mean log ratio ({cmp.alpha:.0%} one-sided at each end: at most "
-        f"{cmp.alpha:.0%} false regressions per benchmark). With t = {t:.0%}: REGRESSION when "
-        f"the whole interval lies above {1 + t:.3f}, faster below {1 / (1 + t):.3f}, same "
-        f"inside [{1 / (1 + t):.3f}, {1 + t:.3f}], inconclusive otherwise or with fewer than "
-        f"{MIN_PAIRS} pairs. 'unpaired' is compare's stored-run rule on the same processes, for"
-        " contrast.",
+        rule + " 'unpaired' is compare's stored-run rule on the same processes, for contrast.",
         "",
         "Verdicts: " + (", ".join(f"{MARK[v]} {n}" for v, n in c.items() if n) or "none"),
         "",
     ]
     lines += [f"- {n}" for n in cmp.notes]
-    lines += ["", f"| verdict | benchmark | A | B | ratio B/A | {level:.0%} interval | pairs | "
+    head = "interval" if cmp.sequential else f"{level:.0%} interval"
+    lines += ["", f"| verdict | benchmark | A | B | ratio B/A | {head} | pairs | at | "
               "B slower in | unpaired | acceptance A/B |",
-              "|---|---|---:|---:|---:|---|---:|---:|---|---|"]
+              "|---|---|---:|---:|---:|---|---:|---:|---:|---|---|"]
     rank = {v: i for i, v in enumerate(VERDICTS)}
     for r in sorted(cmp.rows, key=lambda r: (rank[r.verdict],
                                              -(r.ratio if math.isfinite(r.ratio) else 0))):
@@ -388,7 +453,8 @@ def to_markdown(cmp: ABComparison) -> str:
                else "-")
         lines.append(f"| {MARK[r.verdict]} | {r.label} | {_fmt_time(r.a_median)} | "
                      f"{_fmt_time(r.b_median)} | {ratio} | {interval} | {r.pairs} | "
-                     f"{r.b_slower}/{r.pairs} | {r.unpaired or '-'} | {acc} |")
+                     f"{r.decided_at or '-'} | {r.b_slower}/{r.pairs} | {r.unpaired or '-'} | "
+                     f"{acc} |")
     return "\n".join(lines) + "\n"
 
 
@@ -467,8 +533,10 @@ USAGE = """python -m reports ab run --a-python PY --b-python PY [--a-name S] [--
                         [--ab-pairs N] [--ab-slowdown-b GLOB=F] [--ab-interleave window|process]
                         [-- PYTEST ARGS]
        python -m reports ab judge DIR [--rule FILE] [--threshold F] [--markdown OUT] [--json OUT]
+       python -m reports ab step DIR [--rule FILE] [--threshold F]
        python -m reports ab calibrate [--pairs 3,6,12,24] [--benchmarks N] [--disturbed F]
-                        [--drift F] [--seed S]"""
+                        [--drift F] [--seed S]
+       python -m reports ab calibrate --sequential [--pairs 8] [--benchmarks N] [--seed S]"""
 
 
 def _parser():
@@ -491,8 +559,18 @@ def _parser():
     s.add_argument("--threshold", type=float)
     s.add_argument("--markdown", help="also write the table here (must not exist)")
     s.add_argument("--json", help="also write the verdicts here (must not exist)")
+    s = sub.add_parser("step", allow_abbrev=False, help="a sequential run so far: the "
+                       "benchmarks still open, as JSON on stdout (harness/ab.py asks after "
+                       "each pair)")
+    s.add_argument("folder")
+    s.add_argument("--rule", **rule)
+    s.add_argument("--threshold", type=float)
     s = sub.add_parser("calibrate", allow_abbrev=False)
-    s.add_argument("--pairs", default="3,6,12,24")
+    s.add_argument("--sequential", action="store_true",
+                   help="the sequential rule's operating characteristics (reports/sequential.py)"
+                        " instead of the fixed rule's synthetic runs")
+    s.add_argument("--pairs", default=None, help="fixed rule: pair counts (default 3,6,12,24); "
+                                                 "--sequential: the maximum N (default 8)")
     s.add_argument("--benchmarks", type=int, default=2000)
     s.add_argument("--disturbed", type=float, default=0.25)
     s.add_argument("--drift", type=float, default=0.02, help="log random-walk step a process")
@@ -521,6 +599,35 @@ def print_report(cmp: ABComparison) -> None:
         print(f"no regression ({len(cmp.rows)} benchmarks, {cmp.pairs} pairs: {summary})")
 
 
+def _calibrate_sequential(a) -> int:
+    """`ab calibrate --sequential`: verdict shares and mean pairs of the sequential rule for
+    normal paired log-ratios (reports/sequential.py simulate); exit 1 when a false verdict rate
+    (a regression for B +5% = at the threshold, or for A vs A) exceeds the rule's alpha."""
+    from reports import sequential as seq
+
+    rule = _rule(a)
+    try:
+        n_max = int(a.pairs or 8)
+    except ValueError:
+        n_max = 0
+    if n_max < seq.MIN_PAIRS:
+        raise ABError(f"--pairs {a.pairs!r}: the sequential maximum is a whole number >= "
+                      f"{seq.MIN_PAIRS}")
+    t = rule.threshold
+    cells = seq.simulate(ratios=(1.0, 1.0 + t, 1.10, 2.0), max_pairs=n_max,
+                         alpha=rule.max_false_alarm_rate, threshold=t, n=a.benchmarks,
+                         seed=a.seed)
+    print(json.dumps({"max_pairs": n_max, "rho": seq.RHO, "alpha": rule.max_false_alarm_rate,
+                      "threshold": t, "benchmarks": a.benchmarks, "cells": cells}, indent=1))
+    print("sigma of d | true ratio B/A | regression | faster | same | inconclusive | mean pairs")
+    for c in cells:
+        print(f"{c['sigma']:10.1%} | {c['ratio']:14.2f} | {c['regression']:10.2%} | "
+              f"{c['faster']:6.2%} | {c['same']:4.0%} | {c['inconclusive']:12.0%} | "
+              f"{c['mean_pairs']:.1f}")
+    worst = max(c["regression"] for c in cells if c["ratio"] <= 1.0 + t)
+    return 0 if worst <= rule.max_false_alarm_rate else 1
+
+
 def _write_new(path: str, text: str) -> None:
     write_new(path, text, ABError)
 
@@ -544,11 +651,21 @@ def main(argv: list[str] | None = None) -> int:
                           "or python -m harness.ab ...)")
         if extra or tail:
             raise ABError(f"unrecognized arguments: {' '.join([*extra, *tail])}")
+        if a.cmd == "step":
+            plan, procs = load_folder(a.folder)
+            if not plan.get("sequential"):
+                raise ABError(f"{a.folder}: not a sequential run (its plan.json has no "
+                              "'sequential')")
+            cmp = judge(procs, _rule(a), unpaired=False, sequential=plan["sequential"])
+            print(json.dumps({"pairs": cmp.pairs, "counts": cmp.counts(),
+                              "open": cmp.open_names()}))
+            return 0
         if a.cmd == "judge":
             rule = _rule(a)
             plan, procs = load_folder(a.folder)
             cmp = judge(procs, rule, a=(plan.get("a") or {}).get("name", "A"),
-                        b=(plan.get("b") or {}).get("name", "B"))
+                        b=(plan.get("b") or {}).get("name", "B"),
+                        sequential=plan.get("sequential"))
             print_report(cmp)
             if a.markdown:
                 _write_new(a.markdown, to_markdown(cmp))
@@ -557,7 +674,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmp.exit_code
         from reports.synthetic import Noise
 
-        pairs = [int(x) for x in a.pairs.split(",") if x.strip()]
+        if a.sequential:
+            return _calibrate_sequential(a)
+        try:
+            pairs = [int(x) for x in (a.pairs or "3,6,12,24").split(",") if x.strip()]
+        except ValueError:
+            pairs = []
         if not pairs or min(pairs) < 1:
             raise ABError(f"--pairs {a.pairs!r}: expected whole numbers >= 1")
         rule = _rule(a)

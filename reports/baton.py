@@ -15,15 +15,17 @@ Protocol (one Unix socket per pair; lines of ASCII; reports/ab.py runs the serve
   client -> server  "pass"                  at a window boundary; then waits for "go"
   server -> client  "go"                    the client may compute until it passes again
   (closing the connection, e.g. at process exit, passes the baton for good)
-A client computes only between "go" and its next "pass" or its exit: its imports and
-collection, the roofline probes, weight packing and the timed windows all happen while it
-holds the baton; so nothing of one side runs while the other side times. The server hands the
+A client says hello when its first benchmark is set up (suites/bench/conftest.py
+bench_machine): the two sides' imports and collection, which time nothing, run at the same
+time; from the hello on, a client computes only between "go" and its next "pass" or its exit
+(the roofline probes, weight packing and the timed windows all happen while it holds the
+baton), so nothing of one side runs while the other side times. The server hands the
 first "go" only when both sides said hello (or after `start_timeout` when one never does, or
 once one has exited), to the side named first; later the baton goes to the other side whenever
 it is waiting, else back to the one that passed.
 
 The client side (Baton.from_env) is what suites/bench/timing.py uses; it is off unless
-SUITE_BENCH_BATON names the socket (reports/ab.py sets it, with SUITE_BENCH_BATON_SIDE).
+SUITE_BENCH_BATON names the socket (harness/ab.py sets it, with SUITE_BENCH_BATON_SIDE).
 Standard library only: noxfile.py's own Python imports reports/ab.py, which imports this.
 """
 

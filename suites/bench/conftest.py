@@ -16,11 +16,18 @@ does; with `pytest suites` use the environment variables):
   --bench-slowdown G=F     deliberately slow backends matching glob G by fraction F (e.g.
                            cpu_fused_moe.vec=0.1): a demonstration that `nox -s compare` flags a
                            regression (SUITE_BENCH_SLOWDOWN)
+  --bench-rounds RULE      time: rounds that fill --bench-time (default); auto: rounds from
+                           the case's own variance, an adaptive warm-up and fewer control ops
+                           (timing.py; SUITE_BENCH_ROUNDS; what an A/B run's processes use)
   --bench-include-reference  also time the fp64 oracles (off: they are not under test)
 
-In an interleaved A/B pair (`nox -s ab`), reports/ab.py sets SUITE_BENCH_BATON and
-SUITE_BENCH_BATON_SIDE: the process takes the baton at pytest_configure and computes only while
-holding it; run_case hands it to the other side every ~50 ms of timed rounds (reports/baton.py).
+In an interleaved A/B pair (`nox -s ab`), harness/ab.py sets SUITE_BENCH_BATON and
+SUITE_BENCH_BATON_SIDE: the process takes the baton when its first benchmark is set up (before
+thread pinning and the roofline probes; the two sides' imports and collection, which time
+nothing, run at once) and from then on computes only while holding it; run_case hands it to the
+other side every ~50 ms of timed rounds (reports/baton.py). SUITE_BENCH_ROOFLINE (set by an A/B
+run to a file in its folder) lets the run's later processes reuse the first one's roofline
+probes (probes.measure_or_reuse) instead of spending ~3 s a process on them.
 
 Performance runs never assert numerics; they only time and record. `nox -s bench` runs this
 suite in several processes (--bench-processes, a nox option) and merges them (reports/merge.py).
@@ -53,6 +60,8 @@ _OPTIONS = (
     ("--bench-time", "SUITE_BENCH_TIME", "timed seconds per case"),
     ("--bench-min-rounds", "SUITE_BENCH_MIN_ROUNDS", "minimum timed rounds per case"),
     ("--bench-slowdown", "SUITE_BENCH_SLOWDOWN", "GLOB=FRACTION: slow matching backends"),
+    ("--bench-rounds", "SUITE_BENCH_ROUNDS", "time (fill --bench-time) or auto (from each "
+     "case's own variance; an A/B run's default)"),
 )
 
 
@@ -65,15 +74,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """In an interleaved A/B pair (reports/ab.py sets SUITE_BENCH_BATON), take the baton before
-    anything else runs: this process then computes only while the other side waits."""
+    """In an interleaved A/B pair (harness/ab.py sets SUITE_BENCH_BATON), find the baton; it
+    is taken (hello) by bench_machine, before anything is measured."""
     try:
-        baton = _baton.Baton.from_env()
-        if baton is not None:
-            baton.hello()
+        _timing.BATON = _baton.Baton.from_env()
     except _baton.BatonError as e:
         raise pytest.UsageError(f"interleaved A/B: {e}") from None
-    _timing.BATON = baton
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -106,6 +112,7 @@ def settings_of(config: pytest.Config) -> BenchSettings:
                 slowdown=parse_slowdown(_opt(config, "--bench-slowdown")),
                 include_reference=bool(config.getoption("--bench-include-reference",
                                                         default=False)),
+                rounds_rule=_opt(config, "--bench-rounds"),
                 usable_cpus=sorted(_AFFINITY_AT_START) if _AFFINITY_AT_START else None,
             )
         except ValueError as e:
@@ -136,8 +143,14 @@ def bench_settings(request) -> BenchSettings:
 
 @pytest.fixture(scope="session", autouse=True)
 def bench_machine(request, bench_settings):
-    """Pin threads, then measure the roofline with those threads (once a session)."""
+    """Take the A/B baton (if any), pin threads, then measure the roofline with those threads
+    (once a session)."""
     config = request.config
+    if _timing.BATON is not None:
+        try:
+            _timing.BATON.hello()  # blocks until this side may compute
+        except _baton.BatonError as e:
+            pytest.exit(f"interleaved A/B: {e}", returncode=3)
     threads: dict = {"device": bench_settings.device}
     if bench_settings.device == "cpu":
         cpus = bench_settings.pinned_cpus
@@ -148,8 +161,9 @@ def bench_machine(request, bench_settings):
                        omp_num_threads_env=os.environ.get("OMP_NUM_THREADS"),
                        interop_threads=torch.get_num_interop_threads())
     config.stash[_THREADS_KEY] = threads
-    config.stash[_ROOFLINE_KEY] = _roofline.measure(bench_settings.device,
-                                                    bench_settings.roofline_dtypes)
+    config.stash[_ROOFLINE_KEY] = _roofline.measure_or_reuse(
+        os.environ.get("SUITE_BENCH_ROOFLINE"), bench_settings.device,
+        bench_settings.roofline_dtypes)
     return config.stash[_ROOFLINE_KEY]
 
 

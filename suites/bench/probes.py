@@ -208,3 +208,41 @@ def measure(device: str, dtypes: tuple[str, ...] = ("bfloat16", "float32"), *,
     if capability is not None:
         probe["compute_capability"] = list(capability)
     return Roofline(device=device, matmul_flops_per_s=peaks, copy_bytes_per_s=bw, probe=probe)
+
+
+def measure_or_reuse(path: str | None, device: str, dtypes: tuple[str, ...]) -> Roofline:
+    """The roofline from `path` when an earlier process of the same run measured it there with
+    the same device, dtypes, threads and CPU capability (an A/B run's processes: harness/ab.py
+    sets SUITE_BENCH_ROOFLINE to a file in the run's folder, so the probes' seconds are spent
+    once a run, not twice a pair); else measure it, and write it there if nothing is there yet.
+    A file that does not match or cannot be read is left as it is and the probes run."""
+    import json
+    import os
+
+    key = {"device": device, "dtypes": sorted(dtypes), "threads": torch.get_num_threads(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+            if saved.get("key") == key:
+                r = Roofline(**saved["roofline"])
+                r.probe = {**r.probe, "reused_from": path}
+                return r
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            pass  # unreadable: measure, leave the file alone
+    r = measure(device, dtypes)
+    if path and not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"key": key, "roofline": r.as_dict()}, f)
+            os.link(tmp, path)  # fails if another process wrote it first: theirs stays
+        except OSError:
+            pass
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return r

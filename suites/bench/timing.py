@@ -47,6 +47,29 @@ CPU_TOKENS = tuple(2**i for i in range(11))  # 1 .. 1024
 GPU_TOKENS = tuple(2**i for i in range(14))  # 1 .. 8192
 
 
+ROUNDS_RULES = ("time", "auto")
+# --bench-rounds auto (what an A/B run's processes use, harness/ab.py): the rounds that bring
+# the standard error of the case's median to AUTO_SE of it, from the spread of an untimed pilot
+# (the warm-up calls after the first, plus PILOT_CALLS calls for a case under PILOT_MAX_S a call,
+# PILOT_SLOW_CALLS under PILOT_SLOW_MAX_S): n =
+# (1.2533 x cv / AUTO_SE)^2 (the median's standard error is 1.2533 sigma / sqrt(n) for normal
+# rounds; cv robust, 0.7413 IQR / median, from 8 pilot calls on), cv at least CV_FLOOR (a pilot of a few calls underestimates it), at least AUTO_MIN
+# rounds, and never more than the time rule would time. In an A/B pair the median's own error
+# is one part of the pair-to-pair spread (the other: the machine between windows), so halving
+# it further buys little: a 20 us router call needs ~100 rounds (2 ms), not the 0.3 s of
+# rounds the time rule gives it.
+AUTO_SE = 0.005
+CV_FLOOR = 0.01
+AUTO_MIN = 5
+PILOT_CALLS = 20
+PILOT_MAX_S = 0.002
+PILOT_SLOW_CALLS = 4  # and 4 for a case under PILOT_SLOW_MAX_S a call (at most 0.1 s more)
+PILOT_SLOW_MAX_S = 0.025
+WARMUP_MAX_S = 1.0  # auto warm-up: calls until two agree within 10%, at most 5 or this long
+AUTO_CONTROL_REPS = 10  # the control op before and after the rounds (40 with the time rule)
+REWARM_MAX_S = 0.005  # A/B windows: an untimed re-warm call after each handover below this
+
+
 def _csv(value: str | None) -> list[str] | None:
     if value is None or not str(value).strip():
         return None
@@ -82,10 +105,12 @@ class BenchSettings:
     max_rounds: int
     slowdown: dict[str, float] = field(default_factory=dict)
     include_reference: bool = False
+    rounds_rule: str = "time"  # "time": fill time_s; "auto": from the case's own variance
 
     @classmethod
     def from_options(cls, *, device: str, tokens, shapes, dtypes, threads, time_s, min_rounds,
-                     slowdown, include_reference, usable_cpus) -> BenchSettings:
+                     slowdown, include_reference, usable_cpus,
+                     rounds_rule: str | None = None) -> BenchSettings:
         cuda = device == "cuda"
         tok = tuple(int(t) for t in _csv(tokens) or ()) or (GPU_TOKENS if cuda else CPU_TOKENS)
         if any(t < 1 for t in tok):
@@ -100,6 +125,10 @@ class BenchSettings:
             raise ValueError(f"--bench-threads {n}: this process may use {len(usable)} CPUs")
         if slowdown and cuda:
             raise ValueError("--bench-slowdown spins the host clock: a CPU demonstration only")
+        rounds_rule = (rounds_rule or "time").strip()
+        if rounds_rule not in ROUNDS_RULES:
+            raise ValueError(f"--bench-rounds {rounds_rule!r}: expected one of "
+                             f"{', '.join(ROUNDS_RULES)}")
         return cls(
             device=device, tokens=tok, shapes=tuple(_csv(shapes) or (GPU_SHAPES if cuda else CPU_SHAPES)),
             dtypes=dts, threads=n, pinned_cpus=usable[:n],
@@ -110,6 +139,7 @@ class BenchSettings:
             min_rounds=int(min_rounds) if min_rounds else 10,
             max_rounds=1000,
             slowdown=slowdown or {}, include_reference=include_reference,
+            rounds_rule=rounds_rule,
         )
 
     @property
@@ -221,15 +251,21 @@ class Windows:
     case's own per-round setup (the control op)."""
 
     def __init__(self, baton, target: Callable[[], object], inner: Callable[[], None] | None,
-                 rounds: int) -> None:
+                 rounds: int, rewarm: bool = True) -> None:
         self.baton, self.target, self.inner, self.rounds = baton, target, inner, rounds
+        # The re-warm call matters for short calls, whose first round after the other side's
+        # window would run on evicted caches; a call of REWARM_MAX_S or more refills its
+        # working set within its own first percent, the same on both sides, and an extra
+        # call a window would double the time of a case whose window is one round.
+        self.rewarm = rewarm
         self.count = 0
         self.handovers = 0
 
     def handover(self) -> None:
         self.baton.pass_()
         self.handovers += 1
-        self.target()
+        if self.rewarm:
+            self.target()
 
     def setup(self) -> None:
         if self.count and self.count % self.rounds == 0:
@@ -315,6 +351,19 @@ def timed_region(device: str, *, inputs: Iterable = (), output=None,
     return region
 
 
+def auto_rounds(pilot: list[float], time_rounds: int) -> tuple[int, float]:
+    """--bench-rounds auto: (rounds, the pilot's cv) from untimed pilot calls' durations; at
+    most time_rounds (what the time rule would time)."""
+    if len(pilot) >= 8:  # robust: one preempted call must not set the rounds
+        xs = sorted(pilot)
+        n = len(xs)
+        cv = 0.7413 * (xs[(3 * n) // 4] - xs[n // 4]) / statistics.median(xs)
+    else:
+        cv = statistics.pstdev(pilot) / statistics.fmean(pilot) if len(pilot) > 1 else 1.0
+    need = math.ceil((1.2533 * max(cv, CV_FLOOR) / AUTO_SE) ** 2)
+    return min(time_rounds, max(AUTO_MIN, need)), cv
+
+
 def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
              roofline: _roofline.Roofline, group: str, backend: str, extra: dict,
              inputs: Iterable = (), copies: dict[str, str] | None = None) -> None:
@@ -327,16 +376,27 @@ def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
     target = Slowed(fn, slowdown) if slowdown else fn
     benchmark.group = group
     cuda = settings.device == "cuda"
-    # Warm-up: first calls pay for allocation, prepacking caches, kernel selection, JIT.
-    warm = []
-    for _ in range(3):
+    auto = settings.rounds_rule == "auto"
+
+    def call() -> tuple[object, float]:
         t0 = time.perf_counter()
-        output = target()
+        out = target()
         if cuda:
             torch.cuda.synchronize()
-        warm.append(time.perf_counter() - t0)
+        return out, time.perf_counter() - t0
+
+    # Warm-up: first calls pay for allocation, prepacking caches, kernel selection, JIT.
+    # "time": 3 calls. "auto": until two calls in a row agree within 10% (at most 5 calls or
+    # WARMUP_MAX_S after the first).
+    warm = []
+    while len(warm) < 3 or (auto and len(warm) < 5 and sum(warm[1:]) < WARMUP_MAX_S
+                            and abs(warm[-1] / warm[-2] - 1) > 0.10):
+        output, dt = call()
+        warm.append(dt)
+        if auto and len(warm) == 2 and abs(warm[1] / warm[0] - 1) <= 0.10:
+            break
     region = timed_region(settings.device, inputs=inputs, output=output, copies=copies)
-    t = max(statistics.median(warm), 1e-7)
+    t = max(statistics.median(warm[1:] if len(warm) > 2 else warm), 1e-7)
     control = None
     if cuda:
         setup = _roofline.L2Flush()
@@ -347,16 +407,27 @@ def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
         control.times.clear()
         setup = control.every(max(10, math.ceil(20 * tc / t)))
     rounds = min(settings.max_rounds, max(settings.min_rounds, math.ceil(settings.time_s / t)))
+    pilot_cv = None
+    if auto:
+        pilot = warm[1:] if len(warm) > 2 else warm  # two that agreed: both are warm
+        if t < PILOT_MAX_S:
+            pilot += [call()[1] for _ in range(PILOT_CALLS)]
+        elif t < PILOT_SLOW_MAX_S:
+            pilot += [call()[1] for _ in range(PILOT_SLOW_CALLS)]
+        rounds, pilot_cv = auto_rounds(pilot, rounds)
     window = None
     if BATON is not None and not cuda:
-        window = Windows(BATON, target, setup, max(1, math.ceil(_baton.WINDOW_S / t)))
+        window = Windows(BATON, target, setup, max(1, math.ceil(_baton.WINDOW_S / t)),
+                         rewarm=t < REWARM_MAX_S)
         setup = window.setup
         window.handover()  # the other side reaches this case: the timed windows start aligned
+    reps = AUTO_CONTROL_REPS if auto else Control.REPS
     if control is not None:
-        control.sample(Control.REPS)
-    benchmark.pedantic(target, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
+        control.sample(reps)
+    benchmark.pedantic(target, setup=setup, rounds=rounds, iterations=1,
+                       warmup_rounds=0 if auto else 1)
     if control is not None:
-        control.sample(Control.REPS)
+        control.sample(reps)
     median = benchmark.stats.stats.median
     info = dict(extra)
     info.update(backend=backend, device=settings.device, median_s=median,
@@ -365,9 +436,12 @@ def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
                                  seconds=median, compute_dtype=info.get("compute_dtype")))
     info["timing"] = {
         "clock": "cuda-events" if cuda else "perf_counter",
-        "cold_l2": cuda, "warmup_calls": len(warm) + 1, "iterations": 1,
-        "rounds": rounds, "threads": torch.get_num_threads(), "region": region,
+        "cold_l2": cuda, "warmup_calls": len(warm) + (0 if auto else 1), "iterations": 1,
+        "rounds": rounds, "rounds_rule": settings.rounds_rule,
+        "threads": torch.get_num_threads(), "region": region,
     }
+    if pilot_cv is not None:
+        info["timing"]["pilot_cv"] = pilot_cv
     if control is not None:
         info["control"] = control.summary()
         llc = _llc_bytes()

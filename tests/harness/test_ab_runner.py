@@ -63,7 +63,9 @@ def _fake_python(tmp_path: pathlib.Path, run) -> pathlib.Path:
     src.write_text(json.dumps(run.raw))
     log = tmp_path / "calls.log"
     fake = tmp_path / "python"
-    fake.write_text(f"#!/bin/sh\necho \"$0 $*\" >> {log}\n"
+    # `-m reports ...` (the runner's look after each pair) goes to the real interpreter
+    fake.write_text(f"#!/bin/sh\nif [ \"$1 $2\" = \"-m reports\" ]; then exec {sys.executable} "
+                    f"\"$@\"; fi\necho \"$0 $*\" >> {log}\n"
                     f"for a in \"$@\"; do case \"$a\" in --benchmark-json=*) "
                     f"cp {src} \"${{a#--benchmark-json=}}\";; esac; done\nexit 0\n")
     fake.chmod(0o755)
@@ -86,16 +88,75 @@ def test_run_alternates_sides_and_slows_only_b(tmp_path, capsys):
              for line in p.read_text().splitlines()]
     by_file = sorted((next(a for a in args if a.startswith("--benchmark-json=")), side, args)
                      for side, args in calls)
-    assert [side for _, side, _ in by_file] == [s.lower() for s in ab.schedule(4)]
+    # every process returns the same file, so every pair agrees exactly: each benchmark is
+    # decided at the first look (3 pairs) and the run stops there, before the 4th pair
+    assert [side for _, side, _ in by_file] == [s.lower() for s in ab.schedule(4)[:6]]
     for _, side, args in by_file:
         # one process of nox -s bench: its pytest arguments, then the selection
         assert args[:6] == ["-m", "pytest", "suites/bench", "-m", "bench", "--device=cpu"]
         assert ("--bench-slowdown=cpu_fused_moe.vec=0.1" in args) == (side == "b")
         assert args[args.index("-k") + 1] == "moe_experts" and "--bench-threads=1" in args
-    assert (out / "ab.md").exists() and json.loads((out / "ab.json").read_text())["pairs"] == 4
+    verdicts = json.loads((out / "ab.json").read_text())
+    assert (out / "ab.md").exists() and verdicts["pairs"] == 3 and verdicts["open"] == []
+    assert verdicts["sequential"] == {"max_pairs": 4, "rho": 3.0}
+    assert all(r["decided_at"] == 3 for r in verdicts["rows"])
     plan = json.loads((out / "plan.json").read_text())
     assert plan["order"] == ab.schedule(4) and plan["slowdown_b"] == "cpu_fused_moe.vec=0.1"
-    assert len(plan["wall_s"]["processes"]) == 8
+    assert len(plan["wall_s"]["processes"]) == 6 and plan["bench_rounds"] == "auto"
+    assert plan["stopped"] == "every benchmark decided after 3 pairs"
+    assert [s["open_after"] for s in plan["steps"] if "open_after" in s] == [0]
+
+
+def _run_with_step(tmp_path, step, **kw):
+    _, procs = _processes(4)
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+    pa, pb = _fake_python(tmp_path / "a", procs[0][1]), _fake_python(tmp_path / "b", procs[1][1])
+    folder = tmp_path / "out"
+    folder.mkdir()
+    done = ab.run(ab.Side("a", str(pa)), ab.Side("b", str(pb)), pytest_args=["-k", "x"],
+                  folder=folder, interleave="process", step=step, say=lambda line: None, **kw)
+    calls = sorted((next(a for a in line.split() if a.startswith("--benchmark-json=")),
+                    line.split()[1:])
+                   for p in (tmp_path / "a" / "calls.log", tmp_path / "b" / "calls.log")
+                   for line in p.read_text().splitlines())
+    return done, [args for _, args in calls], json.loads((folder / "plan.json").read_text())
+
+
+def test_later_pairs_time_only_the_open_benchmarks(tmp_path):
+    """Pairs 1-3 time the selection; after each pair from the 3rd the runner asks which
+    benchmarks are still open and the next pair's processes get exactly those node ids (the
+    pytest arguments kept); the run ends when none is open."""
+    looks = []
+    still = [["suites/bench/test_router.py::test_router[a]",
+              "suites/bench/test_router.py::test_router[b]"],
+             ["suites/bench/test_router.py::test_router[b]"], []]
+
+    def step(folder):
+        looks.append(len(list(folder.glob("process*.json"))))
+        return still[len(looks) - 1]
+
+    done, calls, plan = _run_with_step(tmp_path, step, pairs=8)
+    assert looks == [6, 8, 10] and len(done) == 10
+    targets = [args[2:args.index("-m", 2)] for args in calls]
+    assert targets[:6] == [["suites/bench"]] * 6
+    assert targets[6:8] == [still[0]] * 2 and targets[8:] == [still[1]] * 2
+    assert all(args[args.index("-k") + 1] == "x" for args in calls)
+    assert plan["stopped"] == "every benchmark decided after 5 pairs"
+    assert [s.get("open_after") for s in plan["steps"]] == [None, None, 2, 1, 0]
+
+
+def test_budget_stops_before_a_pair_that_would_overrun(tmp_path, monkeypatch):
+    """No pair starts that would end past --ab-budget (estimated from the last pair: a fixed
+    part plus a part per benchmark); the undecided stay open and the plan says why it
+    stopped."""
+    monkeypatch.setattr(ab, "FIXED_S", 0.0)
+    clock = iter(range(0, 100_000, 30))  # every reading of the clock is 30 s later
+    monkeypatch.setattr(ab.time, "monotonic", lambda: float(next(clock)))
+    done, _, plan = _run_with_step(tmp_path, lambda folder: ["n1"], pairs=8, budget_s=1000.0)
+    assert 3 <= len(done) // 2 < 8 and len(plan["steps"]) == len(done) // 2
+    assert plan["stopped"].startswith("budget: ") and "would end past 1000 s" in plan["stopped"]
+    assert ab.next_pair_estimate([{"wall_s": 100.0, "benchmarks": 10}], 5, fixed_s=20.0) == 60.0
 
 
 def test_a_failed_process_stops_the_run(tmp_path, capsys):
@@ -205,11 +266,16 @@ def test_bad_run_input_exits_2_with_one_line(tmp_path, capsys):
 def test_split_args_is_harness_options():
     """The A/B options are harness.options' (either form, anywhere, the rest left for pytest);
     their errors are ABError, one line."""
-    got = ab.split_args(["-k", "moe", "--ab-pairs=3", "--ab-slowdown-b", "cpu_*=0.1,", "-x"])
-    assert got == ab.Args(pairs=3, slowdown_b="cpu_*=0.1", interleave="window",
+    got = ab.split_args(["-k", "moe", "--ab-pairs=3", "--ab-slowdown-b", "cpu_*=0.1,", "-x",
+                         "--ab-budget", "15m"])
+    assert got == ab.Args(pairs=3, slowdown_b="cpu_*=0.1", interleave="window", budget_s=900.0,
                           rest=["-k", "moe", "-x"])
-    assert ab.split_args([]).pairs == ab.DEFAULT_PAIRS == 6
+    assert ab.split_args([]).pairs == ab.DEFAULT_PAIRS == 8
+    assert ab.split_args(["--ab-budget=90"]).budget_s == 90.0
+    assert ab.split_args(["--ab-budget=1.5h"]).budget_s == 5400.0
     for argv, msg in ((["--ab-pairs", "101"], "--ab-pairs '101': expected a whole number"),
+                      (["--ab-budget", "soon"], "--ab-budget 'soon': expected a duration"),
+                      (["--ab-budget", "-5m"], "--ab-budget '-5m': expected a duration"),
                       (["--ab-pairs"], "--ab-pairs needs a value"),
                       (["--ab-slowdown-b=x=11"], "0 < FRACTION <= 10"),
                       (["--bench-processes", "2"], "an A/B run's processes are its pairs")):

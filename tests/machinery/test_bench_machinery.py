@@ -4,6 +4,7 @@ deliberately slowed wrapper."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -162,3 +163,104 @@ def test_baton_windows_pass_every_window_and_warm_after_each_turn():
     assert rounds_between == [3, 3, 3, 2], events
     assert events.count("control") == 11 and w.handovers == 4
     assert all(events[i + 1] == "warm" for i, e in enumerate(events) if e == "pass")
+
+
+def test_auto_rounds_follow_the_cases_own_variance():
+    """--bench-rounds auto (an A/B run's processes): the rounds that bring the median's standard
+    error to AUTO_SE from the pilot's spread (cv floored at CV_FLOOR), at least AUTO_MIN, never
+    more than the time rule; an unknown rule is refused."""
+    from suites.bench import timing as t
+
+    steady = [1e-4] * 20
+    assert t.auto_rounds(steady, 1000) == (math.ceil((1.2533 * t.CV_FLOOR / t.AUTO_SE) ** 2), 0.0)
+    noisy = [1e-4 * (1 + 0.1 * z) for z in (-1.5, -1, -0.5, -0.2, 0, 0.2, 0.5, 1, 1.5, 0.1)]
+    rounds, cv = t.auto_rounds(noisy, 1000)
+    assert 0.05 < cv < 0.15 and rounds == math.ceil((1.2533 * cv / t.AUTO_SE) ** 2)
+    assert t.auto_rounds(noisy, 40) == (40, cv)  # capped by the time rule
+    # one preempted call among 20 does not set the rounds (robust spread)
+    assert t.auto_rounds([*steady[:19], 5e-3], 1000) == t.auto_rounds(steady, 1000)
+    assert t.auto_rounds([0.3], 10)[0] == 10 and t.auto_rounds([0.3, 0.3], 3)[0] == 3
+    assert t.auto_rounds([0.3, 0.3], 100)[0] >= t.AUTO_MIN
+    s = BenchSettings.from_options(device="cpu", tokens="1", shapes=None, dtypes=None,
+                                   threads="1", time_s=None, min_rounds=None, slowdown={},
+                                   include_reference=False, usable_cpus=[0], rounds_rule="auto")
+    assert s.rounds_rule == "auto"
+    with pytest.raises(ValueError, match="--bench-rounds 'often': expected one of time, auto"):
+        BenchSettings.from_options(device="cpu", tokens="1", shapes=None, dtypes=None,
+                                   threads="1", time_s=None, min_rounds=None, slowdown={},
+                                   include_reference=False, usable_cpus=[0],
+                                   rounds_rule="often")
+
+
+def test_auto_rounds_case_records_its_rule(benchmark):
+    """run_case with the auto rule on a steady 0.2 ms call: far fewer rounds than the time
+    rule's 0.3 s would take, and the record says which rule and what the pilot saw."""
+    from suites.bench.probes import Roofline
+    from suites.bench.timing import run_case
+
+    s = BenchSettings.from_options(device="cpu", tokens="1", shapes=None, dtypes=None,
+                                   threads="1", time_s=None, min_rounds=None, slowdown={},
+                                   include_reference=False, usable_cpus=[0], rounds_rule="auto")
+
+    def call():
+        end = time.perf_counter() + 2e-4
+        while time.perf_counter() < end:
+            pass
+
+    rl = Roofline(device="cpu", matmul_flops_per_s={"bfloat16": 1e12}, copy_bytes_per_s=1e10)
+    run_case(benchmark, call, settings=s, roofline=rl, group="g", backend="fake",
+             extra={"family": "router", "dtype": "bfloat16", "tokens": 1, "flop": 1.0,
+                    "bytes": 1.0})
+    timing = benchmark.extra_info["timing"]
+    assert timing["rounds_rule"] == "auto" and "pilot_cv" in timing
+    assert 5 <= timing["rounds"] < 0.3 / 2e-4 / 3  # the time rule: 1000 (its cap)
+    assert benchmark.extra_info["control"]["rounds"] < 2 * 40
+
+
+def test_windows_rewarm_only_short_calls():
+    """A call of REWARM_MAX_S or more gets no untimed call after each handover (it would double
+    a case whose window is one round)."""
+    from suites.bench.timing import Windows
+
+    events: list[str] = []
+
+    class FakeBaton:
+        def pass_(self):
+            events.append("pass")
+
+    w = Windows(FakeBaton(), lambda: events.append("warm"), None, rounds=1, rewarm=False)
+    w.handover()
+    for _ in range(3):
+        w.setup()
+        events.append("round")
+    assert events == ["pass", "round", "pass", "round", "pass", "round"]
+
+
+def test_roofline_probes_run_once_a_run_and_are_reused(tmp_path, monkeypatch):
+    """SUITE_BENCH_ROOFLINE (an A/B run's folder): the first process measures and writes the
+    roofline, later ones with the same device, dtypes and threads reuse it (and say so); a file
+    that does not match, or is corrupt, is left alone and the probes run."""
+    from suites.bench import probes
+
+    calls = []
+
+    def fake_measure(device, dtypes):
+        calls.append(tuple(dtypes))
+        return Roofline(device=device, matmul_flops_per_s={d: 1e12 for d in dtypes},
+                        copy_bytes_per_s=1e10, probe={"seconds": 2.5})
+
+    monkeypatch.setattr(probes, "measure", fake_measure)
+    path = tmp_path / "roofline.json"
+    first = probes.measure_or_reuse(str(path), "cpu", ("bfloat16", "float32"))
+    again = probes.measure_or_reuse(str(path), "cpu", ("float32", "bfloat16"))
+    assert len(calls) == 1 and path.exists()
+    assert again.matmul_flops_per_s == first.matmul_flops_per_s
+    assert again.probe["reused_from"] == str(path) and "reused_from" not in first.probe
+    before = path.read_text()
+    probes.measure_or_reuse(str(path), "cpu", ("float32",))  # other dtypes: measured anew
+    assert len(calls) == 2 and path.read_text() == before
+    path.write_text("{not json")
+    probes.measure_or_reuse(str(path), "cpu", ("bfloat16", "float32"))
+    assert len(calls) == 3 and path.read_text() == "{not json"
+    probes.measure_or_reuse(None, "cpu", ("float32",))
+    assert len(calls) == 4
