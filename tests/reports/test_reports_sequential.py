@@ -150,7 +150,8 @@ def test_step_cli_names_the_open_benchmarks(tmp_path, capsys):
 
 
 def test_calibrate_sequential_cli(capsys):
-    assert main(["ab", "calibrate", "--sequential", "--benchmarks", "3000"]) == 0
+    assert main(["ab", "calibrate", "--sequential", "--benchmarks", "400"]) == 0
     out = capsys.readouterr().out
     assert "mean pairs" in out and json.loads(out[:out.index("\nsigma")])["max_pairs"] == 8
+    assert "synthetic processes (disturbed 25%" in out
     assert main(["ab", "calibrate", "--sequential", "--pairs", "2"]) == 2
