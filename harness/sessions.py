@@ -172,6 +172,25 @@ def suite(runner: Runner, ut: UnderTest, *, name: str, kind: str, paths: Sequenc
         summarize(runner, out, say=say)
 
 
+def tests_suite(runner: Runner, ut: UnderTest, *, paths: Sequence[str], args: Sequence[str],
+                posargs: Sequence[str]) -> None:
+    """nox -s tests' pytest: SUITE_TEST_WORKERS (default 2) xdist workers over everything but
+    the tests that use pytest-benchmark's `benchmark` fixture (xdist turns that plugin off:
+    they would time nothing), then those alone in one serial process (conftest.py TIMER_PASS).
+    With 1 worker, one serial run of everything."""
+    workers = os.environ.get("SUITE_TEST_WORKERS", "2")
+    if not workers.isdigit() or int(workers) < 1:
+        runner.error(f"SUITE_TEST_WORKERS={workers!r}: expected a whole number >= 1")
+    if int(workers) == 1:
+        suite(runner, ut, name="tests", kind="cpu", paths=paths, args=args, posargs=posargs)
+        return
+    suite(runner, ut, name="tests", kind="cpu", paths=paths, args=[*args, "-n", workers],
+          posargs=posargs, env={"SUITE_TIMER_TESTS": "skip"})
+    env = {"SUITE_TIMER_TESTS": "only", **session_env("tests", ut, "cpu")}
+    # exit 5: no test of the selection uses the fixture
+    runner.run(pytest_command(paths, [*args, "-p", "no:xdist"], posargs), env=env, ok=(0, 5))
+
+
 def triton_interpret(runner: Runner, ut: UnderTest, posargs: Sequence[str]) -> None:
     """nox -s triton_interpret: the groups, the interpreter's vLLM (install_interpreter), then
     pytest on TRITON_INTERPRET_PATHS with the *.interp backends, two workers."""

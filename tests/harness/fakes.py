@@ -35,7 +35,7 @@ class FakeRunner:
     def install(self, cmd, *, env=None, silent=False) -> None:
         self.calls.append(("install", list(cmd), dict(env or {})))
 
-    def run(self, cmd, *, env=None) -> None:
+    def run(self, cmd, *, env=None, ok=(0,)) -> None:
         self.calls.append(("run", list(cmd), dict(env or {})))
         for a in cmd:  # a benchmark process: leave its JSON where pytest-benchmark would
             if str(a).startswith("--benchmark-json="):

@@ -154,10 +154,18 @@ def test_nox_tests_session(noxfile, monkeypatch, tmp_path):
         ("run_install", ["python", "-m", "pip", "uninstall", "-y", "-q", "torchvision",
                          "torchaudio", "torchcodec"], {}),
         ("run", env_print, {}),
+        # two xdist workers for all but the tests that time with pytest-benchmark (xdist turns
+        # it off), then those in one serial process; pytest exit 5 (none selected) is fine there
         ("run", ["python", "-m", "pytest", "tests", "suites", "--ignore=suites/bench", "-m",
-                 "not gpu and not bench and not slow", "--hypothesis-profile=ci", "-k", "moe"],
-         {"SUITE_NOX_SESSION": "tests", "PYTHONHASHSEED": "0", "SUITE_EXPECT_VLLM": "1",
-          "SUITE_EXPECT_BACKENDS": sessions.EXPECTED_BACKENDS["cpu"]}),
+                 "not gpu and not bench and not slow", "--hypothesis-profile=ci", "-n", "2",
+                 "-k", "moe"],
+         {"SUITE_TIMER_TESTS": "skip", "SUITE_NOX_SESSION": "tests", "PYTHONHASHSEED": "0",
+          "SUITE_EXPECT_VLLM": "1", "SUITE_EXPECT_BACKENDS": sessions.EXPECTED_BACKENDS["cpu"]}),
+        ("run", ["python", "-m", "pytest", "tests", "suites", "--ignore=suites/bench", "-m",
+                 "not gpu and not bench and not slow", "--hypothesis-profile=ci", "-p",
+                 "no:xdist", "-k", "moe"],
+         {"SUITE_TIMER_TESTS": "only", "SUITE_NOX_SESSION": "tests", "PYTHONHASHSEED": "0",
+          "SUITE_EXPECT_VLLM": "1", "SUITE_EXPECT_BACKENDS": sessions.EXPECTED_BACKENDS["cpu"]}),
         ("notify", "triton_interpret", ["-m", "interp_ci and not slow and not gpu and not bench"]),
     ]
 
@@ -167,7 +175,15 @@ def test_nox_tests_session_without_vllm(noxfile, monkeypatch, tmp_path):
     s = _Session(tmp_path)
     noxfile.tests(s)
     pytest_call = [c for c in s.calls if c[0] == "run" and "pytest" in c[1]]
-    assert pytest_call[0][2] == {"SUITE_NOX_SESSION": "tests", "PYTHONHASHSEED": "0"}
+    assert pytest_call[0][2] == {"SUITE_NOX_SESSION": "tests", "PYTHONHASHSEED": "0",
+                                 "SUITE_TIMER_TESTS": "skip"}
+    assert pytest_call[1][2]["SUITE_TIMER_TESTS"] == "only" and len(pytest_call) == 2
+    monkeypatch.setenv("SUITE_TEST_WORKERS", "1")  # one serial run of everything
+    s = _Session(tmp_path)
+    noxfile.tests(s)
+    pytest_call = [c for c in s.calls if c[0] == "run" and "pytest" in c[1]]
+    assert len(pytest_call) == 1 and "-n" not in pytest_call[0][1]
+    assert "SUITE_TIMER_TESTS" not in pytest_call[0][2]
     assert not [c for c in s.calls if c[0] == "notify"]
     assert len([c for c in s.calls if c[0] == "install"]) == 1
 
