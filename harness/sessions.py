@@ -42,6 +42,7 @@ TRITON_INTERPRET_PATHS = (
     "tests/machinery/test_triton_interpreter.py", "tests/machinery/test_cuda_op_standins.py",
     "tests/negative_controls/test_triton_negative_controls.py",
     "tests/negative_controls/test_triton_quant_negative_controls.py",
+    "tests/negative_controls/test_v2_sampler_negative_controls.py",
     "suites/properties", "suites/moe/test_experts.py",
     "suites/moe/test_router.py", "suites/moe/test_triton_tiles.py", "suites/mtp",
     "suites/test_known_failures.py",

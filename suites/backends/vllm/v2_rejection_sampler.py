@@ -1,0 +1,309 @@
+"""Model Runner V2's rejection sampler (kind "rejection_sampler"), under Triton's interpreter.
+
+Drives `vllm.v1.worker.gpu.spec_decode.rejection_sampler_utils.rejection_sample`, the verification
+step of vLLM's Model Runner V2 (`vllm/v1/worker/gpu/`), with its "standard" method: the
+probability-ratio test of Leviathan et al. (use_block_verification=False, no synthetic acceptance
+rates, no watermarking, use_fp64=False), on CPU tensors with its Triton programs
+(_compute_local_logits_stats_kernel, _rejection_kernel, _resample_kernel,
+_insert_resampled_kernel) run by Triton's interpreter (TRITON_INTERPRET=1, vLLM's CUDA wheel:
+nox -s triton_interpret). The signature and the laws are those of
+suites/backends/vllm/rejection_sampler.py.
+
+Input mapping (SpecBatch -> rejection_sample), as V2's RejectionSampler.__call__ / _verify and
+InputBatch build it:
+
+  request r            the r-th request of the batch; its persistent state slot is B - r
+                       (idx_mapping [B] int32, reversed, slot 0 a spare whose temperature is NaN
+                       and whose draft logits are NaN: a read through a wrong slot shows)
+  cu_num_logits        [B + 1] int32: request r owns k_r + 1 logits rows (its k_r draft positions,
+                       then the bonus position), exactly the SpecBatch's target_logits row layout
+  expanded_idx_mapping,
+  expanded_local_pos   [num_logits] int32, from V2's own expand_idx_mapping (Triton) over
+                       idx_mapping and cu_num_logits: slot and 0 .. k_r per row
+  draft_sampled        [num_logits] int32: V2's gather_draft_sampled gives each logits row the
+                       input token at that row's position, so row 0 of a request is the token it
+                       sampled last step (not verified; here token 0) and row j >= 1 is its
+                       draft j - 1: the kernels verify the draft at row i + 1 against the
+                       target logits of row i
+  pos                  [num_logits] int64: the sequence position of each row,
+                       POS0 + local position (the same prompt length for every request; the
+                       random draws are keyed by (request seed, position), so a request's draws
+                       do not depend on its place in the batch)
+  temperature          [B + 1] float32 by slot: SamplingParams.temperature (0.0: greedy)
+  seed                 [B + 1] int64 by slot: the request's SamplingParams.seed when it has one
+                       (V2's SamplingStates.add_request), else a full-range int64 drawn from
+                       numpy's default_rng(`seed`) by request index (where V2 draws
+                       np.random.randint(int64 min, int64 max))
+  target_logits        [num_logits, V]: V2 verifies against *processed* logits:
+                       RejectionSampler._verify runs Sampler.apply_sampling_params first (fp32
+                       copy, temperature, min_p, top-k/top-p) and the kernels use them as they
+                       are (only draft logits are divided by the temperature in the kernels).
+                       This adapter runs the part of that step the suite's SamplingParams reach
+                       with V2's own SamplingStates (add_request, apply_temperature: V2's
+                       Triton _temperature_kernel; apply_top_k_top_p: vLLM's apply_top_k_top_p,
+                       whose PyTorch path runs under the interpreter), gated as V2 gates it
+                       (untouched logits when no request needs processing)
+  draft_logits         [B + 1, S, V] float32 by slot and draft step, or None when the SpecBatch
+                       has no draft probabilities (V2's one-hot drafter, e.g. n-gram). V2 stores
+                       the drafter's logits *before* temperature and verifies against
+                       softmax(draft_logits / T), so the drafter that sampled from q is given
+                       T * log(q) (log(q) for greedy requests, which never read it); steps past
+                       k_r and the spare slot are NaN
+  num_speculative_steps S = max(1, max_k): the engine's configured depth is at least 1; requests
+                       with fewer drafts (ragged k, k = 0) are shorter rows of cu_num_logits
+
+Output: (sampled [B, S + 1] int64, num_sampled [B] int32); the first num_sampled[r] entries of
+row r are the request's tokens and the rest is never written (an uninitialised buffer), so the
+suite's [B, max_k + 1] rows are sampled[r, :num_sampled[r]] then PLACEHOLDER (-1); a
+num_sampled past k_r + 1 shows as a malformed row (check_structure), not hidden.
+
+Interpreter stand-ins (the rest is vLLM's code as it ships): V2's SamplingStates keeps its
+per-slot values in UvaBackedTensor buffers, which pin host memory (refused without an
+accelerator): here plain CPU tensors with the same fields (_HostTensor). _resample_kernel's
+residual calls libdevice `log1p`, which Triton's interpreter does not have (the call yields
+None): a plain-Triton log1p with libdevice's semantics (_libdevice_standins), as
+suites/backends/vllm/triton_standins.py does for libdevice `round`. vLLM runs inside
+poisoned_unwritten_memory() (suites/backends/vllm/rejection_sampler.py): its uninitialised
+buffers read NaN / the integer max, so a read of an unwritten value gives the same wrong
+answer every run.
+
+Not covered yet (each a separate V2 path with its own law, left for later increments):
+  - block verification (rejection_sample_method="block", Sun et al. 2024): a different
+    acceptance law (whole-prefix acceptance, residual scaled by the running joint ratio); the
+    suite's per-position law does not hold for it by design, so it needs its own oracle;
+  - synthetic acceptance rates (rejection_sample_method="synthetic"): a benchmarking mode that
+    accepts at configured rates, not a sampler of the target distribution;
+  - adaptive verification (compacted logits, device-side cu_num_logits) and
+    _verify_in_chunks' chunking (> 1 GiB of fp32 logits): engine bookkeeping around the same
+    kernels, reachable only through RejectionSampler.__call__ with an InputBatch;
+  - watermarking, use_fp64 Gumbel noise, logprobs, min_p, penalties and logits processors
+    (the rest of apply_sampling_params); prefill placeholders (-1 drafts) from
+    gather_draft_sampled;
+  - the MTP speculator that produces draft_logits in the engine (drafter-side Gumbel noise,
+    the logits cache): this backend takes the drafter's distribution as given.
+
+Sensitivity: every logits row is one or more interpreted Triton programs (~4 launches per row
+and request), so the backend declares the interpreter's coarser shift (INTERPRETER_SHIFT, the
+same false-positive rate, ~36x fewer requests) like the V1 *.interp entries. It runs every law
+(law_share "all"): no other backend runs V2's kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from reference.speculative import PLACEHOLDER, SpecBatch
+from suites.backends.base import REGISTRY, RejectionSamplerBackend
+from suites.backends.vllm.rejection_sampler import INTERPRETER_SHIFT, poisoned_unwritten_memory
+
+V2_MODULE = "vllm.v1.worker.gpu.spec_decode.rejection_sampler_utils"
+POS0 = 4096  # the sequence position of every request's first logits row (its prompt length)
+_I64 = np.iinfo(np.int64)
+
+
+@functools.cache
+def _v2_reason() -> str | None:
+    """None when this vLLM has Model Runner V2's rejection_sample, else one line."""
+    try:
+        found = importlib.util.find_spec(V2_MODULE) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        import vllm
+
+        return (f"not in this release: vLLM {vllm.__version__} has no {V2_MODULE} "
+                "(Model Runner V2's rejection sampler)")
+    return None
+
+
+class _HostTensor:
+    """Stand-in for V2's UvaBackedTensor (buffer_utils) without an accelerator: the same
+    fields (.cpu, .np: the host copy the engine writes; .gpu: the copy kernels read, refreshed
+    by copy_to_uva), plain CPU tensors. UvaBackedTensor pins its host buffers, which torch
+    refuses where no accelerator is present; nothing else about it reaches the sampler."""
+
+    def __init__(self, size, dtype: torch.dtype, max_concurrency: int | None = None):
+        self.dtype = dtype
+        self.cpu = torch.zeros(size, dtype=dtype)
+        self.np = self.cpu.numpy()
+        self.gpu = self.cpu.clone()
+
+    def copy_to_uva(self, n: int | None = None) -> torch.Tensor:
+        self.gpu = (self.cpu[:n] if n is not None else self.cpu).clone()
+        return self.gpu
+
+
+def _sampling_states(max_num_reqs: int, vocab_size: int):
+    """V2's SamplingStates (its own add_request, apply_temperature, apply_top_k_top_p), its
+    per-slot buffers _HostTensor."""
+    from unittest import mock
+
+    import vllm.v1.worker.gpu.sample.states as states
+
+    with mock.patch.object(states, "UvaBackedTensor", _HostTensor):
+        return states.SamplingStates(max_num_reqs, vocab_size)
+
+
+@functools.cache
+def _libdevice_standins():
+    """The device-library calls of V2's rejection kernels that Triton's interpreter cannot run
+    (it has no libdevice: `tldevice.log1p` there yields None), as plain Triton with libdevice's
+    semantics. The residual of _resample_kernel is log(p) + log1p(-q/p): log1p here is formed
+    in float64 with Goldberg's correction (exact for |x| far below float32's epsilon, where
+    log(1 + x) in float32 would be 0) and rounded once to the argument's dtype."""
+    import types
+
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def log1p(x):
+        x64 = x.to(tl.float64)
+        u = 1.0 + x64
+        r = tl.where(u == 1.0, x64, tl.log(u) * (x64 / (u - 1.0)))
+        return r.to(x.dtype)
+
+    return types.SimpleNamespace(log1p=log1p)
+
+
+@dataclass
+class _Inputs:
+    num_reqs: int
+    steps: int  # num_speculative_steps
+    idx_mapping: torch.Tensor  # [B] int32
+    cu_num_logits: torch.Tensor  # [B + 1] int32
+    expanded_idx_mapping: torch.Tensor  # [num_logits] int32
+    expanded_local_pos: torch.Tensor  # [num_logits] int32
+    draft_sampled: torch.Tensor  # [num_logits] int32
+    pos: torch.Tensor  # [num_logits] int64
+    states: object  # V2's SamplingStates (temperature, top_k, top_p, min_p, seeds by slot)
+    needs_processing: bool
+    draft_logits: torch.Tensor | None  # [B + 1, steps, V] float32
+
+
+@dataclass
+class VllmV2RejectionSampler(RejectionSamplerBackend):
+    """rejection_sample of vLLM's Model Runner V2, standard method, Triton under the interpreter."""
+
+    detect_shift: float | None = INTERPRETER_SHIFT
+    law_share: str = "all"
+
+    def unavailable_reason(self):
+        from suites.backends.vllm.triton_kernels import triton_reason
+
+        return triton_reason("cpu") or _v2_reason()
+
+    # ------------------------------------------------------------------ inputs
+
+    def _inputs(self, batch: SpecBatch, seed: int) -> _Inputs:
+        from vllm.sampling_params import SamplingParams as VllmParams
+        from vllm.v1.worker.gpu.input_batch import expand_idx_mapping
+
+        B, V = batch.batch_size, batch.vocab_size
+        ks = list(batch.num_draft_tokens)
+        steps = max(1, batch.max_spec_len)
+        max_num_reqs = B + 1
+        slots = [B - r for r in range(B)]
+        idx_mapping = torch.tensor(slots, dtype=torch.int32)
+        cu = torch.tensor(np.cumsum([0] + [k + 1 for k in ks]), dtype=torch.int32)
+        num_logits = int(cu[-1])
+        expanded_idx_mapping, expanded_local_pos = expand_idx_mapping(
+            idx_mapping, num_logits, cu, steps + 1)
+
+        draft_sampled = torch.zeros(num_logits, dtype=torch.int32)
+        for r, drafts in enumerate(batch.draft_token_ids):
+            start = int(cu[r])
+            draft_sampled[start + 1: start + 1 + len(drafts)] = torch.tensor(drafts,
+                                                                            dtype=torch.int32)
+        pos = POS0 + expanded_local_pos.to(torch.int64)
+
+        # V2's per-slot sampling state, filled as the engine fills it (add_request), then the
+        # random seeds of unseeded requests replaced by reproducible ones.
+        states = _sampling_states(max_num_reqs, V)
+        states.temperature.np[:] = np.nan  # the spare slot: any read of it shows
+        needs = []
+        fallback = np.random.default_rng(seed).integers(_I64.min, _I64.max, size=B,
+                                                        dtype=np.int64)
+        for r, p in enumerate(batch.params):
+            vp = VllmParams(temperature=p.temperature, top_k=p.top_k if p.top_k > 0 else 0,
+                            top_p=p.top_p, seed=p.seed)
+            needs.append(states.add_request(slots[r], vp))
+            if p.seed is None:
+                states.seeds.np[slots[r]] = fallback[r]
+        states.apply_staged_writes()
+
+        draft_logits = None
+        if batch.draft_probs is not None:
+            draft_logits = torch.full((max_num_reqs, steps, V), float("nan"), dtype=torch.float32)
+            tok0 = np.cumsum([0, *ks])
+            logq = batch.draft_probs.double().log()
+            for r, p in enumerate(batch.params):
+                q_rows = logq[tok0[r]: tok0[r + 1]]
+                T = p.temperature
+                draft_logits[slots[r], : ks[r]] = (q_rows if p.greedy else T * q_rows).float()
+        return _Inputs(B, steps, idx_mapping, cu, expanded_idx_mapping, expanded_local_pos,
+                       draft_sampled, pos, states, any(needs), draft_logits)
+
+    def _processed_logits(self, batch: SpecBatch, x: _Inputs) -> torch.Tensor:
+        """What Sampler.apply_sampling_params hands rejection_sample, for the suite's params:
+        the logits untouched when no request needs processing, else an fp32 copy with V2's
+        temperature and top-k/top-p applied."""
+        logits = batch.target_logits.contiguous()
+        if not x.needs_processing:
+            return logits
+        logits = torch.empty_like(logits, dtype=torch.float32).copy_(logits)
+        idx_np = x.idx_mapping.numpy().astype(np.intp)
+        x.states.apply_temperature(logits, x.expanded_idx_mapping, idx_np)
+        x.states.apply_min_p(logits, x.expanded_idx_mapping, idx_np)
+        return x.states.apply_top_k_top_p(logits, x.expanded_idx_mapping, idx_np)
+
+    @contextlib.contextmanager
+    def _launch_context(self):
+        from unittest import mock
+
+        from suites.backends.vllm.triton_kernels import interpreter_context
+
+        v2 = importlib.import_module(V2_MODULE)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(interpreter_context())
+            stack.enter_context(mock.patch.object(v2, "tldevice", _libdevice_standins()))
+            stack.enter_context(poisoned_unwritten_memory())
+            yield
+
+    # ------------------------------------------------------------------ the seam
+
+    def sample(self, batch, seed):
+        v2 = importlib.import_module(V2_MODULE)
+        with self._launch_context():
+            x = self._inputs(batch, seed)
+            logits = self._processed_logits(batch, x)
+            sampled, num_sampled = v2.rejection_sample(
+                logits, x.draft_logits, x.draft_sampled, x.cu_num_logits, x.pos, x.idx_mapping,
+                x.expanded_idx_mapping, x.expanded_local_pos, x.states.temperature.gpu,
+                x.states.seeds.gpu, x.steps, None, use_fp64=False,
+                use_block_verification=False)
+        width = batch.max_spec_len + 1
+        sampled = sampled.long()[:, :width]
+        col = torch.arange(width)[None, :]
+        keep = col < num_sampled.long()[:, None]
+        return torch.where(keep, sampled, torch.full_like(sampled, PLACEHOLDER))
+
+    def target_probs(self, batch):
+        with self._launch_context():
+            x = self._inputs(batch, 0)
+            logits = self._processed_logits(batch, x)
+        return logits[batch.target_rows].float().softmax(-1).double()
+
+
+REGISTRY.register("vllm.v2.rejection_sample.interp", lambda: VllmV2RejectionSampler(
+    name="vllm.v2.rejection_sample.interp",
+    description="vllm Model Runner V2 rejection_sample (standard method), its Triton programs "
+                "under Triton's interpreter; temperature and top-k/top-p by V2's SamplingStates "
+                "(top-k/top-p by vLLM's PyTorch path)"))
