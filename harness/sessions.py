@@ -185,8 +185,11 @@ def tests_suite(runner: Runner, ut: UnderTest, *, paths: Sequence[str], args: Se
     if int(workers) == 1:
         suite(runner, ut, name="tests", kind="cpu", paths=paths, args=args, posargs=posargs)
         return
+    # each worker gets its share of the cores: OpenMP spins, and two workers of two threads
+    # each on two cores spend their time waiting for each other
+    threads = str(max(1, (os.cpu_count() or 1) // int(workers)))
     suite(runner, ut, name="tests", kind="cpu", paths=paths, args=[*args, "-n", workers],
-          posargs=posargs, env={"SUITE_TIMER_TESTS": "skip"})
+          posargs=posargs, env={"SUITE_TIMER_TESTS": "skip", "OMP_NUM_THREADS": threads})
     env = {"SUITE_TIMER_TESTS": "only", **session_env("tests", ut, "cpu")}
     # exit 5: no test of the selection uses the fixture
     runner.run(pytest_command(paths, [*args, "-p", "no:xdist"], posargs), env=env, ok=(0, 5))

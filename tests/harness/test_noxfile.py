@@ -160,6 +160,7 @@ def test_nox_tests_session(noxfile, monkeypatch, tmp_path):
                  "not gpu and not bench and not slow", "--hypothesis-profile=ci", "-n", "2",
                  "-k", "moe"],
          {"SUITE_TIMER_TESTS": "skip", "SUITE_NOX_SESSION": "tests", "PYTHONHASHSEED": "0",
+          "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 2)),
           "SUITE_EXPECT_VLLM": "1", "SUITE_EXPECT_BACKENDS": sessions.EXPECTED_BACKENDS["cpu"]}),
         ("run", ["python", "-m", "pytest", "tests", "suites", "--ignore=suites/bench", "-m",
                  "not gpu and not bench and not slow", "--hypothesis-profile=ci", "-p",
@@ -176,7 +177,8 @@ def test_nox_tests_session_without_vllm(noxfile, monkeypatch, tmp_path):
     noxfile.tests(s)
     pytest_call = [c for c in s.calls if c[0] == "run" and "pytest" in c[1]]
     assert pytest_call[0][2] == {"SUITE_NOX_SESSION": "tests", "PYTHONHASHSEED": "0",
-                                 "SUITE_TIMER_TESTS": "skip"}
+                                 "SUITE_TIMER_TESTS": "skip",
+                                 "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // 2))}
     assert pytest_call[1][2]["SUITE_TIMER_TESTS"] == "only" and len(pytest_call) == 2
     monkeypatch.setenv("SUITE_TEST_WORKERS", "1")  # one serial run of everything
     s = _Session(tmp_path)

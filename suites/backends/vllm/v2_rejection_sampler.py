@@ -194,6 +194,7 @@ class VllmV2RejectionSampler(RejectionSamplerBackend):
 
     detect_shift: float | None = INTERPRETER_SHIFT
     law_share: str = "all"
+    poison_unwritten: bool = True  # a CPU backend: vLLM runs in poisoned_unwritten_memory()
 
     def unavailable_reason(self):
         from suites.backends.vllm.triton_kernels import triton_reason
@@ -274,7 +275,8 @@ class VllmV2RejectionSampler(RejectionSamplerBackend):
         with contextlib.ExitStack() as stack:
             stack.enter_context(interpreter_context())
             stack.enter_context(mock.patch.object(v2, "tldevice", _libdevice_standins()))
-            stack.enter_context(poisoned_unwritten_memory())
+            if self.poison_unwritten:
+                stack.enter_context(poisoned_unwritten_memory())
             yield
 
     # ------------------------------------------------------------------ the seam
