@@ -174,6 +174,12 @@ def run(a: Side, b: Side, *, pairs: int, pytest_args: list[str], folder: pathlib
     for var in (_baton.ENV_SOCKET, _baton.ENV_SIDE):
         env.pop(var, None)
     env.setdefault("SUITE_BENCH_ROUNDS", "auto")  # --bench-rounds on the command line wins
+    if device == "cpu":
+        # one pinned thread a process unless --bench-threads says otherwise: measured here
+        # (2026-12-07, router + cpu_fused_moe.vec at T 1 and 16, 5 pairs), the paired spread
+        # sd(d) had median 2.0% with one thread, 7.3% with two (the machine's both cores, the
+        # other side's process asleep on the baton) and 36% with two and OMP_WAIT_POLICY=PASSIVE
+        env.setdefault("SUITE_BENCH_THREADS", "1")
     env["SUITE_BENCH_ROOFLINE"] = str(folder / "roofline.json")  # probed once a run
     step = step or (lambda f: step_folder(f, python=a.python, env=env))
     order = schedule(pairs)
@@ -183,6 +189,7 @@ def run(a: Side, b: Side, *, pairs: int, pytest_args: list[str], folder: pathlib
             "sequential": {"max_pairs": pairs, "rho": _sequential.RHO,
                            "min_pairs": _sequential.MIN_PAIRS},
             "budget_s": budget_s, "bench_rounds": env["SUITE_BENCH_ROUNDS"],
+            "bench_threads": env.get("SUITE_BENCH_THREADS"),
             "started": _dt.datetime.now().astimezone().isoformat()}
     (folder / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
     done: list[tuple[str, pathlib.Path]] = []

@@ -103,6 +103,7 @@ def test_run_alternates_sides_and_slows_only_b(tmp_path, capsys):
     plan = json.loads((out / "plan.json").read_text())
     assert plan["order"] == ab.schedule(4) and plan["slowdown_b"] == "cpu_fused_moe.vec=0.1"
     assert len(plan["wall_s"]["processes"]) == 6 and plan["bench_rounds"] == "auto"
+    assert plan["bench_threads"] == "1"  # one thread a process on cpu unless told otherwise
     assert plan["stopped"] == "every benchmark decided after 3 pairs"
     assert [s["open_after"] for s in plan["steps"] if "open_after" in s] == [0]
 
