@@ -53,7 +53,7 @@ ROUNDS_RULES = ("time", "auto")
 # (the warm-up calls after the first, plus PILOT_CALLS calls for a case under PILOT_MAX_S a call,
 # PILOT_SLOW_CALLS under PILOT_SLOW_MAX_S): n =
 # (1.2533 x cv / AUTO_SE)^2 (the median's standard error is 1.2533 sigma / sqrt(n) for normal
-# rounds; cv robust, 0.7413 IQR / median, from 8 pilot calls on), cv at least CV_FLOOR (a pilot of a few calls underestimates it), at least AUTO_MIN
+# rounds; cv robust (robust_cv) from 8 pilot calls on), cv at least CV_FLOOR (a pilot of a few calls underestimates it), at least AUTO_MIN
 # rounds, and never more than the time rule would time. In an A/B pair the median's own error
 # is one part of the pair-to-pair spread (the other: the machine between windows), so halving
 # it further buys little: a 20 us router call needs ~100 rounds (2 ms), not the 0.3 s of
@@ -232,11 +232,8 @@ class Control:
         return setup
 
     def summary(self) -> dict:
-        xs = sorted(self.times)
-        n = len(xs)
-        q1, med, q3 = xs[n // 4], statistics.median(xs), xs[(3 * n) // 4]
-        return {"op": self.OP, "median_s": med, "robust_cv": 0.7413 * (q3 - q1) / med,
-                "rounds": n}
+        return {"op": self.OP, "median_s": statistics.median(self.times),
+                "robust_cv": robust_cv(self.times), "rounds": len(self.times)}
 
 
 # The baton of an interleaved A/B pair (reports/baton.py), set by conftest.py when the A/B runner
@@ -351,13 +348,18 @@ def timed_region(device: str, *, inputs: Iterable = (), output=None,
     return region
 
 
+def robust_cv(times) -> float:
+    """0.7413 x IQR / median: the coefficient of variation that one outlier cannot move."""
+    xs = sorted(times)
+    n = len(xs)
+    return 0.7413 * (xs[(3 * n) // 4] - xs[n // 4]) / statistics.median(xs)
+
+
 def auto_rounds(pilot: list[float], time_rounds: int) -> tuple[int, float]:
     """--bench-rounds auto: (rounds, the pilot's cv) from untimed pilot calls' durations; at
     most time_rounds (what the time rule would time)."""
     if len(pilot) >= 8:  # robust: one preempted call must not set the rounds
-        xs = sorted(pilot)
-        n = len(xs)
-        cv = 0.7413 * (xs[(3 * n) // 4] - xs[n // 4]) / statistics.median(xs)
+        cv = robust_cv(pilot)
     else:
         cv = statistics.pstdev(pilot) / statistics.fmean(pilot) if len(pilot) > 1 else 1.0
     need = math.ceil((1.2533 * max(cv, CV_FLOOR) / AUTO_SE) ** 2)
