@@ -306,7 +306,7 @@ class SearchResult:
     versions: list[str]
     tried: dict[str, Outcome] = field(default_factory=dict)
     first_bad: str | None = None
-    last_good: str | None = None
+    last_good: str | None = None  # None with a first_bad: bad at the oldest judged version
     problem: str | None = None  # why no answer
 
     def table(self) -> str:
@@ -317,19 +317,40 @@ class SearchResult:
                 lines.append(f"| {v} | {o.word} | {o.why} |")
         return "\n".join(lines)
 
+    def untestable_before_first_bad(self) -> list[str]:
+        """The versions between the last good (or the start of the range) and the first bad
+        that could not be judged: the bug may have come in at any of them."""
+        hi = self.versions.index(self.first_bad)
+        lo = self.versions.index(self.last_good) + 1 if self.last_good else 0
+        return self.versions[lo:hi]
+
     def summary(self) -> str:
+        """Never names a release the evidence does not single out: the first bad is the first
+        bad *among the versions that could be judged*; the untestable ones before it are
+        named, and "may be older" is said whenever the version before it was not judged."""
         if self.problem:
             return f"no answer: {self.problem}"
-        between = self.versions[self.versions.index(self.last_good) + 1:
-                                 self.versions.index(self.first_bad)]
-        skipped = f" (untestable in between: {', '.join(between)})" if between else ""
-        return f"first bad version: {self.first_bad}; last good: {self.last_good}{skipped}"
+        between = self.untestable_before_first_bad()
+        if self.last_good is None:
+            older = (f"; {', '.join(between)} could not be judged" if between else "")
+            return (f"bad at {self.first_bad}, the oldest version in the range that could be "
+                    f"judged{older}: the bug may be older than {self.first_bad} (no good version"
+                    " found; widen the range to older releases)")
+        if between:
+            return (f"first bad among the versions that could be judged: {self.first_bad}; last "
+                    f"good: {self.last_good}; untestable in between: {', '.join(between)}, so "
+                    f"the bug came in at one of {', '.join([*between, self.first_bad])} (it may "
+                    f"be older than {self.first_bad})")
+        return f"first bad version: {self.first_bad}; last good: {self.last_good}"
 
 
 def search(versions: list[str], probe: Callable[[str], Outcome]) -> SearchResult:
-    """Bisection over versions (oldest first): the oldest must be good, the newest bad. A skip
-    in the middle is stepped over (nearest untried version inside the window), as git bisect
-    skip does; an abort stops."""
+    """Bisection over versions (oldest first) between a good and a bad end. An end that cannot
+    be judged (skip: it does not install, or the code under test is not in that release) is not
+    read as good or bad: the search moves inward to the nearest version that can be judged. A
+    bad oldest judged version is an answer of its own (the bug may be older); a skip in the
+    middle is stepped over (nearest untried version inside the window), as git bisect skip
+    does; an abort stops."""
     res = SearchResult(list(versions))
 
     def judge(v: str) -> Outcome:
@@ -338,17 +359,35 @@ def search(versions: list[str], probe: Callable[[str], Outcome]) -> SearchResult
             print(f"bisect: {v}: {res.tried[v].word} ({res.tried[v].why})", flush=True)
         return res.tried[v]
 
-    for end, want in ((versions[0], GOOD), (versions[-1], BAD)):
-        o = judge(end)
-        if o.code == ABORT:
-            res.problem = f"{end}: {o.why}"
-            return res
-        if o.code != want:
-            res.problem = (f"{end} is {o.word}, expected {'good' if want == GOOD else 'bad'} at "
-                           "this end of the range: nothing to bisect")
-            return res
-    lo, hi = 0, len(versions) - 1  # invariant: versions[lo] good, versions[hi] bad
-    while hi - lo > 1:
+    def first_judged(indices) -> tuple[int, Outcome] | None:
+        for i in indices:
+            o = judge(versions[i])
+            if o.code in (GOOD, BAD, ABORT):
+                return i, o
+        return None
+
+    n = len(versions)
+    old = first_judged(range(n))  # the oldest version that can be judged
+    if old is None:
+        res.problem = "no version in the range could be judged (every one was a skip)"
+        return res
+    lo, o = old
+    if o.code == ABORT:
+        res.problem = f"{versions[lo]}: {o.why}"
+        return res
+    if o.code == BAD:  # bad from the oldest judged version on: the bug may be older
+        res.first_bad = versions[lo]
+        return res
+    new = first_judged(range(n - 1, lo, -1))  # the newest version that can be judged
+    if new is None or new[1].code == GOOD:
+        at = versions[new[0]] if new else versions[lo]
+        res.problem = f"{at}, the newest version that could be judged, is good: nothing to bisect"
+        return res
+    hi, o = new
+    if o.code == ABORT:
+        res.problem = f"{versions[hi]}: {o.why}"
+        return res
+    while hi - lo > 1:  # invariant: versions[lo] good, versions[hi] bad
         window = list(range(lo + 1, hi))
         mid = (lo + hi) // 2
         order = sorted(window, key=lambda i: (abs(i - mid), i))

@@ -137,13 +137,10 @@ def test_cpu_fused_moe_invalid_id_is_refused_not_corrupting():
 def test_cpu_expand_batch_to_tokens_writes_its_output(dtype):
     """Memory vLLM leaves unwritten is poisoned (NaN / int max), so the lost write is seen
     every run, never hidden by an allocation that happened to hold the right values."""
-    _needs("vllm.rejection_sampler")
-    from vllm.platforms import current_platform
+    _needs("vllm.rejection_sampler")  # puts the CPU kernels in place (releases.py)
+    from vllm.v1.sample.rejection_sampler import expand_batch_to_tokens
 
     from suites.backends.vllm.rejection_sampler import poisoned_unwritten_memory
-
-    current_platform.register_triton_kernel_overrides()
-    from vllm.v1.sample.rejection_sampler import expand_batch_to_tokens
 
     cu_num_draft_tokens = torch.tensor([2, 3, 5], dtype=torch.int32)  # drafts 2, 1, 2
     per_request = torch.tensor([3, 5, 7]).to(dtype)

