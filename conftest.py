@@ -109,6 +109,7 @@ def expected_backends_broken(config: pytest.Config) -> str:
     if not globs:
         return ""
     from suites.backends import REGISTRY
+    from suites.backends.base import reason_of
 
     selected = config.getoption("--backend") or ["*"]
     bad = []
@@ -118,7 +119,7 @@ def expected_backends_broken(config: pytest.Config) -> str:
         if not any(fnmatch.fnmatch(name, p) for p in selected):
             continue
         b = REGISTRY.get(name)
-        reason = b.unavailable_reason()
+        reason = reason_of(b)
         if reason and b.hardware_reason() is None:
             bad.append(f"{name}: {reason}")
     return "; ".join(bad)

@@ -122,6 +122,7 @@ def select_backends(kind_name: str, *, patterns: list[str] | None, device: str,
     import pytest
 
     from suites.backends import REGISTRY
+    from suites.backends.base import reason_of
 
     kind(kind_name)  # an unknown kind is an error, not an empty selection
     interpreter = os.environ.get("TRITON_INTERPRET") == "1"
@@ -137,7 +138,7 @@ def select_backends(kind_name: str, *, patterns: list[str] | None, device: str,
         if patterns and not selected:
             continue
         marks = [pytest.mark.gpu] if b.device == "cuda" else []
-        reason = b.unavailable_reason()
+        reason = reason_of(b)
         if reason:
             marks.append(pytest.mark.skip(reason=f"{name}: {reason}"))
         out.append((name, marks))

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from suites.backends import REGISTRY
+from suites.backends.base import reason_of
 from suites.known_failures import LEDGER
 from suites.properties import experts as experts_properties
 
@@ -29,7 +30,7 @@ def known(entry_id: str, **how) -> pytest.MarkDecorator:
 
 
 def _needs(name: str):
-    reason = REGISTRY.get(name).unavailable_reason()
+    reason = reason_of(REGISTRY.get(name))
     if reason:
         pytest.skip(f"{name}: {reason}")
     return REGISTRY.get(name)

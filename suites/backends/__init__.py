@@ -30,6 +30,7 @@ HELPER_MODULES = frozenset({
     "suites.backends.base",
     "suites.backends.vllm.common",
     "suites.backends.vllm.cuda_op_standins",
+    "suites.backends.vllm.releases",
     "suites.backends.vllm.triton_standins",
 })
 
