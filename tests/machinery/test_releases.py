@@ -101,3 +101,55 @@ def test_every_way_names_an_importable_path_form():
     for way in R.CPU_SAMPLER_KERNELS.ways:
         assert ":" in way.path and R.base(way.since)
         assert way.until is None or R.base(way.until) > R.base(way.since)
+
+
+@pytest.fixture
+def fake_ops(monkeypatch):
+    def make(out_first: bool):
+        ops = types.ModuleType("vllm._custom_ops")
+        if out_first:
+            def cpu_fused_moe(out, input, w13, w2, *rest):
+                return None
+        else:
+            def cpu_fused_moe(input, w13, w2, *rest):
+                return input
+        ops.cpu_fused_moe = cpu_fused_moe
+        monkeypatch.setitem(sys.modules, "vllm._custom_ops", ops)
+    return make
+
+
+@pytest.mark.parametrize("version,out_first,style", [
+    ("0.32.0", True, "out"), ("0.30.0", True, "out"), ("0.29.0", False, "returns"),
+    ("0.14.0", False, "returns"),
+    # a checkout between releases says its convention by its signature
+    ("0.29.1.dev5+gabc", True, "out"), ("0.29.1.dev5+gabc", False, "returns"),
+])
+def test_cpu_fused_moe_calling_convention_by_release(fake_ops, version, out_first, style):
+    fake_ops(out_first)
+    _, got = R.op_and_style(R.CPU_FUSED_MOE, version)
+    assert got == style
+
+
+def test_cpu_fused_moe_before_it_existed_is_not_in_this_release(fake_ops):
+    fake_ops(False)
+    with pytest.raises(R.NotInRelease, match=r"first in 0\.14\.0"):
+        R.op_and_style(R.CPU_FUSED_MOE, "0.13.0")
+
+
+@pytest.mark.parametrize("version,module", [
+    ("0.32.0", "vllm.model_executor.layers.fused_moe.router.cpu_router"),
+    ("0.29.0", "vllm.model_executor.layers.fused_moe.experts.cpu_moe"),
+    ("0.27.1", "vllm.model_executor.layers.fused_moe.cpu_fused_moe"),
+])
+def test_cpu_router_module_by_release(monkeypatch, version, module):
+    """Only the release's own module is used: the others are absent here (None in
+    sys.modules makes their import fail), as they are in that release."""
+    for m in ("vllm.model_executor.layers.fused_moe.router.cpu_router",
+              "vllm.model_executor.layers.fused_moe.experts.cpu_moe",
+              "vllm.model_executor.layers.fused_moe.cpu_fused_moe"):
+        monkeypatch.setitem(sys.modules, m, None)
+    fake = types.ModuleType(module)
+    fake.select_experts = lambda **kw: module
+    monkeypatch.setitem(sys.modules, module, fake)
+    fn, _ = R.op_and_style(R.CPU_ROUTER, version)
+    assert fn() == module

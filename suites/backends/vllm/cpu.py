@@ -29,12 +29,29 @@ from suites.backends.base import (
     UnsupportedShape,
     vllm_build_reason,
 )
+from suites.backends.vllm import releases
 from suites.backends.vllm.common import check_ids, no_expert_map, sgl_kernels_reason
+from suites.backends.vllm.rejection_sampler import poisoned_unwritten_memory
 
 
 def _amx_reason() -> str | None:
     if not torch.cpu._is_amx_tile_supported():
         return "this CPU has no AMX tiles (cpu_fused_moe isa 'amx' needs them)"
+    return None
+
+
+def _op(table: releases.Table):
+    """The object `table` names in the installed vLLM, and its calling style (releases.py)."""
+    import vllm
+
+    return releases.op_and_style(table, vllm.__version__)
+
+
+def _not_in_release(table: releases.Table) -> str | None:
+    try:
+        _op(table)
+    except releases.NotInRelease as e:
+        return str(e)
     return None
 
 
@@ -48,7 +65,8 @@ class CpuFusedMoE(ExpertsBackend):
     alignment: int = 32
 
     def unavailable_reason(self):
-        return vllm_build_reason("cpu") or (_amx_reason() if self.isa == "amx" else None)
+        return (vllm_build_reason("cpu") or _not_in_release(releases.CPU_FUSED_MOE)
+                or (_amx_reason() if self.isa == "amx" else None))
 
     def hardware_reason(self):
         return _amx_reason() if self.isa == "amx" else None
@@ -73,7 +91,6 @@ class CpuFusedMoE(ExpertsBackend):
         )
 
     def run(self, handle, x, topk_weights, topk_ids, out=None, expert_map=None):
-        from vllm import _custom_ops as ops
 
         if x.dtype != handle["dtype"]:
             raise UnsupportedShape(f"{self.name}: activations {x.dtype} != weights {handle['dtype']}")
@@ -82,8 +99,14 @@ class CpuFusedMoE(ExpertsBackend):
         check_ids(ti, handle["E"], self.name)
         if out is None:
             out = torch.empty(x.shape[0], handle["H"], dtype=x.dtype)
-        ops.cpu_fused_moe(out, x.contiguous(), handle["w13"], handle["w2"], handle["w13_bias"],
-                          handle["w2_bias"], tw, ti, handle["activation"], self.isa)
+        op, style = _op(releases.CPU_FUSED_MOE)
+        args = (x.contiguous(), handle["w13"], handle["w2"], handle["w13_bias"],
+                handle["w2_bias"], tw, ti, handle["activation"], self.isa)
+        if style == "out":
+            op(out, *args)
+        else:  # before 0.30 the op allocates its output: unwritten rows read NaN there too
+            with poisoned_unwritten_memory():
+                out.copy_(op(*args))
         return out
 
 
@@ -94,7 +117,8 @@ class FusedExpertsCpu(ExpertsBackend):
     alignment: int = 32
 
     def unavailable_reason(self):
-        return vllm_build_reason("cpu") or sgl_kernels_reason()
+        return (vllm_build_reason("cpu") or _not_in_release(releases.FUSED_EXPERTS_CPU)
+                or sgl_kernels_reason())
 
     def hardware_reason(self):
         # hardware only on a CPU without AVX-512; on one with it, missing kernels are a defect
@@ -114,18 +138,23 @@ class FusedExpertsCpu(ExpertsBackend):
         check_ids(ti, handle["E"], self.name)
         if out is None:
             out = torch.empty(x.shape[0], handle["H"], dtype=x.dtype)
-        ops.fused_experts_cpu(out, x.contiguous(), handle["w13"], handle["w2"], tw, ti,
-                              ops.CPUQuantMethod.UNQUANT, None, None, None, None, None)
+        op, style = _op(releases.FUSED_EXPERTS_CPU)
+        rest = (ops.CPUQuantMethod.UNQUANT, None, None, None, None, None)
+        if style == "out":
+            op(out, x.contiguous(), handle["w13"], handle["w2"], tw, ti, *rest)
+        else:  # before 0.30: returns its output, inplace=False after topk_ids
+            with poisoned_unwritten_memory():
+                out.copy_(op(x.contiguous(), handle["w13"], handle["w2"], tw, ti, False, *rest))
         return out
 
 
 @dataclass
 class CpuRouter(RouterBackend):
     def unavailable_reason(self):
-        return vllm_build_reason("cpu")
+        return vllm_build_reason("cpu") or _not_in_release(releases.CPU_ROUTER)
 
     def route(self, logits, cfg, e_score_correction_bias=None):
-        from vllm.model_executor.layers.fused_moe.router.cpu_router import select_experts
+        select_experts, _ = _op(releases.CPU_ROUTER)
 
         if cfg.topk_method == "noaux_tc" and e_score_correction_bias is None:
             raise UnsupportedShape("noaux_tc needs e_score_correction_bias")

