@@ -310,7 +310,7 @@ def reproduce_command(item: pytest.Item, longrepr: str = "") -> str:
     profile = settings._current_profile  # the profile in force for this run
     replay = replay_value(longrepr)
     if replay:
-        return (f"nox -s {session} -- " + " ".join(shlex.quote(a) for a in (
+        return (_replay_env() + f"nox -s {session} -- " + " ".join(shlex.quote(a) for a in (
             item.nodeid, "--hypothesis-profile=repro", f"--hypothesis-replay={replay}"))
             + ("" if config.getoption("--device") == "cpu"
                else f" --device={config.getoption('--device')}"))
@@ -320,7 +320,14 @@ def reproduce_command(item: pytest.Item, longrepr: str = "") -> str:
     seed = config.getoption("hypothesis_seed", None)
     if seed is not None:
         args.append(f"--hypothesis-seed={seed}")
-    return f"nox -s {session} -- " + " ".join(shlex.quote(a) for a in args)
+    return _replay_env() + f"nox -s {session} -- " + " ".join(shlex.quote(a) for a in args)
+
+
+def _replay_env() -> str:
+    """A sweep runs each release in a venv of its own (harness/sweep.py sets
+    SUITE_REPLAY_VLLM to the release): its replay command names that release."""
+    v = os.environ.get("SUITE_REPLAY_VLLM")
+    return f"VLLM_UNDER_TEST={shlex.quote(v)} " if v else ""
 
 
 @pytest.hookimpl(hookwrapper=True)

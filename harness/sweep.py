@@ -130,7 +130,9 @@ def session(runner, posargs: list[str], *, flavour: str = "cpu", pins=None, publ
             "pytest_args": pytest_args,
             "release_budget_s": budget, "started": _dt.datetime.now().astimezone().isoformat(),
             "releases": []}
-    env = {**os.environ, "PYTHONHASHSEED": "0", "SUITE_NOX_SESSION": "sweep"}
+    # replay commands name the session that runs one release and the release itself
+    env = {**os.environ, "PYTHONHASHSEED": "0",
+           "SUITE_NOX_SESSION": "triton_interpret" if opts.interp else "cpu"}
     env.pop("SUITE_EXPECT_VLLM", None)  # "not in this release" is an answer here, not an error
     base_python = None
     if opts.interp:
@@ -156,11 +158,11 @@ def session(runner, posargs: list[str], *, flavour: str = "cpu", pins=None, publ
                                      "note": str(e)})
             save()
             continue
-        release_env = env
+        release_env = {**env, "SUITE_REPLAY_VLLM": version}
         if opts.interp:
             extra = install.interpreter_release(runner, ut, base_python, root=venv_root)
             python = base_python if extra is not None else None
-            release_env = {**env, **(extra or {})}
+            release_env = {**release_env, **(extra or {})}
         else:
             python = install.cached_venv(runner, ut, flavour, root=venv_root)
         if python is None:

@@ -81,3 +81,17 @@ def test_replay_refuses_a_selection_of_several_tests(tmp_path, nightly_failure):
     assert r.returncode == 4, r.stdout[-2000:] + r.stderr[-2000:]
     assert "--hypothesis-replay needs VERSION:BLOB and exactly one selected property test" in (
         r.stdout + r.stderr)
+
+
+def test_a_sweeps_replay_names_the_release(tmp_path, monkeypatch):
+    """nox -s sweep runs each release in a venv of its own (SUITE_REPLAY_VLLM): a failure's
+    command replays it on that release, not on the pin."""
+    run = tmp_path / "sweep"
+    run.mkdir()
+    (run / "test_planted.py").write_text(PLANTED)
+    monkeypatch.setenv("SUITE_REPLAY_VLLM", "0.27.0")
+    r = _pytest(run, run / ".hypothesis", "test_planted.py", "--hypothesis-profile=nightly",
+                "--hypothesis-seed=12345", f"--junitxml={run / 'junit.xml'}")
+    assert r.returncode == 1, r.stdout[-3000:]
+    assert _command(run / "junit.xml").startswith(
+        "VLLM_UNDER_TEST=0.27.0 nox -s cpu -- test_planted.py::test_planted ")
