@@ -392,3 +392,50 @@ def enumerate_outcomes(
             if prefix_prob == 0.0:
                 break
     return law
+
+
+# --------------------------------------------------------------------------- synthetic rates
+
+
+def unconditional_to_conditional_rates(rates: list[float]) -> list[float]:
+    """Synthetic acceptance (vLLM's rejection_sample_method="synthetic", a benchmarking mode
+    that accepts drafts at configured rates whatever p and q are): the configured rates r_i are
+    unconditional, r_i = P(the first i + 1 drafts are all accepted), non-increasing; the
+    verifier accepts position i, once reached, with the conditional rate c_i = r_i / r_{i-1}
+    (r_{-1} = 1; c_i = 0 where r_{i-1} = 0)."""
+    prev = [1.0, *rates[:-1]]
+    return [r / p if p > 0.0 else 0.0 for r, p in zip(rates, prev)]
+
+
+def synthetic_accepted_length_law(conditional_rates: list[float], k: int) -> torch.Tensor:
+    """P(exactly j drafts accepted), j = 0 .. k, for a request with k drafts verified at the
+    conditional rates c_0 .. c_{k-1}: reach_j = prod_{i<j} c_i, P(j) = reach_j (1 - c_j) for
+    j < k and reach_k for j = k."""
+    c = torch.tensor(conditional_rates[:k], dtype=torch.float64)
+    reach = reach_probabilities(c)  # [k + 1]
+    return reach - torch.cat([reach[1:], torch.zeros(1, dtype=torch.float64)])
+
+
+def synthetic_rejection_sample(batch: SpecBatch, rates: list[float],
+                               generator: torch.Generator) -> torch.Tensor:
+    """Synthetic verification, output [B, max_k + 1] as rejection_sample's: the draft at
+    position i (once reached) is accepted with the conditional rate c_i of the unconditional
+    `rates` (unconditional_to_conditional_rates), whatever p and q are; the token after the
+    first rejection is drawn as the standard method draws it (norm(max(0, p - q)); the target
+    argmax for greedy requests), the bonus token from p (its argmax for greedy requests)."""
+    c = torch.tensor(unconditional_to_conditional_rates(list(rates)), dtype=torch.float64)
+    P = batch_target_probs(batch)  # [n + B, V]
+    Q = batch_draft_probs(batch)  # [n, V]
+    greedy_req = torch.tensor([p.greedy for p in batch.params], dtype=torch.bool)  # [B]
+    u_acc, u_rec, u_bon = _request_uniforms(batch, generator)
+    Pt = P[batch.target_rows]  # [n, V]
+    accept = u_acc < c[batch.position_of_token]  # [n]
+    residual = (Pt - Q).clamp_min(0.0)
+    empty = residual.sum(-1) <= 0
+    recovered = _inverse_cdf(torch.where(empty[:, None], Pt, residual), u_rec)  # [n]
+    n = batch.num_tokens
+    g_tok = greedy_req[batch.request_of_token] if n else torch.zeros(0, dtype=torch.bool)
+    recovered = torch.where(g_tok, Pt.argmax(-1), recovered)
+    Pb = P[batch.bonus_rows]  # [B, V]
+    bonus = torch.where(greedy_req, Pb.argmax(-1), _inverse_cdf(Pb, u_bon))
+    return assemble(batch, accept, recovered, bonus)

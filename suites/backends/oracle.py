@@ -213,8 +213,20 @@ for _family in ("qwen3_next", "deepseek_v3"):
 
 @dataclass
 class ReferenceRejectionSampler(RejectionSamplerBackend):
+    verification_methods: tuple[str, ...] = ("standard", "block", "synthetic")  # v2_method_checks
+
     def sample(self, batch, seed):
         return rejection_sample(batch, torch.Generator().manual_seed(seed))
+
+    def sample_block(self, batch, seed):
+        from reference.block_verification import block_rejection_sample
+
+        return block_rejection_sample(batch, torch.Generator().manual_seed(seed))
+
+    def sample_synthetic(self, batch, seed, rates):
+        from reference.speculative import synthetic_rejection_sample
+
+        return synthetic_rejection_sample(batch, rates, torch.Generator().manual_seed(seed))
 
     def target_probs(self, batch):
         return batch_target_probs(batch)[batch.target_rows]

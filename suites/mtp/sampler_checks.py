@@ -80,7 +80,8 @@ def _capped(n: int, what: str) -> int:
 
 # --------------------------------------------------------------------------- distributions
 
-SHAPES = ("random", "peaked", "flat", "edges")
+SHAPES = ("random", "peaked", "flat", "edges", "extreme-peaked", "uniform", "masked",
+          "tile-edges")
 
 
 def target_and_draft(shape: str, vocab_size: int, k: int, seed: int
@@ -91,6 +92,14 @@ def target_and_draft(shape: str, vocab_size: int, k: int, seed: int
       peaked  one token holds ~0.99 of the target; q puts ~0.9 on it
       flat    target logits in [-0.05, 0.05]; q nearly flat too
       edges   target and draft mass concentrated on token 0 and token V - 1
+      extreme-peaked  logits 60 above the rest on one token (the rest ~1e-26 in float32);
+              q puts ~0.9 on it (a drafter whose other tokens the target all but excludes)
+      uniform target logits all exactly 0 (every token tied); q exactly uniform too
+      masked  target logits -inf on ~40% of the tokens (never the drafter's favourite),
+              q exactly 0 on another ~30% (-inf draft logits): logits-processor masks
+      tile-edges  every token -inf (target) / 0 (q) but those at the edges of Model Runner
+              V2's vocabulary tiles (0, 1023, 1024, 8191, 8192, V - 1): mass in the last,
+              partial tile and across tile boundaries, few cells
     """
     V = vocab_size
     g = generator("target_and_draft", shape, V, k, seed)
@@ -115,6 +124,31 @@ def target_and_draft(shape: str, vocab_size: int, k: int, seed: int
         qlog = 0.3 * noise - 3.0
         qlog[:, 0] += 2.8
         qlog[:, V - 1] += 3.6
+    elif shape == "extreme-peaked":
+        top = torch.randint(0, V, (k + 1,), generator=g)
+        logits = 0.5 * base
+        logits[torch.arange(k + 1), top] += 60.0
+        qlog = 0.5 * noise
+        qlog[torch.arange(k + 1), top] += 2.2 + float(np.log(V))
+    elif shape == "uniform":
+        logits = torch.zeros(k + 1, V, dtype=torch.float64)
+        qlog = torch.zeros(k + 1, V, dtype=torch.float64)
+    elif shape == "masked":
+        logits = 1.5 * base
+        qlog = logits + 0.5 * noise
+        fav = qlog.argmax(-1)  # [k + 1] the drafter's favourite stays possible for the target
+        u = torch.rand(k + 1, V, generator=g, dtype=torch.float64)
+        t_mask = u < 0.4
+        t_mask[torch.arange(k + 1), fav] = False
+        q_mask = (u >= 0.4) & (u < 0.7)
+        q_mask[torch.arange(k + 1), fav] = False
+        logits = logits.masked_fill(t_mask, float("-inf"))
+        qlog = qlog.masked_fill(q_mask, float("-inf"))
+    elif shape == "tile-edges":
+        keep = torch.full((V,), float("-inf"), dtype=torch.float64)
+        keep[sorted({t for t in (0, 1023, 1024, 8191, 8192, V - 1) if t < V})] = 0.0
+        logits = base + keep
+        qlog = base + 0.5 * noise + keep
     else:
         raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
     q = torch.softmax(qlog[:k], dim=-1).float()
@@ -305,11 +339,13 @@ def check_structure(batch: SpecBatch, out: torch.Tensor, context: str) -> None:
 # --------------------------------------------------------------------------- greedy
 
 
-def check_greedy_exact(backend, batch: SpecBatch, seed: int, context: str) -> torch.Tensor:
+def check_greedy_exact(backend, batch: SpecBatch, seed: int, context: str,
+                       sample=None) -> torch.Tensor:
     """Greedy requests: output equals the oracle's exactly (argmax verification, first mismatch
     replaced by the target argmax, placeholders after it, the argmax bonus token iff every
-    draft matched). Random requests in the same batch are checked for structure only."""
-    out = backend.sample(batch, seed)
+    draft matched). Random requests in the same batch are checked for structure only.
+    `sample(batch, seed)`: the verification method to drive (default backend.sample)."""
+    out = (sample or backend.sample)(batch, seed)
     check_structure(batch, out, context)
     ref = rejection_sample(batch, torch.Generator().manual_seed(seed))
     greedy = torch.tensor([p.greedy for p in batch.params])

@@ -1,9 +1,9 @@
 """Model Runner V2's rejection sampler (kind "rejection_sampler"), under Triton's interpreter.
 
 Drives `vllm.v1.worker.gpu.spec_decode.rejection_sampler_utils.rejection_sample`, the verification
-step of vLLM's Model Runner V2 (`vllm/v1/worker/gpu/`), with its "standard" method: the
+step of vLLM's Model Runner V2 (`vllm/v1/worker/gpu/`); sample() is its "standard" method: the
 probability-ratio test of Leviathan et al. (use_block_verification=False, no synthetic acceptance
-rates, no watermarking, use_fp64=False), on CPU tensors with its Triton programs
+rates, no watermarking, use_fp64 as the entry's field, False), on CPU tensors with its Triton programs
 (_compute_local_logits_stats_kernel, _rejection_kernel, _resample_kernel,
 _insert_resampled_kernel) run by Triton's interpreter (TRITON_INTERPRET=1, vLLM's CUDA wheel:
 nox -s triton_interpret). The signature and the laws are those of
@@ -67,18 +67,23 @@ poisoned_unwritten_memory() (suites/backends/vllm/rejection_sampler.py): its uni
 buffers read NaN / the integer max, so a read of an unwritten value gives the same wrong
 answer every run.
 
+The other verification methods (suites/mtp/v2_method_checks.py, each with its own law):
+  - sample_block: rejection_sample_method="block" (use_block_verification=True; Sun et al.
+    2024, oracle reference/block_verification.py): whole-prefix acceptance, residual scaled
+    by the running joint ratio; suites/mtp/test_v2_block_verification.py;
+  - sample_synthetic: rejection_sample_method="synthetic" (synthetic_conditional_rates from
+    SpeculativeConfig.synthetic_acceptance_rates through vLLM's own
+    unconditional_to_conditional_rates): acceptance at configured rates, not a sampler of
+    the target; suites/mtp/test_v2_synthetic_rates.py;
+  - use_fp64 (a field: a variant of this entry with it on): the resampling Gumbel noise from
+    53-bit uniforms in float64; suites/mtp/test_v2_sampler_paths.py.
+
 Not covered yet (each a separate V2 path with its own law, left for later increments):
-  - block verification (rejection_sample_method="block", Sun et al. 2024): a different
-    acceptance law (whole-prefix acceptance, residual scaled by the running joint ratio); the
-    suite's per-position law does not hold for it by design, so it needs its own oracle;
-  - synthetic acceptance rates (rejection_sample_method="synthetic"): a benchmarking mode that
-    accepts at configured rates, not a sampler of the target distribution;
   - adaptive verification (compacted logits, device-side cu_num_logits) and
     _verify_in_chunks' chunking (> 1 GiB of fp32 logits): engine bookkeeping around the same
     kernels, reachable only through RejectionSampler.__call__ with an InputBatch;
-  - watermarking, use_fp64 Gumbel noise, logprobs, min_p, penalties and logits processors
-    (the rest of apply_sampling_params); prefill placeholders (-1 drafts) from
-    gather_draft_sampled;
+  - watermarking, logprobs, min_p, penalties and logits processors (the rest of
+    apply_sampling_params); prefill placeholders (-1 drafts) from gather_draft_sampled;
   - the MTP speculator that produces draft_logits in the engine (drafter-side Gumbel noise,
     the logits cache): this backend takes the drafter's distribution as given.
 
@@ -195,6 +200,17 @@ class VllmV2RejectionSampler(RejectionSamplerBackend):
     detect_shift: float | None = INTERPRETER_SHIFT
     law_share: str = "all"
     poison_unwritten: bool = True  # a CPU backend: vLLM runs in poisoned_unwritten_memory()
+    # rejection_sample_method values this adapter drives (suites/mtp/v2_method_checks.py):
+    # "standard" is sample(), "block" sample_block(), "synthetic" sample_synthetic()
+    verification_methods: tuple[str, ...] = ("standard", "block", "synthetic")
+    # rejection_sample(use_fp64=...): the resampling Gumbel noise from 53-bit uniforms in
+    # float64 (SamplerConfig's use_fp64_gumbel) instead of float32; a variant of this entry
+    # with it on is what suites/mtp/test_v2_sampler_paths.py holds to the same laws
+    use_fp64: bool = False
+    # the kernels' vocabulary tiles: statistics per 8192 tokens (VOCAB_BLOCK_SIZE), resampling
+    # per 1024 (RESAMPLE_BLOCK_SIZE); suites/mtp/test_v2_sampler_paths.py draws vocabularies
+    # around them
+    vocab_block_sizes: tuple[int, ...] = (8192, 1024)
 
     def unavailable_reason(self):
         from suites.backends.vllm.triton_kernels import triton_reason
@@ -282,6 +298,32 @@ class VllmV2RejectionSampler(RejectionSamplerBackend):
     # ------------------------------------------------------------------ the seam
 
     def sample(self, batch, seed):
+        return self._verify(batch, seed, use_fp64=self.use_fp64)
+
+    def sample_block(self, batch, seed):
+        """rejection_sample_method="block": Sun et al.'s block verification
+        (reference/block_verification.py); each request's rows are its own M_b(. | X^i) and
+        M_s(. | X^i) along its drafts, as the engine computes them."""
+        return self._verify(batch, seed, use_block_verification=True, use_fp64=self.use_fp64)
+
+    def sample_synthetic(self, batch, seed, rates):
+        """rejection_sample_method="synthetic": `rates` are SpeculativeConfig's
+        synthetic_acceptance_rates (unconditional, one per speculative step; the engine's
+        num_speculative_tokens is len(rates)), turned into the kernels' conditional rates by
+        vLLM's own unconditional_to_conditional_rates, as V2's RejectionSampler.__init__ does."""
+        from vllm.v1.spec_decode.utils import unconditional_to_conditional_rates
+
+        if len(rates) != max(1, batch.max_spec_len):
+            raise ValueError(f"{len(rates)} synthetic rates for num_speculative_steps "
+                             f"{max(1, batch.max_spec_len)}")
+        conditional = torch.tensor(unconditional_to_conditional_rates(list(rates)),
+                                   dtype=torch.float32)
+        return self._verify(batch, seed, synthetic_conditional_rates=conditional,
+                            use_fp64=self.use_fp64)
+
+    def _verify(self, batch, seed, *, use_block_verification: bool = False,
+                synthetic_conditional_rates: torch.Tensor | None = None,
+                use_fp64: bool = False):
         v2 = importlib.import_module(V2_MODULE)
         with self._launch_context():
             x = self._inputs(batch, seed)
@@ -289,8 +331,8 @@ class VllmV2RejectionSampler(RejectionSamplerBackend):
             sampled, num_sampled = v2.rejection_sample(
                 logits, x.draft_logits, x.draft_sampled, x.cu_num_logits, x.pos, x.idx_mapping,
                 x.expanded_idx_mapping, x.expanded_local_pos, x.states.temperature.gpu,
-                x.states.seeds.gpu, x.steps, None, use_fp64=False,
-                use_block_verification=False)
+                x.states.seeds.gpu, x.steps, synthetic_conditional_rates, use_fp64=use_fp64,
+                use_block_verification=use_block_verification)
         width = batch.max_spec_len + 1
         sampled = sampled.long()[:, :width]
         col = torch.arange(width)[None, :]
