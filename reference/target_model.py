@@ -1,6 +1,6 @@
-"""The whole Qwen3-Next target model and its MTP drafter, in float64, for the tiny fixture
-(fixtures/tiny_qwen3_next), plus greedy decoding with logit margins and greedy speculative
-decoding with per-position acceptance.
+"""The whole Qwen3-Next target model and its MTP drafter, in float64, for the tiny fixtures
+(fixtures/tiny_qwen3_next, and its Qwen3.5-layout twin fixtures/tiny_qwen3_5), plus greedy
+decoding with logit margins and greedy speculative decoding with per-position acceptance.
 
 Reads like the model files (vLLM qwen3_next.py / qwen3_next_mtp.py, transformers
 modeling_qwen3_next.py); weights keep the checkpoint names, routed experts stacked per layer into
@@ -13,6 +13,19 @@ reference/moe.py wants them.
   model        hidden = rms_final(layers(embed(ids)));  logits = hidden @ lm_head.T
   MTP          g = rms_mtp(layer_mtp(fc([rms_e(embed(x_{t+1})), rms_h(h_t)]))) at position t;
                draft logits = g @ lm_head.T; step j > 1 feeds its own g back as h
+
+Qwen3.5 (Qwen3_5MoeForCausalLM: vLLM qwen3_5.py / qwen3_5_mtp.py, transformers
+modeling_qwen3_5_moe.py) is read from its own checkpoint layout where it differs:
+
+  Gated DeltaNet input   in_proj_qkv (q, k, v each contiguous over the heads), in_proj_z,
+                         in_proj_b, in_proj_a; Qwen3-Next fuses them per key head
+                         (in_proj_qkvz [q k v z] and in_proj_ba [b a] for each key head)
+  attention output gate  attn_output_gate in config.json (Qwen3-Next: always gated)
+  rotary                 the config's interleaved M-RoPE (mrope_section, mrope_interleaved)
+                         over (t, h, w) positions that are equal for text: plain partial NeoX
+                         rotary (vLLM's text-only model drops the fields; transformers applies
+                         them to three equal rows)
+  the rest               as Qwen3-Next: zero-centred (Gemma) RMSNorm, MoE block, MTP wiring
 
 All functions take the activations' dtype from their inputs (the oracle passes float64; the
 training script reuses them in float32 with its own dense MoE). No global precision switch.
@@ -60,6 +73,7 @@ class TinyConfig:
     norm_topk_prob: bool
     rms_norm_eps: float
     num_nextn_predict_layers: int = 1
+    attn_output_gate: bool = True  # Qwen3.5's config field; Qwen3-Next always gates
 
     @classmethod
     def from_dict(cls, d: dict) -> TinyConfig:
@@ -136,39 +150,56 @@ def gated_delta_rule(q, k, v, g, beta) -> torch.Tensor:
     return torch.stack(outs, dim=1)  # [B, T, Hv, dv]
 
 
-def gated_deltanet(x: torch.Tensor, w: W, p: str, c: TinyConfig) -> torch.Tensor:
-    """Qwen3NextGatedDeltaNet on x [B, T, H]. in_proj_qkvz rows are grouped per key head:
-    [q (dk), k (dk), v (r*dv), z (r*dv)] for each of the nk key heads, r = nv / nk."""
+def deltanet_projections(x: torch.Tensor, w: W, p: str, c: TinyConfig) -> tuple:
+    """The Gated DeltaNet's input projections of x [B, T, H]: (mixed [B, T, 2 nk dk + nv dv]
+    = [q | k | v] as the conv reads them, z [B, T, nv, dv], b and a [B, T, nv]).
+    Qwen3-Next (in_proj_qkvz, in_proj_ba): rows grouped per key head, [q (dk), k (dk),
+    v (r*dv), z (r*dv)] and [b (r), a (r)] for each of the nk key heads, r = nv / nk.
+    Qwen3.5 (in_proj_qkv, in_proj_z, in_proj_b, in_proj_a): q, k, v, z, b, a each contiguous."""
     B, T, _ = x.shape
     nk, nv = c.linear_num_key_heads, c.linear_num_value_heads
     dk, dv = c.linear_key_head_dim, c.linear_value_head_dim
+    if p + "in_proj_qkv.weight" in w:  # Qwen3.5
+        mixed = x @ w[p + "in_proj_qkv.weight"].T
+        z = (x @ w[p + "in_proj_z.weight"].T).view(B, T, nv, dv)
+        return mixed, z, x @ w[p + "in_proj_b.weight"].T, x @ w[p + "in_proj_a.weight"].T
     r = nv // nk
     qkvz = (x @ w[p + "in_proj_qkvz.weight"].T).view(B, T, nk, 2 * dk + 2 * r * dv)
     ba = (x @ w[p + "in_proj_ba.weight"].T).view(B, T, nk, 2 * r)
     q, k, v, z = torch.split(qkvz, [dk, dk, r * dv, r * dv], dim=-1)
     b, a = torch.split(ba, [r, r], dim=-1)
     mixed = torch.cat([q.reshape(B, T, -1), k.reshape(B, T, -1), v.reshape(B, T, -1)], -1)
+    return mixed, z.reshape(B, T, nv, dv), b.reshape(B, T, nv), a.reshape(B, T, nv)
+
+
+def gated_deltanet(x: torch.Tensor, w: W, p: str, c: TinyConfig) -> torch.Tensor:
+    """Qwen3NextGatedDeltaNet (and Qwen3.5's, deltanet_projections) on x [B, T, H]."""
+    B, T, _ = x.shape
+    nk, nv = c.linear_num_key_heads, c.linear_num_value_heads
+    dk, dv = c.linear_key_head_dim, c.linear_value_head_dim
+    r = nv // nk
+    mixed, z, b, a = deltanet_projections(x, w, p, c)
     mixed = causal_conv1d_silu(mixed, w[p + "conv1d.weight"])  # [B, T, 2 nk dk + nv dv]
     q, k, v = torch.split(mixed, [nk * dk, nk * dk, nv * dv], dim=-1)
     q = l2norm(q.reshape(B, T, nk, dk)).repeat_interleave(r, dim=2)  # [B, T, nv, dk]
     k = l2norm(k.reshape(B, T, nk, dk)).repeat_interleave(r, dim=2)
     v = v.reshape(B, T, nv, dv)
-    beta = torch.sigmoid(b.reshape(B, T, nv))
-    g = -w[p + "A_log"].to(x.dtype).exp() * F.softplus(a.reshape(B, T, nv) + w[p + "dt_bias"].to(x.dtype))
+    beta = torch.sigmoid(b)
+    g = -w[p + "A_log"].to(x.dtype).exp() * F.softplus(a + w[p + "dt_bias"].to(x.dtype))
     o = gated_delta_rule(q, k, v, g, beta)  # [B, T, nv, dv]
-    o = gated_rms_norm(o, z.reshape(B, T, nv, dv), w[p + "norm.weight"], c.rms_norm_eps)
+    o = gated_rms_norm(o, z, w[p + "norm.weight"], c.rms_norm_eps)
     return o.reshape(B, T, nv * dv) @ w[p + "out_proj.weight"].T
 
 
 def gated_attention(x: torch.Tensor, positions: torch.Tensor, w: W, p: str, c: TinyConfig
                     ) -> torch.Tensor:
-    """Qwen3NextAttention on x [B, T, H]: q_proj gives per head [q (D), gate (D)]; per-head
-    zero-centred q/k RMSNorm; partial NeoX rotary; causal GQA softmax attention; the output is
-    scaled by sigmoid(gate) before o_proj."""
+    """Qwen3NextAttention on x [B, T, H]: q_proj gives per head [q (D), gate (D)] (only q when
+    attn_output_gate is off); per-head zero-centred q/k RMSNorm; partial NeoX rotary; causal
+    GQA softmax attention; the output is scaled by sigmoid(gate) before o_proj."""
     B, T, _ = x.shape
     nh, nkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    qg = (x @ w[p + "q_proj.weight"].T).view(B, T, nh, 2 * D)
-    q, gate = qg.chunk(2, dim=-1)  # [B, T, nh, D] each
+    qg = (x @ w[p + "q_proj.weight"].T).view(B, T, nh, -1)
+    q, gate = qg.chunk(2, dim=-1) if c.attn_output_gate else (qg, None)  # [B, T, nh, D]
     k = (x @ w[p + "k_proj.weight"].T).view(B, T, nkv, D)
     v = (x @ w[p + "v_proj.weight"].T).view(B, T, nkv, D)
     q = rms_norm(q, w[p + "q_norm.weight"], c.rms_norm_eps)
@@ -181,7 +212,9 @@ def gated_attention(x: torch.Tensor, positions: torch.Tensor, w: W, p: str, c: T
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     scores = scores.masked_fill(~causal, float("-inf"))
     o = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(scores, dim=-1), v)  # [B, T, nh, D]
-    o = o.reshape(B, T, nh * D) * torch.sigmoid(gate.reshape(B, T, nh * D))
+    o = o.reshape(B, T, nh * D)
+    if gate is not None:
+        o = o * torch.sigmoid(gate.reshape(B, T, nh * D))
     return o @ w[p + "o_proj.weight"].T
 
 

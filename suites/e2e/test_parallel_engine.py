@@ -93,9 +93,11 @@ _RUNS: dict[tuple, object] = {}
 
 # Lines of an engine's whole log that say how it died (the error quotes only the log's tail,
 # which a worker's crash report scrolls out of): segfault reports with their native frames,
-# fatal errors, dead workers, the exception lines of tracebacks and their vLLM frames.
+# fatal errors, glibc's heap-corruption aborts ("free(): invalid pointer", "corrupted size vs.
+# prev_size"), dead workers, the exception lines of tracebacks and their vLLM frames.
 CRASH_LINES = re.compile(r"Segfault encountered|Fatal Python error|csrc/\S+\.(?:cpp|h)\b|"
-                         r"died unexpectedly|^\S*(?:Error|Exception)\b.*|"
+                         r"died unexpectedly|^\w+\(\): .*|^corrupted .*|^double free .*|"
+                         r"^\S*(?:Error|Exception)\b.*|"
                          r"File \"\S*/vllm/\S+\", line \d+, in \w+")
 LOG_PATH = re.compile(r"\((/\S+\.log)\) ---")
 

@@ -1,6 +1,8 @@
 """vLLM's engine end to end on the committed tiny Qwen3-Next fixture (hybrid Gated DeltaNet +
-gated attention, sparse MoE with sigmoid-gated shared expert, trained MTP head), held to the fp64
-oracle of reference/target_model.py.
+gated attention, sparse MoE with sigmoid-gated shared expert, trained MTP head) and on its
+Qwen3.5-layout twin (Qwen3_5MoeForCausalLM + Qwen3_5MoeMTP: vLLM's qwen3_5.py and
+qwen3_5_mtp.py), each held to the fp64 oracle of reference/target_model.py read from its own
+files (suites/e2e/conftest.py E2E_FIXTURES).
 
   greedy output, MTP off and MTP k = 1, 2, 3   == oracle greedy, margin-aware, teacher-forced
   greedy output, MTP on                        == MTP off (first divergence must be a near-tie)
@@ -45,8 +47,8 @@ def _kid(k: int) -> str:
 
 
 @pytest.mark.parametrize("k", ALL_KS, ids=_kid)
-def test_greedy_matches_oracle(engine_backend, k, oracle, prompts, max_tokens, record):
-    runs = engine_runs(engine_backend, k, prompts, max_tokens)
+def test_greedy_matches_oracle(engine_backend, model, k, oracle, prompts, max_tokens, record):
+    runs = engine_runs(engine_backend, k, prompts, max_tokens, model)
     v = StreamVerdict()
     for i, (p, c) in enumerate(zip(prompts, runs.greedy.completions)):
         assert len(c.token_ids) == max_tokens, f"prompt {i}: {len(c.token_ids)} tokens"
@@ -68,9 +70,9 @@ def test_greedy_matches_oracle(engine_backend, k, oracle, prompts, max_tokens, r
 
 
 @pytest.mark.parametrize("k", SPEC_KS, ids=_kid)
-def test_mtp_on_equals_mtp_off(engine_backend, k, oracle, prompts, max_tokens, record):
-    off = engine_runs(engine_backend, 0, prompts, max_tokens)
-    on = engine_runs(engine_backend, k, prompts, max_tokens)
+def test_mtp_on_equals_mtp_off(engine_backend, model, k, oracle, prompts, max_tokens, record):
+    off = engine_runs(engine_backend, 0, prompts, max_tokens, model)
+    on = engine_runs(engine_backend, k, prompts, max_tokens, model)
     failures, near = [], []
     for i, (p, a, b) in enumerate(zip(prompts, off.greedy.completions, on.greedy.completions)):
         j = first_divergence(a.token_ids, b.token_ids)
@@ -88,11 +90,11 @@ def test_mtp_on_equals_mtp_off(engine_backend, k, oracle, prompts, max_tokens, r
 
 
 @pytest.mark.parametrize("k", SPEC_KS, ids=_kid)
-def test_acceptance_matches_oracle(engine_backend, k, oracle, prompts, max_tokens,
+def test_acceptance_matches_oracle(engine_backend, model, k, oracle, prompts, max_tokens,
                                    oracle_greedy, fixture_golden, record):
     from reference.target_model import speculative_acceptance
 
-    runs = engine_runs(engine_backend, k, prompts, max_tokens)
+    runs = engine_runs(engine_backend, k, prompts, max_tokens, model)
     eng = runs.greedy.spec
     rep = replay_acceptance(oracle, prompts, [c.token_ids for c in runs.greedy.completions],
                             k, max_tokens, MARGIN_TOL)
@@ -102,7 +104,7 @@ def test_acceptance_matches_oracle(engine_backend, k, oracle, prompts, max_token
                  for a in eng.num_accepted_tokens_per_pos]
     eng_mal = 1 + eng.num_accepted_tokens / eng.num_drafts if eng.num_drafts else float("nan")
     ACCEPTANCE_TABLE.append(
-        f"k={k}  vLLM {fmt_rates(eng_rates)} MAL {eng_mal:.3f} ({eng.num_drafts} drafts) | "
+        f"{model} k={k}  vLLM {fmt_rates(eng_rates)} MAL {eng_mal:.3f} ({eng.num_drafts} drafts) | "
         f"oracle on vLLM's streams {fmt_rates(ref.per_position_rate)} MAL "
         f"{ref.mean_acceptance_length:.3f} ({ref.num_drafts}) | oracle greedy "
         f"{fmt_rates(own.per_position_rate)} MAL {own.mean_acceptance_length:.3f} | "
@@ -121,9 +123,9 @@ def test_acceptance_matches_oracle(engine_backend, k, oracle, prompts, max_token
 
 
 @pytest.mark.parametrize("k", SPEC_KS, ids=_kid)
-def test_acceptance_above_golden_curve(engine_backend, k, oracle, prompts, max_tokens,
+def test_acceptance_above_golden_curve(engine_backend, model, k, oracle, prompts, max_tokens,
                                        fixture_golden, record):
-    runs = engine_runs(engine_backend, k, prompts, max_tokens)
+    runs = engine_runs(engine_backend, k, prompts, max_tokens, model)
     eng = runs.greedy.spec
     gold = fixture_golden["by_k"][str(k)]
     rates = [a / eng.num_drafts for a in eng.num_accepted_tokens_per_pos] if eng.num_drafts else []
@@ -138,8 +140,8 @@ def test_acceptance_above_golden_curve(engine_backend, k, oracle, prompts, max_t
 
 
 @pytest.mark.parametrize("k", ALL_KS, ids=_kid)
-def test_seeded_sampling_reproducible(engine_backend, k, prompts, max_tokens, record):
-    runs = engine_runs(engine_backend, k, prompts, max_tokens)
+def test_seeded_sampling_reproducible(engine_backend, model, k, prompts, max_tokens, record):
+    runs = engine_runs(engine_backend, k, prompts, max_tokens, model)
     first, second = ([c.token_ids for c in r.completions] for r in runs.sampled)
     other = [c.token_ids for c in runs.sampled_other_seeds.completions]
     diff = [i for i, (a, b) in enumerate(zip(first, second)) if a != b]

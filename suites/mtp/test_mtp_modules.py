@@ -83,10 +83,10 @@ CATALOGUE = {
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("model", sorted(CATALOGUE))
+@pytest.mark.backend_filter(lambda b, params: CATALOGUE[params["model"]]["family"] == b.family,
+                            "a catalogue model runs on the modules of its family only")
 def test_catalogue_chain_matches_oracle(mtp_backend, model, dtype, record):
     c = CATALOGUE[model]
-    if c["family"] != mtp_backend.family:
-        pytest.skip(f"{model} is a {c['family']} model ({mtp_backend.name}: {mtp_backend.family})")
     p = _problem(mtp_backend, MTPProblem(H=256, I=64, V=513, T=16, k=3, seed=0, dtype=dtype, **c))
     inputs = p.tensors()
     handle = mtp_backend.prepare(p, inputs)

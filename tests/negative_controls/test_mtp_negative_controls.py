@@ -1,6 +1,7 @@
 """The MTP module properties (suites/mtp/test_mtp_modules.py) must catch the wiring bugs an MTP
 model file or its loader can have. Each is planted in vLLM's real module after its weights are
-loaded (suites/backends/vllm/mtp.py `tampered`), in float32 and bfloat16:
+loaded (suites/backends/vllm/mtp.py `tampered`), in float32 and bfloat16, in each module that
+has the part (Qwen3NextMTP, Qwen3.5's Qwen3_5MoeMTP, DeepSeekMTP):
 
   norms swapped          pre_fc_norm_embedding <-> pre_fc_norm_hidden (Qwen), enorm <-> hnorm
                          (DeepSeek)
@@ -26,7 +27,10 @@ import torch
 from fixtures.strategies import MTPProblem
 from suites.mtp.module_checks import check_mtp_chain, check_mtp_step
 
-FAMILY_MODULES = {"qwen3_next": "vllm.qwen3_next_mtp", "deepseek_v3": "vllm.deepseek_mtp"}
+# The vLLM MTP modules and the family of each (Qwen3.5's predictor is a Qwen3-Next-family
+# module built from qwen3_5_mtp.py's own classes).
+MODULE_FAMILY = {"vllm.qwen3_next_mtp": "qwen3_next", "vllm.qwen3_5_mtp": "qwen3_next",
+                 "vllm.deepseek_mtp": "deepseek_v3"}
 
 
 def _problems(family):
@@ -38,11 +42,11 @@ def _problems(family):
     ]
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILY_MODULES))
+@pytest.fixture(scope="module", params=sorted(MODULE_FAMILY))
 def vllm_mtp(request):
     from suites.backends import REGISTRY
 
-    b = REGISTRY.get(FAMILY_MODULES[request.param])
+    b = REGISTRY.get(request.param)
     if reason := b.unavailable_reason():
         pytest.skip(reason)
     return b
@@ -132,8 +136,8 @@ def test_clean_module_passes(vllm_mtp):
 
 
 @pytest.mark.parametrize(("vllm_mtp", "bug"),  # each bug in the modules that have its part
-                         [(f, bug) for bug in sorted(BUGS) for f in sorted(FAMILY_MODULES)
-                          if f in BUGS[bug][2]], indirect=["vllm_mtp"])
+                         [(m, bug) for bug in sorted(BUGS) for m in sorted(MODULE_FAMILY)
+                          if MODULE_FAMILY[m] in BUGS[bug][2]], indirect=["vllm_mtp"])
 def test_planted_bug_is_caught(vllm_mtp, bug):
     from suites.backends.vllm.mtp import tampered
 

