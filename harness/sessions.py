@@ -45,6 +45,7 @@ TRITON_INTERPRET_PATHS = (
     "tests/negative_controls/test_triton_quant_negative_controls.py",
     "tests/negative_controls/test_v2_sampler_negative_controls.py",
     "tests/negative_controls/test_v2_method_negative_controls.py",
+    "tests/negative_controls/test_v2_speculator_negative_controls.py",
     "suites/properties", "suites/moe/test_experts.py",
     "suites/moe/test_router.py", "suites/moe/test_triton_tiles.py", "suites/mtp",
     "suites/test_known_failures.py",

@@ -19,12 +19,14 @@ DeepSeek-V3 (vLLM deepseek_mtp.py, DeepSeek-V3 tech report section 2.2):
 Sequences are one request, [T] tokens. A module at position i reads the target's hidden state at
 i and the embedding of token i + 1, and predicts token i + 2. Draft chaining appends the drafted
 token and the fed-back hidden state as a new position and runs again (a full causal recompute,
-equal to running with a KV cache).
+equal to running with a KV cache). With several MTP modules (DeepSeek-V3's sequential MTP,
+num_nextn_predict_layers > 1), draft_chain_modules: module s reads module s - 1's state at the
+same position and the token s positions further on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -158,3 +160,44 @@ def draft_chain(
     V = probs[0].shape[0] if probs else 0
     return DraftChain(drafts, torch.stack(probs) if probs else torch.zeros(0, V, dtype=torch.float64),
                       torch.stack(states) if states else torch.zeros(0, hid.shape[1], dtype=torch.float64))
+
+
+@dataclass
+class ModuleChain(DraftChain):
+    # what module s read: (input_ids [T], hidden_states [T, H], positions [T]) for s = 0 .. k-1
+    inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def draft_chain_modules(
+    modules: Sequence[MTPStep],  # module s drafts step s (DeepSeek-V3 spec_step_idx = s)
+    input_ids: torch.Tensor,  # [T] tokens t_1 .. t_T (t_T: the token the target just emitted)
+    hidden_states: torch.Tensor,  # [T, H] target hidden states h_0 .. h_{T-1}
+    positions: torch.Tensor,  # [T]
+    num_speculative_tokens: int,  # k <= len(modules)
+) -> ModuleChain:
+    """k greedy drafts from k sequential MTP modules (DeepSeek-V3 tech report section 2.2):
+    module s at position i combines h_i^{s-1} (module s - 1's output at i; the target's for
+    s = 0) with the embedding of t_{i+s+1} and predicts t_{i+s+2}; tokens past t_T are the
+    drafts of the earlier modules. Positions stay those of the hidden states (position i for
+    every module). Draft s is the argmax (first index among ties) at the last position."""
+    if num_speculative_tokens > len(modules):
+        raise ValueError(f"{num_speculative_tokens} drafts need as many modules, got {len(modules)}")
+    T = input_ids.shape[0]
+    seq, hid = input_ids.clone(), hidden_states.double().clone()
+    drafts, probs, states, inputs = [], [], [], []
+    for s in range(num_speculative_tokens):
+        window = seq[s:s + T]  # [T] t_{i+s+1}
+        inputs.append((window.clone(), hid.clone(), positions.clone()))
+        fed_back, logits = modules[s](window, hid, positions)
+        d = int(logits[-1].argmax())
+        drafts.append(d)
+        probs.append(torch.softmax(logits[-1], -1))
+        states.append(fed_back[-1])
+        seq = torch.cat([seq, torch.tensor([d], dtype=seq.dtype)])
+        hid = fed_back.double()
+    V = probs[0].shape[0] if probs else 0
+    H = hidden_states.shape[1]
+    return ModuleChain(drafts,
+                       torch.stack(probs) if probs else torch.zeros(0, V, dtype=torch.float64),
+                       torch.stack(states) if states else torch.zeros(0, H, dtype=torch.float64),
+                       inputs)

@@ -20,6 +20,8 @@ Kinds and their one signature each:
   mtp_module         prepare(p: MTPProblem, inputs: MTPInputs) -> handle (fixtures/strategies.py)
                      step(handle, input_ids [T], hidden [T, H], positions [T]) -> MTPStepOutput
   rejection_sampler  see suites/backends/vllm/rejection_sampler.py
+  mtp_speculator     propose(problem, model) -> SpeculatorRun: a speculator's k-step draft loop
+                     around a given draft model (suites/mtp/speculator_checks.py)
   engine             see suites/backends/vllm/engine.py
 """
 
@@ -50,7 +52,8 @@ class UnsupportedShape(ValueError):
 class Backend:
     name: str
     kind: str  # "experts" | "quant_experts" | "router" | "moe_block" | "quant_moe_block" |
-    #            "ep_moe_block" | "mtp_module" | "rejection_sampler" | "engine"
+    #            "ep_moe_block" | "mtp_module" | "mtp_speculator" | "rejection_sampler" |
+    #            "engine"
     device: str = "cpu"  # "cpu" | "cuda"
     description: str = ""
     is_reference: bool = False
@@ -380,6 +383,38 @@ class RejectionSamplerBackend(Backend, abc.ABC):
     @abc.abstractmethod
     def target_probs(self, batch: SpecBatch) -> torch.Tensor:
         """[num_tokens, V] float64: the processed target distributions of the draft positions."""
+
+
+@dataclass
+class SpeculatorCall:
+    """What one forward of the draft model was given for one request (its rows, in order)."""
+    input_ids: torch.Tensor  # [n] int64
+    positions: torch.Tensor  # [n] int64
+    hidden_states: torch.Tensor  # [n, H] float64
+    layer: int | None  # the spec_step_idx the forward was called with (None: not passed)
+    seq_len: int  # the request's draft sequence length in the speculator's buffers then
+
+
+@dataclass
+class SpeculatorRun:
+    drafts: torch.Tensor  # [B, k] int64
+    calls: list[list[SpeculatorCall]]  # [B][forward]
+
+
+@dataclass
+class MTPSpeculatorBackend(Backend, abc.ABC):
+    """A speculator's draft loop (drafts chained over k steps) around a draft model the suite
+    supplies. `modules`: "one" (one MTP module chained, the new rows of each step fed with a KV
+    cache) or "several" (module s drafts step s, DeepSeek-V3 style, each over the request's rows)."""
+
+    kind: str = "mtp_speculator"
+    modules: str = "one"
+
+    @abc.abstractmethod
+    def propose(self, problem, model) -> SpeculatorRun:
+        """model(input_ids [n], hidden [n, H] float64, positions [n], layer) -> (the state
+        the logits read, the state fed back) [n, H] each (one tensor twice unless model.pair),
+        model.logits(logits_state, layer) -> [n, V]; float64."""
 
 
 @dataclass

@@ -20,12 +20,16 @@ from suites.backends.base import (
     ExpertsBackend,
     MoEBlockBackend,
     MTPModuleBackend,
+    MTPSpeculatorBackend,
     MTPStepOutput,
     ObservedRouting,
     QuantExpertsBackend,
     QuantMoEBlockBackend,
     RejectionSamplerBackend,
     RouterBackend,
+    SpeculatorCall,
+    SpeculatorRun,
+    UnsupportedShape,
 )
 
 
@@ -206,6 +210,52 @@ for _family in ("qwen3_next", "deepseek_v3"):
     REGISTRY.register(f"reference.mtp_module.{_family}", lambda f=_family: ReferenceMTPModule(
         name=f"reference.mtp_module.{f}", family=f, is_reference=True,
         description="fp64 oracle (reference/mtp.py)"))
+
+
+@dataclass
+class ReferenceMTPSpeculator(MTPSpeculatorBackend):
+    """reference/mtp.py's chains, reported as a KV-cached loop feeds them: "one": the oracle's
+    inputs, then per step the row the chain appended; "several": what each module read."""
+
+    def propose(self, problem, model):
+        from reference.mtp import draft_chain, draft_chain_modules
+
+        if problem.modules != self.modules:
+            raise UnsupportedShape(f"{self.name}: {problem.modules} module(s)")
+
+        def step(s):
+            def run(i, h, p):
+                lh, fed = model(i, h, p, s)
+                return fed, model.logits(lh, s)
+            return run
+
+        drafts, calls = [], []
+        for r, req in enumerate(problem.requests):
+            if problem.reaches_cap(r):
+                raise UnsupportedShape(f"{self.name}: the oracle has no max_model_len")
+            ids, hid, pos = problem.oracle_inputs(r)
+            seq_len = req.first_position + req.query_len
+            if self.modules == "one":
+                c = draft_chain(step(0), ids, hid, pos, problem.k)
+                rows = [SpeculatorCall(ids, pos, hid, None, seq_len)] + [
+                    SpeculatorCall(torch.tensor([c.draft_token_ids[s - 1]]), pos[-1:] + s,
+                                   c.hidden_states[s - 1:s], None, seq_len - req.num_rejected + s)
+                    for s in range(1, problem.k)]
+            else:
+                c = draft_chain_modules([step(s) for s in range(problem.k)], ids, hid, pos,
+                                        problem.k)
+                rows = [SpeculatorCall(i, p, h, s, seq_len) for s, (i, h, p) in enumerate(c.inputs)]
+            drafts.append(c.draft_token_ids)
+            calls.append(rows)
+        return SpeculatorRun(torch.tensor(drafts, dtype=torch.int64), calls)
+
+
+for _modules in ("one", "several"):
+    REGISTRY.register(f"reference.mtp_speculator.{_modules}",
+                      lambda m=_modules: ReferenceMTPSpeculator(
+                          name=f"reference.mtp_speculator.{m}", modules=m, is_reference=True,
+                          description="fp64 oracle (reference/mtp.py draft_chain, "
+                                      "draft_chain_modules)"))
 
 
 # ----------------------------------------------------------------- rejection sampler

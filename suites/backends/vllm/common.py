@@ -175,3 +175,20 @@ def ensure_distributed() -> None:
         init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
                                      distributed_init_method=rendezvous_method())
         initialize_model_parallel(1, 1)
+
+
+class HostTensor:
+    """Stand-in for V2's UvaBackedTensor (buffer_utils) without an accelerator: the same
+    fields (.cpu, .np: the host copy the engine writes; .gpu: the copy kernels read, refreshed
+    by copy_to_uva), plain CPU tensors. UvaBackedTensor pins its host buffers, which torch
+    refuses where no accelerator is present; nothing else about it reaches the sampler."""
+
+    def __init__(self, size, dtype: torch.dtype, max_concurrency: int | None = None):
+        self.dtype = dtype
+        self.cpu = torch.zeros(size, dtype=dtype)
+        self.np = self.cpu.numpy()
+        self.gpu = self.cpu.clone()
+
+    def copy_to_uva(self, n: int | None = None) -> torch.Tensor:
+        self.gpu = (self.cpu[:n] if n is not None else self.cpu).clone()
+        return self.gpu

@@ -59,7 +59,7 @@ num_sampled past k_r + 1 shows as a malformed row (check_structure), not hidden.
 
 Interpreter stand-ins (the rest is vLLM's code as it ships): V2's SamplingStates keeps its
 per-slot values in UvaBackedTensor buffers, which pin host memory (refused without an
-accelerator): here plain CPU tensors with the same fields (_HostTensor). _resample_kernel's
+accelerator): here plain CPU tensors with the same fields (HostTensor). _resample_kernel's
 residual calls libdevice `log1p`, which Triton's interpreter does not have (the call yields
 None): a plain-Triton log1p with libdevice's semantics (_libdevice_standins), as
 suites/backends/vllm/triton_standins.py does for libdevice `round`. vLLM runs inside
@@ -106,6 +106,7 @@ import torch
 
 from reference.speculative import PLACEHOLDER, SpecBatch
 from suites.backends.base import REGISTRY, RejectionSamplerBackend
+from suites.backends.vllm.common import HostTensor
 from suites.backends.vllm.rejection_sampler import INTERPRETER_SHIFT, poisoned_unwritten_memory
 
 V2_MODULE = "vllm.v1.worker.gpu.spec_decode.rejection_sampler_utils"
@@ -128,31 +129,14 @@ def _v2_reason() -> str | None:
     return None
 
 
-class _HostTensor:
-    """Stand-in for V2's UvaBackedTensor (buffer_utils) without an accelerator: the same
-    fields (.cpu, .np: the host copy the engine writes; .gpu: the copy kernels read, refreshed
-    by copy_to_uva), plain CPU tensors. UvaBackedTensor pins its host buffers, which torch
-    refuses where no accelerator is present; nothing else about it reaches the sampler."""
-
-    def __init__(self, size, dtype: torch.dtype, max_concurrency: int | None = None):
-        self.dtype = dtype
-        self.cpu = torch.zeros(size, dtype=dtype)
-        self.np = self.cpu.numpy()
-        self.gpu = self.cpu.clone()
-
-    def copy_to_uva(self, n: int | None = None) -> torch.Tensor:
-        self.gpu = (self.cpu[:n] if n is not None else self.cpu).clone()
-        return self.gpu
-
-
 def _sampling_states(max_num_reqs: int, vocab_size: int):
     """V2's SamplingStates (its own add_request, apply_temperature, apply_top_k_top_p), its
-    per-slot buffers _HostTensor."""
+    per-slot buffers HostTensor."""
     from unittest import mock
 
     import vllm.v1.worker.gpu.sample.states as states
 
-    with mock.patch.object(states, "UvaBackedTensor", _HostTensor):
+    with mock.patch.object(states, "UvaBackedTensor", HostTensor):
         return states.SamplingStates(max_num_reqs, vocab_size)
 
 
