@@ -47,8 +47,10 @@ DEFAULT_SELECTION = ("suites/moe", "suites/mtp", "suites/test_known_failures.py"
                      "-m", "(moe or mtp) and not slow and not gpu and not bench",
                      "--hypothesis-profile=ci")
 # --interp: the CUDA releases' Triton programs and Python under the interpreter: the interp_ci
-# subset of what nox -s triton_interpret runs (sampler kernels, Triton MoE kernels, routers,
-# their guards and planted bugs), a minute or two a release.
+# subset of the property suites nox -s triton_interpret runs (sampler kernels V1 and V2, Triton
+# MoE kernels, routers, the ledger's repros), a minute or a few a release. Not tests/: the
+# suite's own machinery and its planted bugs (mutations of the pin's source text) are checked
+# against the pin, and would read an older release's different source as a failure.
 DEFAULT_INTERP_SELECTION = ("--device=cpu", "--backend=*.interp",
                             "-m", "interp_ci and not slow and not gpu and not bench",
                             "--hypothesis-profile=interp")
@@ -120,7 +122,8 @@ def session(runner, posargs: list[str], *, flavour: str = "cpu", pins=None, publ
     if opts.interp:
         from harness.sessions import TRITON_INTERPRET_PATHS
 
-        default = [*TRITON_INTERPRET_PATHS, *DEFAULT_INTERP_SELECTION]
+        default = [*(p for p in TRITON_INTERPRET_PATHS if p.startswith("suites")),
+                   *DEFAULT_INTERP_SELECTION]
     else:
         default = list(DEFAULT_SELECTION)
     pytest_args = [a for a in opts.rest if a != "--"] or default

@@ -18,17 +18,27 @@ import torch
 
 from suites.backends import REGISTRY
 from suites.backends.base import reason_of
-from suites.known_failures import LEDGER
+from suites.known_failures import LEDGER, installed_release
 from suites.properties import experts as experts_properties
 
 ENTRIES = {e.id: e for e in LEDGER}
 pytestmark = [pytest.mark.moe, pytest.mark.ledger_repro, pytest.mark.interp_ci]
 
 
-def known(entry_id: str, **how) -> pytest.MarkDecorator:
-    """The entry's strict xfail; `how` (raises, match) where the repro's failure is not the
-    property tests' (a repro one level below them)."""
-    return dataclasses.replace(ENTRIES[entry_id], **how).xfail()
+def known(*entry_ids: str, **how) -> pytest.MarkDecorator:
+    """The strict xfail of the entry that applies to the vLLM installed (its `releases`);
+    `how` (raises, match) where the repro's failure is not the property tests' (a repro one
+    level below them). Several ids: entries whose releases do not overlap (a defect that masks
+    another in some releases). Where none applies (before the defect came in, after its fix)
+    the repro is an ordinary test that must pass, marked ledger_inactive."""
+    release = installed_release()
+    active = [e for e in (dataclasses.replace(ENTRIES[i], **how) for i in entry_ids)
+              if e.applies_to(release)]
+    if len(active) > 1:
+        raise ValueError(f"ledger entries {[e.id for e in active]} both apply to vLLM {release}")
+    if not active:
+        return pytest.mark.ledger_inactive(*entry_ids, release=release)
+    return active[0].xfail()
 
 
 def _needs(name: str):
@@ -144,7 +154,7 @@ def test_cpu_fused_moe_invalid_id_is_refused_not_corrupting():
 
 
 @pytest.mark.mtp
-@known("cpu-expand-batch-to-tokens-lost-write")
+@known("cpu-expand-batch-to-tokens-lost-write", "cpu-v1-sampler-dispatchers-skip-cpu-kernels")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int32], ids=["float32", "int32"])
 def test_cpu_expand_batch_to_tokens_writes_its_output(dtype):
     """Memory vLLM leaves unwritten is poisoned (NaN / int max), so the lost write is seen
@@ -160,6 +170,24 @@ def test_cpu_expand_batch_to_tokens_writes_its_output(dtype):
         out = expand_batch_to_tokens(per_request, cu_num_draft_tokens, 5)
     expected = torch.tensor([3, 3, 5, 7, 7]).to(dtype)
     assert torch.equal(out, expected), f"expanded {out.tolist()}, expected {expected.tolist()}"
+
+
+@pytest.mark.mtp
+@known("cpu-v1-sampler-dispatchers-skip-cpu-kernels")
+def test_cpu_v1_sampler_verifies_a_greedy_draft():
+    """One greedy request, drafts [2, 1] against target argmaxes [2, 0, 1]: vLLM's CPU
+    rejection_sample must accept the first, replace the second with 0 and stop (the kernels
+    run on CPU at all: in 0.30.0 the first kernel launch raises)."""
+    from reference.speculative import SamplingParams, SpecBatch
+    from suites.mtp.sampler_checks import check_greedy_exact
+
+    backend = _needs("vllm.rejection_sample")  # puts the CPU kernels in place (releases.py)
+    logits = torch.full((3, 4), -1.0)
+    for row, token in enumerate((2, 0, 1)):
+        logits[row, token] = 1.0
+    batch = SpecBatch([[2, 1]], logits, [SamplingParams(temperature=0.0)])
+    out = check_greedy_exact(backend, batch, 0, "one greedy request")
+    assert out[0].tolist()[:2] == [2, 0], out.tolist()
 
 
 @known("cpu-fp8-w8a16-block-k-not-128-silently-wrong")

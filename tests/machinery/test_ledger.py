@@ -103,10 +103,60 @@ def test_every_repro_is_strict_with_raises():
     tests = [f for n, f in vars(repros).items() if n.startswith("test_") and callable(f)]
     assert len(tests) >= 9
     for f in tests:
+        inactive = [m for m in getattr(f, "pytestmark", []) if m.name == "ledger_inactive"]
+        if inactive:  # its entries' releases exclude the vLLM installed
+            assert not any(ENTRIES[i].applies_to(kf.installed_release())
+                           for i in inactive[0].args), f.__name__
+            continue
         marks = [m for m in getattr(f, "pytestmark", []) if m.name == "xfail"]
         assert len(marks) == 1, f.__name__
         assert marks[0].kwargs.get("strict") is True, f.__name__
         assert isinstance(marks[0].kwargs.get("raises"), pytest.RaisesExc), f.__name__
+
+
+@pytest.mark.parametrize("releases, version, applies", [
+    (("0.30.0",), "0.30.0", True), (("0.30.0",), "0.30.0.post1", True),
+    (("0.30.0",), "0.30.1", False), (("0.30.0",), "0.31.0rc1", False),
+    (("0.27.0..0.30.0", "0.31.0.."), "0.29.0", True),
+    (("0.27.0..0.30.0", "0.31.0.."), "0.30.0", False),
+    (("0.27.0..0.30.0", "0.31.0.."), "0.33.1.dev4+gabcdef", True),
+    (("0.27.0..0.30.0", "0.31.0.."), "0.26.0", False),
+    ((), "0.1.0", True), (("0.30.0",), None, True),
+])
+def test_an_entry_applies_to_the_releases_a_sweep_saw_it_in(releases, version, applies):
+    assert KnownFailure(**VALID, releases=releases).applies_to(version) is applies
+
+
+@pytest.mark.parametrize("releases, complaint", [
+    ("0.30.0", "a tuple of ranges"), (("0.31.0..0.30.0",), "empty range"),
+    (("zero..",), "not a version"),
+])
+def test_malformed_release_ranges_are_refused(releases, complaint):
+    with pytest.raises(ValueError, match=complaint):
+        KnownFailure(**VALID, releases=releases)
+
+
+@pytest.mark.parametrize("release, expected", [
+    ("0.29.0", "cpu-expand-batch-to-tokens-lost-write"),
+    ("0.30.0", "cpu-v1-sampler-dispatchers-skip-cpu-kernels"),
+    ("0.31.0", "cpu-expand-batch-to-tokens-lost-write"),
+])
+def test_the_release_installed_picks_the_entry_that_predicts_a_case(monkeypatch, release,
+                                                                    expected):
+    """0.30.0's sampler raises before the lost write can show: one prediction per release."""
+    monkeypatch.setattr(kf, "installed_release", lambda: release)
+    found = marking("vllm.rejection_sampler", {"batch": "mixed"}, "test_greedy_equals_oracle")
+    assert found is not None and found.id == expected
+
+
+def test_outside_its_releases_an_entry_marks_nothing(monkeypatch):
+    """Negative control: a defect fixed in 0.31.0 must not make 0.32.0's cases xfail (they
+    gate), and a defect that came in with 0.31.0 must not excuse 0.30.0's failures."""
+    monkeypatch.setattr(kf, "installed_release", lambda: "0.32.0")
+    assert marking("vllm.rejection_sample", {}, "test_batch_without_drafts") is None
+    monkeypatch.setattr(kf, "installed_release", lambda: "0.26.0")
+    assert marking("vllm.rejection_sampler", {"batch": "mixed"},
+                   "test_greedy_equals_oracle") is None
 
 
 # ----------------------------------------------------------------------------- narrowing
