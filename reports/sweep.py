@@ -25,7 +25,8 @@ state per cell, the worst of its cases (reports/summary.py's states):
 and the list of changes between consecutive releases that could be judged, per row: the
 evidence a reader turns into "a vLLM regression and its fix", "an adapter limit" or "a flaky
 case". The ledger section gives, per known-failure entry, the releases where it showed and the
-ones where it passed (fixed).
+ones where it passed (fixed), and the `releases=` the entry gets from them (judged releases
+only: a release between two that could not be installed is not claimed).
 
 Standard library only (reports/ stands alone).
 
@@ -150,6 +151,20 @@ def build(folder: Path) -> dict:
             "ledger": ledger, "changes": changes, "order": order}
 
 
+def ledger_releases(seen: set[str], judged: list[str]) -> tuple[str, ...]:
+    """The `releases` (suites/known_failures.py) a ledger entry gets from a sweep: the runs of
+    consecutive judged releases where it showed, each "A..B" (B: the next judged release, where
+    it did not show) or "A.." (it shows in the newest judged)."""
+    out, start = [], None
+    for i, v in enumerate(judged):
+        if v in seen and start is None:
+            start = v
+        if start is not None and (i + 1 == len(judged) or judged[i + 1] not in seen):
+            out.append(f"{start}.." if i + 1 == len(judged) else f"{start}..{judged[i + 1]}")
+            start = None
+    return tuple(out)
+
+
 def _header(rel: dict) -> str:
     return rel["version"] if rel["status"] == "ran" else f"{rel['version']} ({rel['status']})"
 
@@ -204,6 +219,9 @@ def to_markdown(data: dict, source: str) -> str:
             line = f"- {lid}: seen in {', '.join(seen) or 'none'}"
             if fixed:
                 line += f"; passed (fixed?) in {', '.join(fixed)}"
+            if seen:
+                judged = [r["version"] for r in rels if r["status"] == "ran"]
+                line += f"; as the entry's releases: {ledger_releases(set(seen), judged)!r}"
             out.append(line)
     if data["failures"]:
         out.append("\n## New failures\n")

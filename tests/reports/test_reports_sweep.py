@@ -92,8 +92,8 @@ def test_markdown_and_html(folder):
         in md
     assert "- 0.26.0: could not install: torch==2.11.0+cpu" in md
     assert "Never judged on this machine (skipped in every release): cpu_fused_moe.amx" in md
-    assert "cpu-expand-batch-to-tokens-lost-write: seen in 0.27.0; passed (fixed?) in 0.32.0" \
-        in md
+    assert ("cpu-expand-batch-to-tokens-lost-write: seen in 0.27.0; passed (fixed?) in 0.32.0; "
+            "as the entry's releases: ('0.27.0..0.32.0',)") in md
     assert "replay: `pytest x --hypothesis-seed=1`" in md
     page = sweep.to_html(data, str(folder))
     assert page.startswith("<!doctype html>") and "XPASS" in page
@@ -117,6 +117,15 @@ def test_bad_folders_are_one_line_errors(tmp_path, capsys, text, why):
     err = capsys.readouterr().err.strip()
     assert why in err and len(err.splitlines()) == 1
     assert sweep.main([str(tmp_path / "nowhere")]) == 2
+
+
+@pytest.mark.parametrize("seen, releases", [
+    ({"0.27.0", "0.28.0", "0.29.0", "0.31.0", "0.32.0"}, ("0.27.0..0.30.0", "0.31.0..")),
+    ({"0.30.0"}, ("0.30.0..0.31.0",)), ({"0.32.0"}, ("0.32.0..",)), (set(), ()),
+])
+def test_a_sweep_gives_a_ledger_entry_its_releases(seen, releases):
+    judged = ["0.27.0", "0.28.0", "0.29.0", "0.30.0", "0.31.0", "0.32.0"]
+    assert sweep.ledger_releases(seen, judged) == releases
 
 
 def test_a_run_that_tested_another_release_is_not_put_in_its_column(folder):
