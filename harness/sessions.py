@@ -33,7 +33,7 @@ EXPECTED_BACKENDS = {
     "gpu": "triton.fused_experts,triton.quant_experts.fp8_block,triton.quant_experts.int8_channel,"
            "triton.quant_experts.int_weight_only,triton.router,vllm.rejection_sampler.cuda,"
            "vllm.qwen3_next_mtp.cuda,vllm.qwen3_5_mtp.cuda,vllm.deepseek_mtp.cuda,"
-           "vllm.engine.cuda",
+           "vllm.engine.cuda,vllm.engine.cuda.v2",
     "interp": "*.interp",
 }
 

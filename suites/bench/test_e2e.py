@@ -17,6 +17,11 @@ tokens = B x (MAX_TOKENS - 1) decoded tokens a round; tokens_per_s = decode toke
 decode time (prefill excluded: the whole call once stood in for it). extra_info.phases holds
 all three: prefill (median seconds, prompt tokens/s), decode, and the whole generate.
 
+Each engine backend asks vLLM for one model runner (vllm.engine / vllm.engine.cuda: V1,
+vllm.engine.v2 / vllm.engine.cuda.v2: Model Runner V2); extra_info.model_runner is the runner vLLM
+reports it built (suites/backends/vllm/engine.py), and a run that is not the one asked for is not
+recorded (suites/e2e/judge.py runner_problems): V1's timings never go into history as V2's.
+
 Acceptance (k > 0) comes from vLLM's spec-decode counters summed over the timed rounds:
 acceptance_per_position[i] = accepted at draft position i / drafts (vLLM's unconditional rate,
 reference/acceptance.py), mean_acceptance_length = 1 + accepted / drafts (tokens per
@@ -83,7 +88,14 @@ def _model_shape() -> dict:
 
 def test_e2e(benchmark, e2e_case, bench_settings):
     from suites.backends import REGISTRY
-    from suites.backends.vllm.engine import EngineConfig, EngineError, EngineRequest
+    from suites.backends.vllm.engine import (
+        EngineConfig,
+        EngineError,
+        EngineRequest,
+        junit_runner,
+        runner_refusal,
+    )
+    from suites.e2e.judge import runner_problems
 
     name, k, batch = e2e_case
     backend = REGISTRY.get(name)
@@ -106,6 +118,12 @@ def test_e2e(benchmark, e2e_case, bench_settings):
     try:
         warm = [generate(w) for _ in range(WARMUP_CALLS) for w in ("first", "full")]
         start_s = warm[0].start_seconds
+        runner = warm[0].model_runner
+        wrong = runner_problems(backend.model_runner, runner)
+        if wrong:  # before any timing: a fallback's figures are not the runner's asked for
+            pytest.fail(f"{name} {config.label}: not timed, this engine cannot be reported as "
+                        f"Model Runner {str(backend.model_runner).upper()}: " + "; ".join(wrong),
+                        pytrace=False)
         t = max(min(w.seconds for w in warm[1::2]), 1e-6)
         rounds = min(bench_settings.max_rounds,
                      max(MIN_ROUNDS, math.ceil(bench_settings.time_s / t)))
@@ -115,6 +133,10 @@ def test_e2e(benchmark, e2e_case, bench_settings):
         control.sample(Control.REPS)
         decode_s = timed.decode_s()
     except (EngineError, phases.PhaseError) as e:
+        refused = runner_refusal(str(e))
+        if refused and backend.model_runner:
+            pytest.skip(f"{name}: vLLM refuses Model Runner {backend.model_runner.upper()} for "
+                        f"this configuration: {refused}")
         pytest.fail(f"{name} {config.label}: {e}", pytrace=False)
 
     results = timed.full
@@ -130,6 +152,7 @@ def test_e2e(benchmark, e2e_case, bench_settings):
     median = benchmark.stats.stats.median
     info = {
         "family": "e2e", "backend": name, "device": backend.device, "dtype": config.dtype,
+        **junit_runner(runner),  # model_runner (what vLLM built), _requested, _class
         "tokens": tokens, "mtp_k": k, "median_s": median, "tokens_per_s": tokens / median,
         "shape": {"name": "tiny-qwen3-next", "B": batch, "max_tokens": MAX_TOKENS,
                   "prompt_tokens": len(prompts[0]), **_model_shape()},

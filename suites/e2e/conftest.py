@@ -10,6 +10,13 @@ Fixtures (`model`, a session fixture every e2e test of the tiny fixtures takes):
                     plugin); the oracle reads its own files; its golden data are its twin's
                     (one network: test_golden checks the oracle of its files measures them)
 
+Model runners (issue 30): each engine backend asks vLLM for one runner (vllm.engine /
+vllm.engine.cuda: V1, vllm.engine.v2 / vllm.engine.cuda.v2: Model Runner V2, by
+VLLM_USE_V2_MODEL_RUNNER). Every engine test records the runner vLLM reports it ran (JUnit
+properties model_runner, model_runner_class, model_runner_requested: check_model_runner) and
+fails when that is not the runner asked for; where vLLM refuses a runner for a configuration
+(its own words, e.g. "Model Runner V2 requires Triton."), the test skips with them.
+
 Thresholds (MARGIN_TOL, FLOOR_SLACK) are data in suites/e2e/judge.py, with their reasons.
 """
 
@@ -23,7 +30,7 @@ from dataclasses import dataclass
 import pytest
 
 from fixtures.seeds import stable_seed
-from suites.e2e.judge import one_thread
+from suites.e2e.judge import one_thread, runner_problems
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "fixtures"
 FIXTURE = FIXTURES / "tiny_qwen3_next"
@@ -119,12 +126,39 @@ def model_file_available(backend, model: str) -> None:
         pytest.skip(f"{model}: {reason}")
 
 
-def engine_runs(backend, k: int, prompts, max_tokens, model: str = "tiny_qwen3_next"
-                ) -> EngineRuns:
+def check_model_runner(backend, result, record) -> None:
+    """Record which model runner produced `result`, as vLLM reported it (JUnit properties
+    model_runner, model_runner_class, model_runner_requested), and fail the test when the
+    evidence does not bear that label out or it is not the runner the backend asked for
+    (judge.runner_problems): a V1 run is never reported, or passed, as V2."""
+    from suites.backends.vllm.engine import junit_runner
+
+    record(**junit_runner(result.model_runner))
+    problems = runner_problems(backend.model_runner, result.model_runner)
+    if problems:
+        pytest.fail(f"{backend.name} ({result.config.label}): this run cannot be reported as "
+                    f"Model Runner {str(backend.model_runner or 'default').upper()}:\n  "
+                    + "\n  ".join(problems), pytrace=False)
+
+
+def skip_if_runner_refused(backend, error: str) -> None:
+    """Skip with vLLM's own line when the engine failed because vLLM refuses the model runner
+    the backend asked for in this configuration (engine.runner_refusal), not a crash."""
+    from suites.backends.vllm.engine import runner_refusal
+
+    why = runner_refusal(error)
+    if why is not None and backend.model_runner is not None:
+        pytest.skip(f"{backend.name}: vLLM refuses Model Runner {backend.model_runner.upper()} "
+                    f"for this configuration: {why}")
+
+
+def engine_runs(backend, k: int, prompts, max_tokens, model: str = "tiny_qwen3_next", *,
+                record) -> EngineRuns:
     """Run every request the suite needs on the fixture's configuration k once per session. An
     engine that fails raises EngineError with its log's tail and the crash lines of the whole
     log (what the known-failure ledger matches); the error is cached too, so each test of a
-    broken configuration fails with the engine's log at once."""
+    broken configuration fails with the engine's log at once. Every run's model runner is
+    recorded and checked (check_model_runner) before a test sees its streams."""
     from suites.backends.vllm.engine import EngineConfig, EngineError, EngineRequest
     from suites.e2e.test_parallel_engine import crash_excerpt
 
@@ -142,7 +176,10 @@ def engine_runs(backend, k: int, prompts, max_tokens, model: str = "tiny_qwen3_n
             _RUNS[key] = EngineError(str(e) + crash_excerpt(str(e)))  # type: ignore[assignment]
     run = _RUNS[key]
     if isinstance(run, EngineError):
+        skip_if_runner_refused(backend, str(run))
         raise EngineError(str(run)) from None
+    for result in (run.greedy, *run.sampled, run.sampled_other_seeds):
+        check_model_runner(backend, result, record)
     return run
 
 

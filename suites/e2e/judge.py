@@ -17,6 +17,11 @@ Judgement thresholds are data, here, with their reasons:
               for the drafter's margins (one MTP layer on bf16 hidden states).
   FLOOR_SLACK how far below the golden per-position curve (golden.json) the engine may fall
               before the suite calls acceptance collapsed, beyond what near-ties explain.
+
+Which model runner produced a stream (issue 30) is judged here too (runner_problems): the
+engine's record (suites/backends/vllm/engine.py model_runner_record) must be borne out by the
+evidence vLLM gave (each worker's runner class and flags), and must be the runner the backend
+asked for; a fallback or a label the evidence does not support fails the test.
 """
 
 from __future__ import annotations
@@ -158,4 +163,56 @@ def acceptance_violations(num_drafts: int, num_draft_tokens: int, num_accepted_t
     for i, (a, b) in enumerate(zip(per_pos, ref.num_accepted_tokens_per_pos)):
         if abs(a - b) > u:
             out.append(f"accepted at position {i}: {a} vs oracle {b} (allowance {u})")
+    return out
+
+
+def runner_problems(requested: str | None, record: dict) -> list[str]:
+    """Why an engine run cannot be reported as Model Runner `requested` (None: vLLM's default,
+    whatever it is, as long as it can be told), else []. Checked from the evidence in the record,
+    not from its `ran` label: every worker's runner class must derive from that runner's base
+    (engine.runner_of_class), every use_v2_model_runner flag vLLM keeps (the worker's, its
+    VllmConfig's, the engine's VllmConfig's) must agree, the label must be what the evidence
+    says, and the request must have been honoured (vLLM forced to V2 that runs V1 is a
+    fallback, not a V2 result)."""
+    from suites.backends.vllm.engine import MODEL_RUNNERS, RUNNER_BASES, runner_of_class
+
+    out = []
+    workers = record.get("workers") or []
+    asked = requested or "default"
+    if record.get("requested") != asked:
+        out.append(f"the record says {record.get('requested')!r} was asked for; the backend "
+                   f"asked for {asked!r}")
+    if record.get("error"):
+        out.append(f"vLLM could not be asked which runner it built: {record['error']}")
+    if not workers:
+        out.append("no worker reported the model runner it built")
+    families = {runner_of_class(w.get("mro") or []) for w in workers}
+    if None in families:
+        out.append(f"model runner class {record.get('class')} derives from neither "
+                   f"{RUNNER_BASES['v1']} (V1) nor {RUNNER_BASES['v2']} (V2)")
+    if len(families) > 1:
+        out.append(f"the workers built different model runners: {record.get('class')}")
+    evidence = next(iter(families)) if len(families) == 1 else None
+    label = record.get("ran")
+    if evidence in MODEL_RUNNERS and label != evidence:
+        out.append(f"the record says {str(label).upper()} but the workers built "
+                   f"{record.get('class')} ({evidence.upper()})")
+    if evidence in MODEL_RUNNERS:
+        flags = [("worker", w.get("worker_use_v2_model_runner")) for w in workers]
+        flags += [("worker's VllmConfig", w.get("config_use_v2_model_runner")) for w in workers]
+        engine = record.get("use_v2_model_runner")
+        flags += [("engine's VllmConfig", f) for f in (engine if isinstance(engine, list)
+                                                        else [engine])]
+        for where, flag in dict.fromkeys(flags):
+            if flag is None and where == "worker":
+                continue  # a worker class without the attribute; its VllmConfig still answers
+            if flag is None or flag != (evidence == "v2"):
+                out.append(f"{where} use_v2_model_runner={flag}, but the workers built "
+                           f"{record.get('class')} ({evidence.upper()})")
+    ran = evidence if evidence in MODEL_RUNNERS and label == evidence else None
+    if requested is not None and ran is not None and ran != requested:
+        env = "1" if requested == "v2" else "0"
+        out.append(f"asked for Model Runner {requested.upper()} (VLLM_USE_V2_MODEL_RUNNER={env}) "
+                   f"but vLLM ran {ran.upper()} ({record.get('class')}): a fallback; these "
+                   f"results are {ran.upper()}'s, not {requested.upper()}'s")
     return out

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # starts vLLM in a child (~15 
 
 def _fresh(engine_backend, **kw):
     return type(engine_backend)(name=f"{engine_backend.name}.probe", device=engine_backend.device,
-                                **kw)
+                                model_runner=engine_backend.model_runner, **kw)
 
 
 def test_engine_that_fails_to_start_reports_its_log(engine_backend, tmp_path):

