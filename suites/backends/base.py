@@ -179,41 +179,51 @@ class ObservedRouting:
 
 
 @contextlib.contextmanager
-def observe_routing(module):
+def observe_routing(module, functions: tuple[str, ...] = (), routers: bool = True):
     """Record every routing decision of the MoE layers inside `module` (a torch module tree)
     while the block runs: each router's `select_experts` is wrapped on the instance for the
     duration (vLLM's modular MoE path calls it once a forward, between the gate and the
-    experts). Yields the list the calls are appended to; an empty list after the forward means
-    the layer routed without calling it (a monolithic kernel): the choice is not observable."""
+    experts). `functions`: dotted paths ('package.module:select_experts') of module-level
+    routing functions to wrap as well, for kernels that route inside their own call (they look
+    the function up on its module at call time); routers=False leaves the router objects alone
+    (where they are not what routes). Yields the list the calls are appended to; an empty list
+    after the forward means the layer routed without calling any of them: the choice is not
+    observable."""
     calls: list[ObservedRouting] = []
-    routers = []
-    for m in module.modules():
-        r = getattr(m, "router", None)
-        if r is not None and callable(getattr(r, "select_experts", None)) and r not in routers:
-            routers.append(r)
-    saved = []
-    for r in routers:
-        original = r.select_experts
-        own = "select_experts" in vars(r)
 
-        def select_experts(hidden_states, router_logits, *args, _original=original, **kwargs):
-            topk_weights, topk_ids = _original(hidden_states, router_logits, *args, **kwargs)
+    def recording(original):
+        def select_experts(hidden_states, router_logits, *args, **kwargs):
+            topk_weights, topk_ids = original(hidden_states, router_logits, *args, **kwargs)
             calls.append(ObservedRouting(hidden_states.detach().cpu().clone(),
                                          router_logits.detach().cpu().clone(),
                                          topk_weights.detach().cpu().clone(),
                                          topk_ids.detach().cpu().clone()))
             return topk_weights, topk_ids
 
-        saved.append((r, own, original))
-        r.select_experts = select_experts
+        return select_experts
+
+    found = []
+    for m in module.modules() if routers else ():
+        r = getattr(m, "router", None)
+        if r is not None and callable(getattr(r, "select_experts", None)) and r not in found:
+            found.append(r)
+    saved = []
+    for r in found:
+        saved.append((r, "select_experts", "select_experts" in vars(r), r.select_experts))
+        r.select_experts = recording(r.select_experts)
+    for path in functions:
+        mod_name, _, attr = path.partition(":")
+        mod = importlib.import_module(mod_name)
+        saved.append((mod, attr, True, getattr(mod, attr)))
+        setattr(mod, attr, recording(getattr(mod, attr)))
     try:
         yield calls
     finally:
-        for r, own, original in saved:
+        for obj, attr, own, original in reversed(saved):
             if own:
-                r.select_experts = original
+                setattr(obj, attr, original)
             else:
-                del r.select_experts
+                delattr(obj, attr)
 
 
 class ObservesRouting:

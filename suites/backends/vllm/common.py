@@ -6,6 +6,7 @@ CPU kernels need, the config folders vLLM's ModelConfig reads, and vLLM's distri
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import json
 import pathlib
@@ -17,7 +18,7 @@ import uuid
 
 import torch
 
-from suites.backends.base import UnsupportedShape, vllm_build_reason
+from suites.backends.base import UnsupportedShape, observe_routing, vllm_build_reason
 
 
 def sgl_kernels_reason() -> str | None:
@@ -163,6 +164,50 @@ def model_file_reason(device: str, module: str) -> str | None:
                            + (cpu_plugin_reason() or f"{CPU_PLUGIN} is active, yet the import "
                               "still failed"))
     return reason
+
+
+def vllm_version() -> str:
+    """The installed vLLM's version string (the release tables in releases.py are read by it)."""
+    import vllm
+
+    return vllm.__version__
+
+
+def release_reason(table) -> str | None:
+    """'not in this release: ...' when the installed vLLM has no way to `table.what`
+    (suites/backends/vllm/releases.py), else None."""
+    from suites.backends.vllm import releases
+
+    try:
+        releases.resolve(table, vllm_version())
+    except releases.NotInRelease as e:
+        return str(e)
+    return None
+
+
+def loaded_parameter_names(names) -> set[str]:
+    """What a vLLM load_weights reported loaded, as parameter names: the MoE runner's report
+    differs by release (releases.MOE_LOADED_NAMES)."""
+    from suites.backends.vllm import releases
+
+    return releases.qualify_loaded_names(names, vllm_version())
+
+
+@contextlib.contextmanager
+def observing_routing(module):
+    """base.observe_routing(module) with the installed release's CPU experts routing hook: where
+    the CPU experts route inside apply (releases.CPU_EXPERTS_CALL "monolithic": 0.27-0.29), the
+    routing function they call is observed instead of the layer's router object (which those
+    releases do not call). Yields the list of ObservedRouting."""
+    from suites.backends.vllm import releases
+
+    try:
+        style, fn = releases.cpu_experts_routing(vllm_version())
+    except releases.NotInRelease:  # no CPU experts classes: the router objects route
+        style, fn = "modular", None
+    with observe_routing(module, functions=() if fn is None else (fn,),
+                         routers=style == "modular") as seen:
+        yield seen
 
 
 def ensure_distributed() -> None:

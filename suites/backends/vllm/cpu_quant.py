@@ -26,7 +26,9 @@ expert-parallel property at kernel level (vLLM's CPU EP: ledger cpu-ep-experts-i
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 from dataclasses import dataclass, replace
 
 import torch
@@ -34,7 +36,14 @@ import torch
 from reference import quant_layouts as L
 from reference.experts import SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT
 from suites.backends.base import REGISTRY, QuantExpertsBackend, UnsupportedShape, vllm_build_reason
-from suites.backends.vllm.common import check_ids, no_expert_map, sgl_kernels_reason
+from suites.backends.vllm import releases
+from suites.backends.vllm.common import (
+    check_ids,
+    no_expert_map,
+    release_reason,
+    sgl_kernels_reason,
+    vllm_version,
+)
 
 # What vLLM's CPU kernels do between the oracle's exact steps, by experts class, as the oracle's
 # QuantScheme fields (reference/quant.py) that describe a kernel's arithmetic rather than the
@@ -59,6 +68,24 @@ KERNEL_ARITHMETIC = {
 def kernel_scheme(experts_class: str, scheme):
     """The oracle's scheme for `scheme` as vLLM's CPU experts class `experts_class` runs it."""
     return replace(scheme, **KERNEL_ARITHMETIC.get(experts_class, {}))
+
+
+@contextlib.contextmanager
+def _routing_given(path: str, topk_weights: torch.Tensor, topk_ids: torch.Tensor):
+    """The routing function at `path` ('module:select_experts') answers (topk_weights,
+    topk_ids) for the duration, once per call."""
+    mod_name, _, attr = path.partition(":")
+    mod = importlib.import_module(mod_name)
+    original = getattr(mod, attr)
+
+    def given(*args, **kwargs):
+        return topk_weights, topk_ids
+
+    setattr(mod, attr, given)
+    try:
+        yield
+    finally:
+        setattr(mod, attr, original)
 
 
 def _amx_fp8_reason() -> str | None:
@@ -92,7 +119,8 @@ class CpuQuantExperts(QuantExpertsBackend):
     supports_expert_map: bool = False  # the op takes none (an adapter never emulates one)
 
     def unavailable_reason(self):
-        r = vllm_build_reason("cpu") or sgl_kernels_reason()
+        r = (vllm_build_reason("cpu") or release_reason(releases.CPU_EXPERTS_CALL)
+             or sgl_kernels_reason())
         if r is None and self.method == "fp8_w8a8":
             r = _amx_fp8_reason()
         return r
@@ -217,8 +245,19 @@ class CpuQuantExperts(QuantExpertsBackend):
         w1, w2 = handle["weights"]()
         if out is None:
             out = torch.empty(x.shape[0], handle["H"], dtype=x.dtype)
-        experts.apply(out, x.contiguous(), w1, w2, tw, ti, MoEActivation(handle["activation"]),
-                      handle["E"], None, None, None, None, None, None, False)
+        act = MoEActivation(handle["activation"])
+        style, routing_fn = releases.cpu_experts_routing(vllm_version())
+        if style == "modular":
+            experts.apply(out, x.contiguous(), w1, w2, tw, ti, act, handle["E"], None, None, None,
+                          None, None, None, False)
+            return out
+        # monolithic (releases.CPU_EXPERTS_CALL): apply routes with the CPU router's
+        # select_experts, looked up on its module at call time; this kernel-level backend
+        # hands the problem's routing in place of that one call (the router is a backend of
+        # its own: cpu_router), the rest of apply (scales, block shape, kernel call) is vLLM's
+        with _routing_given(routing_fn, tw, ti):
+            out.copy_(experts.apply(x.contiguous(), w1, w2, torch.zeros(x.shape[0], handle["E"]),
+                                    act, handle["E"], None, None, False))
         return out
 
 

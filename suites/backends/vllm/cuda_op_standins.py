@@ -99,8 +99,15 @@ def _activation(name: str):
     from vllm.model_executor.layers import activation as A
 
     if name == "silu_and_mul":
+        import vllm
+
+        from suites.backends.vllm import releases
+
+        way, native = releases.resolve(releases.SILU_AND_MUL_NATIVE, vllm.__version__)
+        unbound = (native,) if way.style == "static" else (native, None)
+
         def silu_and_mul(out, x):
-            out.copy_(A.SiluAndMul.forward_native(x))
+            out.copy_(unbound[0](*unbound[1:], x))
         return silu_and_mul
     if name == "gelu_and_mul":
         def gelu_and_mul(out, x):
@@ -116,13 +123,18 @@ def _activation(name: str):
 
 # --------------------------------------------------------------------------- registration
 
+# The trailing optional arguments default to None: releases before 0.13.0 call
+# moe_align_block_size with the first six only (the map applied to expert_ids in Python
+# afterwards) and releases before 0.15 (read: 0.14.0) call moe_sum(input, output); the stand-in's
+# contract with those arguments absent is the older op's.
 SCHEMAS = {
     ("_moe_C", "moe_align_block_size"): (
         "moe_align_block_size(Tensor topk_ids, int num_experts, int block_size, "
         "Tensor(a!) sorted_token_ids, Tensor(b!) experts_ids, Tensor(c!) num_tokens_post_pad, "
-        "Tensor? maybe_expert_map, Tensor(d!)? scatter_idx) -> ()"),
+        "Tensor? maybe_expert_map=None, Tensor(d!)? scatter_idx=None) -> ()"),
     ("_moe_C", "moe_sum"): (
-        "moe_sum(Tensor input, Tensor(a!) output, Tensor? topk_ids, Tensor? expert_map) -> ()"),
+        "moe_sum(Tensor input, Tensor(a!) output, Tensor? topk_ids=None, "
+        "Tensor? expert_map=None) -> ()"),
     ("_C", "silu_and_mul"): "silu_and_mul(Tensor(a!) result, Tensor input) -> ()",
     ("_C", "gelu_and_mul"): "gelu_and_mul(Tensor(a!) out, Tensor input) -> ()",
     ("_C", "swigluoai_and_mul"): (

@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import faulthandler
 import functools
+import importlib
 import io
 import os
 import pathlib
@@ -59,9 +60,16 @@ from suites.backends.base import (
     ObservedRouting,
     UnsupportedShape,
     cuda_unavailable_reason,
-    observe_routing,
 )
-from suites.backends.vllm.common import model_file_reason, rendezvous_method, write_config
+from suites.backends.vllm import releases
+from suites.backends.vllm.common import (
+    loaded_parameter_names,
+    model_file_reason,
+    observing_routing,
+    rendezvous_method,
+    vllm_version,
+    write_config,
+)
 from suites.backends.vllm.layer import BLOCKS, COMMON_CONFIG, FAMILY_BLOCKS
 
 WORKER_TIMEOUT_S = 120.0  # one forward request (build, load, run) on every rank
@@ -214,7 +222,8 @@ class _Worker:
             ckpt, mapper = _checkpoint(family, cfg, w)
             root = torch.nn.Module()
             root.add_module("mlp", block)
-            loaded = set(AutoWeightsLoader(root).load_weights(iter(ckpt), mapper=mapper))
+            loaded = loaded_parameter_names(
+                AutoWeightsLoader(root).load_weights(iter(ckpt), mapper=mapper))
             missing = {f"mlp.{n}" for n, _ in block.named_parameters()} - loaded
             if missing:
                 raise RuntimeError(f"vLLM's loader left {sorted(missing)} unloaded")
@@ -232,7 +241,7 @@ class _Worker:
             seen: list = []
             try:
                 with (self.instrumented(block, rec), set_forward_context(None, vc),
-                      torch.no_grad(), observe_routing(block) as seen):
+                      torch.no_grad(), observing_routing(block) as seen):
                     out = block(x.to(dev).clone())
             except _Refused as e:
                 rec["refused"] = str(e)
@@ -257,9 +266,17 @@ class _Worker:
         rec["experts_class"] = type(experts).__name__ if experts is not None else ""
         # the same bound on every rank (each rank holds at least this many), so all refuse alike
         bound = re.global_num_experts // self.ep_size
+        # modular: the router object routes, experts.apply takes topk_ids, the routed output is
+        # forward_modular's; monolithic (0.27-0.29): experts.apply routes with the CPU router's
+        # module function and forward_monolithic returns the routed output
+        # (releases.CPU_EXPERTS_CALL)
+        style, routing_fn = (releases.cpu_experts_routing(vllm_version())
+                             if self.device == "cpu" else ("modular", None))
+        entry = "forward_modular" if style == "modular" else "forward_monolithic"
         saved = []
+        routed_orig = getattr(re, entry)
 
-        def forward_modular(*a, _orig=re.forward_modular, **k):
+        def forward_routed(*a, _orig=routed_orig, **k):
             y = _orig(*a, **k)
             if isinstance(y, torch.Tensor):
                 rec["routed"] = y.detach().cpu().clone()
@@ -269,25 +286,40 @@ class _Worker:
             rec["pre_reduce"] = t.detach().cpu().clone()
             return _orig(t)
 
-        saved.append((re, "forward_modular", re.__dict__.get("forward_modular")))
-        re.forward_modular = forward_modular
+        def refuse_out_of_bounds(ids, local: str):
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= bound:
+                raise _Refused(
+                    f"refused (known failure {KNOWN_OOB}, quarantined): vLLM hands "
+                    f"{type(experts).__name__} topk_ids in [{lo}, {hi}] with {local} local "
+                    f"experts and the expert_map unused; ids outside [0, {bound}) would be read "
+                    "out of bounds")
+
+        saved.append((re, entry, re.__dict__.get(entry)))
+        setattr(re, entry, forward_routed)
         saved.append((moe_runner, "tensor_model_parallel_all_reduce",
                       moe_runner.tensor_model_parallel_all_reduce))
         moe_runner.tensor_model_parallel_all_reduce = all_reduce
-        if experts is not None and self.device == "cpu":
+        if experts is not None and self.device == "cpu" and style == "modular":
             def apply(*a, _orig=experts.apply, **k):
-                ids = k["topk_ids"]
-                lo, hi = int(ids.min()), int(ids.max())
-                if lo < 0 or hi >= bound:
-                    raise _Refused(
-                        f"refused (known failure {KNOWN_OOB}, quarantined): vLLM hands "
-                        f"{type(experts).__name__} topk_ids in [{lo}, {hi}] with "
-                        f"{k['w1'].shape[0]} local experts and the expert_map unused; ids "
-                        f"outside [0, {bound}) would be read out of bounds")
+                refuse_out_of_bounds(k["topk_ids"], str(k["w1"].shape[0]))
                 return _orig(*a, **k)
 
             saved.append((experts, "apply", experts.__dict__.get("apply")))
             experts.apply = apply
+        elif self.device == "cpu" and routing_fn is not None:
+            # the ids are made inside the experts' apply: checked as the routing returns them
+            mod_name, _, attr = routing_fn.partition(":")
+            mod = importlib.import_module(mod_name)
+            routing_orig = getattr(mod, attr)
+
+            def routing(*a, _orig=routing_orig, **k):
+                topk_weights, topk_ids = _orig(*a, **k)
+                refuse_out_of_bounds(topk_ids, str(re.local_num_experts))
+                return topk_weights, topk_ids
+
+            saved.append((mod, attr, routing_orig))
+            setattr(mod, attr, routing)
         try:
             yield
         finally:

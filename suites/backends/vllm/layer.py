@@ -36,13 +36,13 @@ from typing import ClassVar
 
 import torch
 
-from suites.backends.base import (
-    REGISTRY,
-    MoEBlockBackend,
-    UnsupportedShape,
-    observe_routing,
+from suites.backends.base import REGISTRY, MoEBlockBackend, UnsupportedShape
+from suites.backends.vllm.common import (
+    ensure_distributed,
+    model_file_reason,
+    observing_routing,
+    write_config,
 )
-from suites.backends.vllm.common import ensure_distributed, model_file_reason, write_config
 
 FIXTURE_CONFIG = (pathlib.Path(__file__).resolve().parents[3] / "fixtures" / "tiny_qwen3_next"
                   / "config.json")
@@ -139,7 +139,7 @@ class VllmMoEBlock(MoEBlockBackend):
                 if qm is not None and hasattr(qm, "process_weights_after_loading"):
                     qm.process_weights_after_loading(m)
             self.observed_routing = None
-            with set_forward_context(None, vc), torch.no_grad(), observe_routing(block) as seen:
+            with set_forward_context(None, vc), torch.no_grad(), observing_routing(block) as seen:
                 out = block(x.clone())
             self.observed_routing = seen or None
             return out

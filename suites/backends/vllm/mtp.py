@@ -45,17 +45,15 @@ from typing import ClassVar
 
 import torch
 
-from suites.backends.base import (
-    REGISTRY,
-    MTPModuleBackend,
-    MTPStepOutput,
-    UnsupportedShape,
-    observe_routing,
-)
+from suites.backends.base import REGISTRY, MTPModuleBackend, MTPStepOutput, UnsupportedShape
+from suites.backends.vllm import releases
 from suites.backends.vllm.common import (
     ensure_distributed,
     load_vllm_plugins,
+    loaded_parameter_names,
     model_file_reason,
+    observing_routing,
+    release_reason,
     write_config,
 )
 
@@ -195,7 +193,7 @@ class VllmMTPModule(MTPModuleBackend):
                     "e_score_correction_bias" not in n else t for n, t in self._checkpoint(inputs).items()}
             loaded = model.load_weights(iter(ckpt.items()))
             wanted = {n for n, p in model.named_parameters()}
-            if loaded is not None and (missing := sorted(wanted - set(loaded))):
+            if loaded is not None and (missing := sorted(wanted - loaded_parameter_names(loaded))):
                 raise RuntimeError(f"{self.name}: {self.model_class}.load_weights left "
                                    f"{missing} unloaded")
             if self.tamper is not None:
@@ -215,7 +213,7 @@ class VllmMTPModule(MTPModuleBackend):
         dev = self.device
         self.observed_routing = None
         with (set_current_vllm_config(vc), set_forward_context(None, vc), torch.no_grad(),
-              observe_routing(model) as seen):
+              observing_routing(model) as seen):
             out = model(input_ids.to(dev), positions.to(dev), hidden_states.clone().to(dev))
             o = self._outputs(model, out)
         self.observed_routing = seen or None
@@ -291,6 +289,13 @@ class VllmDeepSeekMTP(VllmMTPModule):
     model_class: ClassVar[str] = "DeepSeekMTP"
     LAYER: ClassVar[int] = 1  # the spec layer's index: num_hidden_layers
 
+    def unavailable_reason(self) -> str | None:
+        # DeepseekV2DecoderLayer builds MLA attention (before the stand-in replaces it)
+        why = super().unavailable_reason()
+        if why is None and self.device == "cpu":
+            why = release_reason(releases.MLA_ON_CPU)
+        return why
+
     def _speculative(self):
         return True
 
@@ -314,7 +319,9 @@ class VllmDeepSeekMTP(VllmMTPModule):
     def _checkpoint(self, inputs):
         w, L = inputs.weights, inputs.layer
         s = f"model.layers.{self.LAYER}"
-        ck = {"model.embed_tokens.weight": w.embed_tokens, f"{s}.enorm.weight": w.enorm,
+        # DeepSeek-V3's own MTP layout: the spec layer carries its embedding
+        # (model.layers.61.embed_tokens.weight), which vLLM maps to the shared model.embed_tokens
+        ck = {f"{s}.embed_tokens.weight": w.embed_tokens, f"{s}.enorm.weight": w.enorm,
               f"{s}.hnorm.weight": w.hnorm, f"{s}.eh_proj.weight": w.eh_proj,
               f"{s}.shared_head.norm.weight": w.shared_head_norm,
               f"{s}.shared_head.head.weight": w.shared_head_head,

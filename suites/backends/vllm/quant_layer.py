@@ -41,8 +41,16 @@ from dataclasses import dataclass
 import torch
 
 from reference import quant_layouts as L
-from suites.backends.base import REGISTRY, QuantMoEBlockBackend, UnsupportedShape, observe_routing
-from suites.backends.vllm.common import ensure_distributed, sgl_kernels_reason, write_config
+from suites.backends.base import REGISTRY, QuantMoEBlockBackend, UnsupportedShape
+from suites.backends.vllm import releases
+from suites.backends.vllm.common import (
+    ensure_distributed,
+    loaded_parameter_names,
+    observing_routing,
+    sgl_kernels_reason,
+    vllm_version,
+    write_config,
+)
 from suites.backends.vllm.layer import BLOCKS, COMMON_CONFIG, FAMILY_BLOCKS, PREFIX
 
 
@@ -278,7 +286,7 @@ class VllmQuantMoEBlock(QuantMoEBlockBackend):
                 raise RuntimeError(f"{self.name}: vLLM picked the experts class {self.selected} "
                                    f"for {self.fmt}; the oracle models {want}")
             self.observed_routing = None
-            with set_forward_context(None, vc), torch.no_grad(), observe_routing(block) as seen:
+            with set_forward_context(None, vc), torch.no_grad(), observing_routing(block) as seen:
                 out = block(x.clone())
             self.observed_routing = seen or None
             return out
@@ -297,10 +305,12 @@ class VllmQuantMoEBlock(QuantMoEBlockBackend):
 
         # the model loader's path: its quant-config name mapping (GPTQ's g_idx dropped), then
         # the block's experts module's own load_weights
-        loaded = AutoWeightsLoader(block).load_weights((f"experts.{n}", t) for n, t in ckpt)
+        loaded = loaded_parameter_names(
+            AutoWeightsLoader(block).load_weights((f"experts.{n}", t) for n, t in ckpt))
+        derived = ("_bias", *releases.derived_expert_parameters(vllm_version()))
         missing = {f"experts.routed_experts.{n}"
                    for n, _ in block.experts.routed_experts.named_parameters()
-                   if n.startswith(("w13", "w2")) and not n.endswith("_bias")} - set(loaded)
+                   if n.startswith(("w13", "w2")) and not n.endswith(derived)} - loaded
         if missing:
             raise RuntimeError(f"{self.name}: the checkpoint left {sorted(missing)} unloaded")
 

@@ -91,9 +91,12 @@ def _vllm_cpu_reason() -> str | None:
 def _spec_decode_metadata(batch: SpecBatch, device: torch.device):
     from vllm.v1.spec_decode.metadata import SpecDecodeMetadata
 
+    from suites.backends.vllm import releases
+    from suites.backends.vllm.common import vllm_version
+
     k = torch.tensor(batch.num_draft_tokens, dtype=torch.int64)
     i32 = dict(dtype=torch.int32, device=device)
-    return SpecDecodeMetadata(
+    fields = dict(
         draft_token_ids=batch.flat_draft_token_ids.to(**i32),
         num_draft_tokens=batch.num_draft_tokens,
         cu_num_draft_tokens=torch.cumsum(k, 0).to(**i32),
@@ -102,6 +105,9 @@ def _spec_decode_metadata(batch: SpecBatch, device: torch.device):
         bonus_logits_indices=batch.bonus_rows.to(**i32),
         logits_indices=torch.arange(batch.num_tokens + batch.batch_size, **i32),
     )
+    if "cu_num_sampled_tokens" not in releases.spec_decode_metadata_fields(vllm_version()):
+        del fields["cu_num_sampled_tokens"]  # releases.SPEC_DECODE_METADATA: 0.11.0
+    return SpecDecodeMetadata(**fields)
 
 
 def _sampling_metadata(batch: SpecBatch, device: torch.device):
@@ -178,27 +184,63 @@ class VllmRejectionSampler(RejectionSamplerBackend):
         if self.device == "cuda":
             return vllm_build_reason("cuda")
         if self.interpreted:
+            from suites.backends.vllm import releases
+            from suites.backends.vllm.common import release_reason
             from suites.backends.vllm.triton_kernels import triton_reason
 
-            return triton_reason("cpu")
+            return triton_reason("cpu") or release_reason(releases.V1_REJECTION_SAMPLER)
         return _vllm_cpu_reason()
+
+    @functools.cached_property
+    def _styles(self) -> tuple[str, str]:
+        """(entry, target) styles of the installed release (releases.V1_REJECTION_SAMPLER,
+        V1_TARGET_CONSTRAINTS): who samples the bonus tokens, and whether rejection_sample
+        verifies against processed logits or probabilities."""
+        from suites.backends.vllm import releases
+        from suites.backends.vllm.common import vllm_version
+
+        return releases.v1_rejection_sampler_styles(vllm_version())
+
+    @functools.cached_property
+    def _bonus_sampler(self):
+        from vllm.v1.sample.sampler import Sampler
+
+        return Sampler()
 
     @functools.cached_property
     def _sampler(self):
         from vllm.v1.sample.rejection_sampler import RejectionSampler
-        from vllm.v1.sample.sampler import Sampler
 
-        return RejectionSampler(Sampler())
+        if self._styles[0] == "bonus_outside":
+            return RejectionSampler()
+        return RejectionSampler(self._bonus_sampler)
+
+    def _bonus(self, logits, md, sm):
+        """The bonus tokens [B, 1], sampled as `bonus_outside` releases' model runner and
+        `bonus_inside` releases' forward sample them."""
+        from dataclasses import replace
+
+        bonus_logits = logits[md.bonus_logits_indices]
+        if self._styles[0] == "bonus_outside":
+            return self._bonus_sampler(logits=bonus_logits, sampling_metadata=sm).sampled_token_ids
+        return self._bonus_sampler(logits=bonus_logits,
+                                   sampling_metadata=replace(sm, max_num_logprobs=-1),
+                                   predict_bonus_token=True,
+                                   logprobs_mode_override="raw_logits").sampled_token_ids
 
     @property
     def _device(self) -> torch.device:
         return torch.device("cuda" if self.device == "cuda" else "cpu")
 
     def _constrained(self, target_logits, md, sm, batch):
-        """Target logits after temperature/top-k/top-p, as the chosen entry point does it."""
+        """Target logits after temperature/top-k/top-p, as the chosen entry point does it; for
+        the forward entry of a "compute_probs" release, the probabilities compute_probs gives
+        (the logits when every request is greedy)."""
         import vllm.v1.sample.rejection_sampler as rs
 
         if self.entry == "forward":
+            if self._styles[1] == "compute_probs":
+                return rs.compute_probs(target_logits, md.cu_num_draft_tokens, sm)
             return rs.apply_sampling_constraints(target_logits, md.cu_num_draft_tokens, sm)
         if sm.all_greedy:
             return target_logits
@@ -238,7 +280,10 @@ class VllmRejectionSampler(RejectionSamplerBackend):
         devices = [self._device.index or 0] if self.device == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            if self.entry == "forward":
+            if self.entry == "forward" and self._styles[0] == "bonus_outside":
+                bonus = self._bonus(logits, md, sm)
+                out = self._sampler(md, draft_probs, logits[md.target_logits_indices], bonus, sm)
+            elif self.entry == "forward":
                 out = self._sampler(md, draft_probs, logits, sm).sampled_token_ids
             else:
                 out = self._kernels(batch, md, sm, draft_probs, logits)
@@ -247,16 +292,14 @@ class VllmRejectionSampler(RejectionSamplerBackend):
         return out.long().cpu()
 
     def _kernels(self, batch, md, sm, draft_probs, logits):
-        """RejectionSampler.forward with apply_sampling_constraints replaced (see _constrained)."""
-        from dataclasses import replace
-
+        """RejectionSampler.forward with apply_sampling_constraints replaced (see _constrained);
+        where the release verifies against probabilities, they are its forward's fp32 softmax."""
         import vllm.v1.sample.rejection_sampler as rs
 
-        bonus = self._sampler.sampler(logits=logits[md.bonus_logits_indices],
-                                      sampling_metadata=replace(sm, max_num_logprobs=-1),
-                                      predict_bonus_token=True,
-                                      logprobs_mode_override="raw_logits").sampled_token_ids
+        bonus = self._bonus(logits, md, sm)
         target = self._constrained(logits[md.target_logits_indices].float(), md, sm, batch)
+        if self._styles[1] != "logits":
+            target = target.softmax(dim=-1, dtype=torch.float32)
         return rs.rejection_sample(md.draft_token_ids, md.num_draft_tokens, md.max_spec_len,
                                    md.cu_num_draft_tokens, draft_probs, target, bonus, sm)
 
@@ -264,6 +307,8 @@ class VllmRejectionSampler(RejectionSamplerBackend):
         md, sm, _, logits = self._inputs(batch)
         with self._launch_context():
             target = self._constrained(logits[md.target_logits_indices].float(), md, sm, batch)
+        if self.entry == "forward" and self._styles[1] == "compute_probs" and not sm.all_greedy:
+            return target.double().cpu()  # compute_probs' own probabilities
         return target.softmax(-1, dtype=torch.float32).double().cpu()
 
 

@@ -268,8 +268,11 @@ def interpreter_context():
     if iu is not None and hasattr(iu, "round_int8"):
         stack.enter_context(mock.patch.object(iu, "round_int8", _round_int8_standin()))
 
-    stack.enter_context(mock.patch.object(fm, "get_device_name_as_file_name",
-                                          lambda: EMULATED_GPU))
+    from suites.backends.vllm import releases
+    from suites.backends.vllm.common import vllm_version
+
+    owner, name, gpu = releases.tuned_config_device_name(EMULATED_GPU, vllm_version())
+    stack.enter_context(mock.patch.object(owner, name, lambda *args, **kwargs: gpu))
     if hasattr(fm, "enable_swap_ab"):
         import vllm.model_executor.layers.fused_moe.utils as mu
 
@@ -284,7 +287,8 @@ def interpreter_context():
     except ImportError:
         return stack
     if hasattr(ts, "apply_top_k_top_p_triton") and hasattr(ts, "apply_top_k_top_p_pytorch"):
-        def torch_top_k_top_p(logits, k, p):
+        def torch_top_k_top_p(logits, k, p, **hints):
+            # hints: 0.34.0's has_topp_only_rows, a shortcut of the Triton kernel only
             return ts.apply_top_k_top_p_pytorch(logits, k, p, allow_cpu_sync=True)
 
         stack.enter_context(mock.patch.object(ts, "apply_top_k_top_p_triton", torch_top_k_top_p))
@@ -366,14 +370,17 @@ class TritonFusedExperts(ExpertsBackend):
             fmoe._config = previous
 
     def run(self, handle, x, topk_weights, topk_ids, out=None, expert_map=None):
-        from vllm.model_executor.layers.fused_moe.activation import MoEActivation
         from vllm.model_executor.layers.fused_moe.config import biased_moe_quant_config
+
+        from suites.backends.vllm import releases
+        from suites.backends.vllm.common import vllm_version
 
         quant = None
         if handle["w13_bias"] is not None:
             quant = biased_moe_quant_config(handle["w13_bias"], handle["w2_bias"])
+        activation = releases.fused_experts_activation(handle["activation"], vllm_version())
         return launch_fused_experts(self.device, handle, x, topk_weights, topk_ids, out, expert_map,
-                                    quant, activation=MoEActivation(handle["activation"]))
+                                    quant, activation=activation)
 
 
 def launch_fused_experts(dev: str, handle: dict, x, topk_weights, topk_ids, out, expert_map,
@@ -498,8 +505,10 @@ class TritonRouter(RouterBackend):
         return triton_reason(self.device)
 
     def route(self, logits, cfg, e_score_correction_bias=None):
-        from vllm.model_executor.layers.fused_moe.router.grouped_topk_router import grouped_topk
+        from suites.backends.vllm import releases
+        from suites.backends.vllm.common import vllm_version
 
+        _, grouped_topk = releases.resolve(releases.GROUPED_TOPK, vllm_version())
         dev = self.device
         g = logits.to(dev, torch.float32)
         bias = None

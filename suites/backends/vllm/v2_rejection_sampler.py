@@ -41,7 +41,7 @@ InputBatch build it:
                        This adapter runs the part of that step the suite's SamplingParams reach
                        with V2's own SamplingStates (add_request, apply_temperature: V2's
                        Triton _temperature_kernel; apply_top_k_top_p: vLLM's apply_top_k_top_p,
-                       whose PyTorch path runs under the interpreter), gated as V2 gates it
+                       whose PyTorch path runs under the interpreter), gated as V2 gates it (releases.V2_SAMPLING_GATE: before 0.31.0 every batch is processed)
                        (untouched logits when no request needs processing)
   draft_logits         [B + 1, S, V] float32 by slot and draft step, or None when the SpecBatch
                        has no draft probabilities (V2's one-hot drafter, e.g. n-gram). V2 stores
@@ -110,23 +110,44 @@ from suites.backends.vllm.common import HostTensor
 from suites.backends.vllm.rejection_sampler import INTERPRETER_SHIFT, poisoned_unwritten_memory
 
 V2_MODULE = "vllm.v1.worker.gpu.spec_decode.rejection_sampler_utils"
+# The V2 modules whose Triton programs may call libdevice `log1p` (tldevice), by release:
+# rejection_sampler_utils (0.25.0 .., the residual) and sample/gumbel.py (0.24.0 - 0.26.0, the
+# Gumbel noise); 0.22.0 - 0.23.0 call none. Each that imports tldevice gets the stand-in.
+LIBDEVICE_USERS = (V2_MODULE, "vllm.v1.worker.gpu.sample.gumbel")
 POS0 = 4096  # the sequence position of every request's first logits row (its prompt length)
 _I64 = np.iinfo(np.int64)
 
 
 @functools.cache
 def _v2_reason() -> str | None:
-    """None when this vLLM has Model Runner V2's rejection_sample, else one line."""
-    try:
-        found = importlib.util.find_spec(V2_MODULE) is not None
-    except ModuleNotFoundError:
-        found = False
-    if not found:
-        import vllm
+    """None when this vLLM has Model Runner V2's rejection_sample (releases.V2_REJECTION_SAMPLE),
+    else one line."""
+    from suites.backends.vllm import releases
+    from suites.backends.vllm.common import release_reason
 
-        return (f"not in this release: vLLM {vllm.__version__} has no {V2_MODULE} "
-                "(Model Runner V2's rejection sampler)")
-    return None
+    return release_reason(releases.V2_REJECTION_SAMPLE)
+
+
+def _style() -> str:
+    from suites.backends.vllm import releases
+    from suites.backends.vllm.common import vllm_version
+
+    return releases.v2_rejection_sample_style(vllm_version())
+
+
+def _draft_logits_argument(draft_logits):
+    """rejection_sample's draft-logits argument for the installed release: the [max_num_reqs,
+    steps, V] tensor, or from 0.34.0 a replicated DraftLogitsCache holding it as .values
+    (releases.V2_REJECTION_SAMPLE "cache")."""
+    if draft_logits is None or _style() != "cache":
+        return draft_logits
+    from vllm.v1.worker.gpu.spec_decode.draft_logits import DraftLogitsCache
+
+    cache = DraftLogitsCache(draft_logits.shape[0], draft_logits.shape[1],
+                             draft_logits.shape[2], dtype=draft_logits.dtype,
+                             fill=float("nan"), device=draft_logits.device)
+    cache.values.copy_(draft_logits)
+    return cache
 
 
 def _sampling_states(max_num_reqs: int, vocab_size: int):
@@ -249,8 +270,13 @@ class VllmV2RejectionSampler(RejectionSamplerBackend):
                 q_rows = logq[tok0[r]: tok0[r + 1]]
                 T = p.temperature
                 draft_logits[slots[r], : ks[r]] = (q_rows if p.greedy else T * q_rows).float()
+        from suites.backends.vllm import releases
+        from suites.backends.vllm.common import vllm_version
+
+        gate, _ = releases.resolve(releases.V2_SAMPLING_GATE, vllm_version())
+        needs_processing = any(needs) if gate.style == "gated" else True
         return _Inputs(B, steps, idx_mapping, cu, expanded_idx_mapping, expanded_local_pos,
-                       draft_sampled, pos, states, any(needs), draft_logits)
+                       draft_sampled, pos, states, needs_processing, draft_logits)
 
     def _processed_logits(self, batch: SpecBatch, x: _Inputs) -> torch.Tensor:
         """What Sampler.apply_sampling_params hands rejection_sample, for the suite's params:
@@ -271,10 +297,13 @@ class VllmV2RejectionSampler(RejectionSamplerBackend):
 
         from suites.backends.vllm.triton_kernels import interpreter_context
 
-        v2 = importlib.import_module(V2_MODULE)
         with contextlib.ExitStack() as stack:
             stack.enter_context(interpreter_context())
-            stack.enter_context(mock.patch.object(v2, "tldevice", _libdevice_standins()))
+            for name in LIBDEVICE_USERS:
+                module = importlib.import_module(name)
+                if hasattr(module, "tldevice"):  # this release's kernels there call libdevice
+                    stack.enter_context(mock.patch.object(module, "tldevice",
+                                                          _libdevice_standins()))
             if self.poison_unwritten:
                 stack.enter_context(poisoned_unwritten_memory())
             yield
@@ -295,8 +324,11 @@ class VllmV2RejectionSampler(RejectionSamplerBackend):
         synthetic_acceptance_rates (unconditional, one per speculative step; the engine's
         num_speculative_tokens is len(rates)), turned into the kernels' conditional rates by
         vLLM's own unconditional_to_conditional_rates, as V2's RejectionSampler.__init__ does."""
-        from vllm.v1.spec_decode.utils import unconditional_to_conditional_rates
+        from suites.backends.vllm import releases
+        from suites.backends.vllm.common import vllm_version
 
+        _, unconditional_to_conditional_rates = releases.resolve(releases.CONDITIONAL_RATES,
+                                                                 vllm_version())
         if len(rates) != max(1, batch.max_spec_len):
             raise ValueError(f"{len(rates)} synthetic rates for num_speculative_steps "
                              f"{max(1, batch.max_spec_len)}")
@@ -309,14 +341,23 @@ class VllmV2RejectionSampler(RejectionSamplerBackend):
                 synthetic_conditional_rates: torch.Tensor | None = None,
                 use_fp64: bool = False):
         v2 = importlib.import_module(V2_MODULE)
+        method = {}
+        if _style() != "draft_logits":
+            method = dict(use_block_verification=use_block_verification)
+        elif use_block_verification:
+            import pytest
+            import vllm
+
+            pytest.skip(f"not in this release: vLLM {vllm.__version__}'s V2 rejection_sample "
+                        "has no block verification (use_block_verification: first in 0.25.0)")
         with self._launch_context():
             x = self._inputs(batch, seed)
             logits = self._processed_logits(batch, x)
             sampled, num_sampled = v2.rejection_sample(
-                logits, x.draft_logits, x.draft_sampled, x.cu_num_logits, x.pos, x.idx_mapping,
-                x.expanded_idx_mapping, x.expanded_local_pos, x.states.temperature.gpu,
-                x.states.seeds.gpu, x.steps, synthetic_conditional_rates, use_fp64=use_fp64,
-                use_block_verification=use_block_verification)
+                logits, _draft_logits_argument(x.draft_logits), x.draft_sampled,
+                x.cu_num_logits, x.pos, x.idx_mapping, x.expanded_idx_mapping,
+                x.expanded_local_pos, x.states.temperature.gpu, x.states.seeds.gpu, x.steps,
+                synthetic_conditional_rates, use_fp64=use_fp64, **method)
         width = batch.max_spec_len + 1
         sampled = sampled.long()[:, :width]
         col = torch.arange(width)[None, :]
