@@ -36,6 +36,7 @@ import datetime as _dt
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -169,9 +170,11 @@ def session(runner, posargs: list[str], *, flavour: str = "cpu", pins=None, publ
         else:
             python = install.cached_venv(runner, ut, flavour, root=venv_root)
         if python is None:
+            free = shutil.disk_usage(venv_root or ROOT).free / 2**30
             entry = {"version": version, "status": "could not install",
-                     "note": f"{package}=={version} (or a dependency it pins) does not install "
-                             "from this machine's package indexes"}
+                     "note": f"pip could not install {package}=={version} or a dependency it "
+                             f"pins (the session log has pip's reason: not on this machine's "
+                             f"indexes, or no room: {free:.1f} GiB free now)"}
         else:
             entry = run(version, python, folder, pytest_args, budget, release_env)
         plan["releases"].append(entry)
