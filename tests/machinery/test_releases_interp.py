@@ -4,7 +4,6 @@ release takes, from fake vLLM modules, so this runs with any vLLM or none."""
 
 from __future__ import annotations
 
-import itertools
 import sys
 import types
 
@@ -20,17 +19,10 @@ INTERP_TABLES = [R.TUNED_CONFIG_DEVICE_NAME, R.GROUPED_TOPK, R.FUSED_EXPERTS_ACT
                  R.SILU_AND_MUL_NATIVE]
 
 
-@pytest.mark.parametrize("table", [*INTERP_TABLES, R.V2_REJECTION_SAMPLE, R.V2_SAMPLING_GATE,
-                                   R.CONDITIONAL_RATES], ids=lambda t: t.what)
-def test_every_interp_table_is_newest_first_without_gaps(table):
-    ways = table.ways
-    for way in ways:
-        assert ":" in way.path and way.note
-        assert way.until is None or R.base(way.until) > R.base(way.since)
-    for newer, older in itertools.pairwise(ways):
-        assert older.until == newer.since, (table.what, older, newer)
-    if table in INTERP_TABLES:  # code as old as the sweep's oldest release, read
-        assert table.first_release() == "0.11.0"
+@pytest.mark.parametrize("table", INTERP_TABLES, ids=lambda t: t.what)
+def test_interp_tables_reach_the_sweeps_oldest_release(table):
+    """(Order, gaps and overlaps: test_releases.py, over every table.)"""
+    assert table.first_release() == "0.11.0"  # code as old as the sweep's oldest release, read
 
 
 def _platform(name: str):
