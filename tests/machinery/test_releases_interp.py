@@ -234,3 +234,56 @@ def test_conditional_rates_module_by_release(monkeypatch, version, module):
     monkeypatch.setitem(sys.modules, module, fake)
     _, fn = R.resolve(R.CONDITIONAL_RATES, version)
     assert fn([]) == module
+
+
+# ---- V2 MTP speculator: what the adapter reads from the release itself (0.23.0 ..) ----------
+
+def test_v2_input_batch_takes_the_fields_the_release_declares():
+    """0.23.0-0.26.0's InputBatch has no has_prefill (and requires max_seq_len_np); the pin's
+    has both kinds: the adapter passes what the release declares, and None for
+    max_seq_len_np where it is required (no pipeline parallelism)."""
+    import dataclasses
+
+    from suites.backends.vllm.v2_speculator import _input_batch
+
+    @dataclasses.dataclass
+    class Old:  # 0.26.0's shape
+        num_reqs: int
+        max_seq_len_np: object
+
+    @dataclasses.dataclass
+    class New:  # the pin's shape
+        num_reqs: int
+        has_prefill: bool
+        max_seq_len_np: object = None
+
+    old = _input_batch(Old, num_reqs=3, has_prefill=False)
+    assert old == Old(num_reqs=3, max_seq_len_np=None)
+    assert _input_batch(New, num_reqs=3, has_prefill=False) == New(3, False)
+
+
+def test_v2_input_batch_names_a_field_it_cannot_supply():
+    """A field a release requires that the adapter does not know is an adapter limit, said as
+    such (a failure, never a skip or a pass)."""
+    import dataclasses
+
+    from suites.backends.vllm.v2_speculator import _input_batch
+
+    @dataclasses.dataclass
+    class Future:
+        num_reqs: int
+        draft_budget: int
+
+    with pytest.raises(TypeError, match="requires draft_budget.*adapter limit"):
+        _input_batch(Future, num_reqs=3)
+
+
+def test_v2_declared_keeps_only_parameters_the_callee_has():
+    from suites.backends.vllm.v2_speculator import _declared
+
+    def old(block_sizes, device, kernel_block_sizes): ...
+
+    def new(block_sizes, device, cp_size=1): ...
+
+    assert _declared(old, kernel_block_sizes=[]) == {"kernel_block_sizes": []}
+    assert _declared(new, kernel_block_sizes=[]) == {}

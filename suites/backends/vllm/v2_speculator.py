@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import importlib.util
 import json
 from dataclasses import dataclass
@@ -183,15 +184,20 @@ class VllmV2MTPSpeculator(MTPSpeculatorBackend):
 
         cpu = torch.device("cpu")
         ensure_distributed()
-        spec = init_speculator(vc, cpu, None)  # vLLM's own choice of speculator
+        # vLLM's own choice of speculator; from 0.27.0 it also takes the request states (read by
+        # speculators other than MTP's, None here as the model runner's dummy runs pass)
+        extra = (None,) if len(inspect.signature(init_speculator).parameters) > 2 else ()
+        spec = init_speculator(vc, cpu, *extra)
         if type(spec).__name__ != CLASSES[self.modules]:
             raise AssertionError(f"{self.name}: vLLM chose {type(spec).__name__} for "
                                  f"{vc.speculative_config}, not {CLASSES[self.modules]}")
         spec.model = _DraftModel(probe, spec.input_buffers.seq_lens, spec.dtype)
         spec.draft_attn_layer_names = set()
         with mock.patch.object(block_table, "UvaBackedTensor", HostTensor):
-            spec.block_tables = block_table.BlockTables([], spec.max_num_reqs,
-                                                        spec.max_num_tokens, [], cpu)
+            # no groups: no block sizes, and (before 0.27.0) no kernel block sizes either
+            spec.block_tables = block_table.BlockTables(
+                [], spec.max_num_reqs, spec.max_num_tokens, [], cpu,
+                **_declared(block_table.BlockTables, kernel_block_sizes=[]))
         spec.kv_cache_config = KVCacheConfig(num_blocks=0, kv_cache_tensors=[],
                                              kv_cache_groups=[])
         spec.attn_groups = []
@@ -229,8 +235,8 @@ class VllmV2MTPSpeculator(MTPSpeculatorBackend):
         last_sampled[torch.from_numpy(slots)] = torch.tensor([t[2] for t in problem.target])
         num_rejected = torch.tensor([r.num_rejected for r in reqs], dtype=torch.int32)
         idx = torch.from_numpy(slots)
-        batch = InputBatch(
-            req_ids=[f"r{r}" for r in range(B)], num_reqs=B, num_reqs_after_padding=B,
+        batch = _input_batch(
+            InputBatch, req_ids=[f"r{r}" for r in range(B)], num_reqs=B, num_reqs_after_padding=B,
             idx_mapping=idx, idx_mapping_np=slots, expanded_idx_mapping=idx,
             expanded_local_pos=torch.zeros(B, dtype=torch.int32), num_scheduled_tokens=q,
             num_tokens=T, num_tokens_after_padding=T, num_draft_tokens=0,
@@ -275,6 +281,35 @@ class VllmV2MTPSpeculator(MTPSpeculatorBackend):
                     f["hidden_states"][rows], f["layer"], int(f["seq_lens"][r])))
             out.append(calls)
         return out
+
+
+def _declared(fn, **optional):
+    """The keyword arguments among `optional` that this release's `fn` declares: a parameter
+    one release requires and another does not have (given the value meaning "none")."""
+    params = inspect.signature(fn).parameters
+    return {name: value for name, value in optional.items() if name in params}
+
+
+def _input_batch(cls, **fields):
+    """vLLM's InputBatch from the fields this release's dataclass declares. Releases add fields
+    (0.27.0: has_prefill, decode_graph_eligible, is_padding, prompt_lens) and drop some
+    (max_seq_len_np became optional); the ones supplied here are the pin's, each with the value
+    that means "no prefill, no padding, no pipeline parallelism". A field the release requires
+    and the adapter does not supply is an adapter limit, said as such; one the release lacks is
+    left out (it has no meaning there)."""
+    import dataclasses
+
+    declared = {f.name: f for f in dataclasses.fields(cls)}
+    required = {n for n, f in declared.items() if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(fields) - {"max_seq_len_np"})
+    if missing:
+        raise TypeError(f"{cls.__module__}.InputBatch requires {', '.join(missing)}, which "
+                        "this adapter does not supply (an adapter limit, not a verdict on vLLM)")
+    given = {n: v for n, v in fields.items() if n in declared}
+    if "max_seq_len_np" in required:  # before 0.27.0: required, None without pipeline parallel
+        given["max_seq_len_np"] = None
+    return cls(**given)
 
 
 def _fixture_dir():
