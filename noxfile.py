@@ -206,12 +206,14 @@ def bisect(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def sweep(session: nox.Session) -> None:
-    """nox -s sweep -- --versions A..B|v1,v2,... [--release-budget 20m] [PYTEST ARGS]
+    """nox -s sweep -- --versions A..B|v1,v2,... [--interp] [--release-budget 20m] [--drop-venvs]
+    [PYTEST ARGS]
 
     The selected suites (default: the kernel-level moe and mtp suites, not slow, and the
     ledger's repros, Hypothesis profile ci) against every published release of the flavour's
     package in the range, each in a venv of its own (.nox/ab-<slug>, cached); a release that
-    does not install or import, or runs past its budget, is reported as such. The matrix:
+    does not install or import, or runs past its budget, is reported as such (--drop-venvs:
+    each release's venv is removed once judged, the pin's kept). The matrix:
     reports/out/<time>-sweep/sweep.md and sweep.html (pass / FAILED with the replay command /
     known / XPASS / not in release / skipped, per release). Exit 0, 1 (a new failure in some
     release), 2 (bad input), 125 (no release could be judged). See harness/sweep.py."""

