@@ -195,10 +195,32 @@ def test_v2_rejection_sample_style_by_release(fake_v2, version, cache, block, st
     assert R.v2_rejection_sample_style(version) == style
 
 
-@pytest.mark.parametrize("version", ["0.21.0", "0.12.0", "0.11.0"])
-def test_v2_rejection_sample_before_0_22_is_not_in_this_release(fake_v2, version):
+@pytest.mark.parametrize("version,module,style", [
+    ("0.21.0", "probabilistic_rejection_sampler_utils", "probabilistic"),
+    ("0.20.0", "probabilistic_rejection_sampler_utils", "probabilistic_needs_draft_logits"),
+    ("0.19.0", "rejection_sampler", "probabilistic_needs_draft_logits"),
+    ("0.21.1.dev3+gabc", "probabilistic_rejection_sampler_utils", "probabilistic"),
+])
+def test_v2_probabilistic_rejection_sample_0_19_to_0_21(monkeypatch, version, module, style):
+    """0.19.0-0.21.0: the standard method is probabilistic_rejection_sample, with the same
+    leading parameters (no synthetic rates, no use_fp64), in one of two modules."""
+    mod = types.ModuleType(f"vllm.v1.worker.gpu.spec_decode.{module}")
+    exec("def probabilistic_rejection_sample(target_logits, draft_logits, draft_sampled, "
+         "cu_num_logits, pos, idx_mapping, expanded_idx_mapping, expanded_local_pos, "
+         "temperature, seed, num_speculative_steps): pass", mod.__dict__)
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    # the 0.22.0 module absent (a build between releases tries every way, newest first)
+    monkeypatch.setitem(sys.modules, "vllm.v1.worker.gpu.spec_decode.rejection_sampler_utils",
+                        None)
+    assert R.v2_rejection_sample_style(version) == style
+
+
+@pytest.mark.parametrize("version", ["0.18.0", "0.12.0", "0.11.0"])
+def test_v2_rejection_sample_before_0_19_is_not_in_this_release(fake_v2, version):
+    """0.18.0's probabilistic_rejection_sample (draft logits by batch row) and 0.12.0-0.17.1's
+    strict rejection_sample are other methods or layouts: not driven, said so."""
     fake_v2(False, False)
-    with pytest.raises(R.NotInRelease, match=r"\(first in 0\.22\.0\)"):
+    with pytest.raises(R.NotInRelease, match=r"\(first in 0\.19\.0\)"):
         R.v2_rejection_sample_style(version)
 
 
@@ -213,7 +235,8 @@ def test_silu_and_mul_native_by_release(monkeypatch, version, style):
 
 
 @pytest.mark.parametrize("version,style", [("0.34.0", "gated"), ("0.31.0", "gated"),
-                                           ("0.30.0", "always"), ("0.22.0", "always")])
+                                           ("0.30.0", "always"), ("0.22.0", "always"),
+                                           ("0.19.0", "always")])
 def test_v2_sampling_gate_by_release(monkeypatch, version, style):
     states = types.ModuleType("vllm.v1.worker.gpu.sample.states")
     states.SamplingStates = type("SamplingStates", (), {"add_request": lambda self, i, p: None})

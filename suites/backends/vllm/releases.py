@@ -45,7 +45,8 @@ Measured on PyPI's wheels (2026-12-07, read from each wheel's files without inst
     (SILU_AND_MUL_NATIVE); V1 sampler 0.11.0-0.33: bonus tokens sampled by the model runner in
     0.11.0 (V1_REJECTION_SAMPLER), targets as compute_probs 0.11.0 / probabilities 0.11.1-0.15.1 /
     logits 0.16.0 .. (V1_TARGET_CONSTRAINTS), no cu_num_sampled_tokens in 0.11.0
-    (SPEC_DECODE_METADATA), removed in 0.34.0; V2 rejection_sample 0.22.0 .., block verification
+    (SPEC_DECODE_METADATA), removed in 0.34.0; V2 rejection_sample 0.22.0 .. (0.19.0-0.21.0:
+    probabilistic_rejection_sample, draft logits required before 0.21.0), block verification
     from 0.25.0, DraftLogitsCache from 0.34.0 (V2_REJECTION_SAMPLE)
     V2 MTP speculator (v2_speculator.py): MTPSpeculator from 0.23.0 (spec_decode/mtp), the
     several-module MultiModuleMTPSpeculator after 0.26.0; what differs between 0.23.0 and the pin
@@ -494,10 +495,11 @@ def derived_expert_parameters(version: str) -> tuple[str, ...]:
 
 
 # Model Runner V2's rejection_sample (vllm/v1/worker/gpu/spec_decode/rejection_sampler_utils.py),
-# the function the V2 sampler backend drives. Before 0.22.0 V2's verification lived in other
-# functions with other signatures (spec_decode/rejection_sample.py 0.12.0-0.17.1;
-# rejection_sampler.py with synthetic_/probabilistic_rejection_sampler_utils.py 0.18.0-0.21.0),
-# which the backend does not drive. "draft_logits": draft_logits [max_num_reqs, steps, V] by
+# the function the V2 sampler backend drives, and before 0.22.0 the same standard method as
+# probabilistic_rejection_sample (0.19.0-0.21.0, same leading parameters). Not driven: 0.18.0's
+# probabilistic_rejection_sample (draft logits by batch row, no expanded mapping) and
+# 0.12.0-0.17.1's spec_decode/rejection_sample.py (a strict comparison of target samples with
+# the drafts, no probabilities: a different method). "draft_logits": draft_logits [max_num_reqs, steps, V] by
 # slot, no block verification; "block": the same with use_block_verification; "cache": the
 # draft logits come in a DraftLogitsCache (spec_decode/draft_logits.py; a replicated cache holds
 # the same [max_num_reqs, steps, V] tensor as .values, row_mapping None).
@@ -515,6 +517,23 @@ V2_REJECTION_SAMPLE = Table(
             "vllm.v1.worker.gpu.spec_decode.rejection_sampler_utils:rejection_sample",
             "draft_logits tensor, no block verification (read: 0.22.0, 0.24.0)",
             style="draft_logits"),
+        Way("0.21.0", "0.22.0",
+            "vllm.v1.worker.gpu.spec_decode.probabilistic_rejection_sampler_utils:"
+            "probabilistic_rejection_sample",
+            "the same first eleven parameters, draft_logits may be None; no synthetic rates "
+            "(synthetic_rejection_sample, a function of its own), no use_fp64 (read: 0.21.0)",
+            style="probabilistic"),
+        Way("0.20.0", "0.21.0",
+            "vllm.v1.worker.gpu.spec_decode.probabilistic_rejection_sampler_utils:"
+            "probabilistic_rejection_sample",
+            "as 0.21.0, but draft_logits required: a drafter without logits is verified by "
+            "the 'strict' method (strict_rejection_sample over the target's own samples), "
+            "which the adapter does not drive (read: 0.20.0)",
+            style="probabilistic_needs_draft_logits"),
+        Way("0.19.0", "0.20.0",
+            "vllm.v1.worker.gpu.spec_decode.rejection_sampler:probabilistic_rejection_sample",
+            "as 0.20.0, in rejection_sampler.py (read: 0.19.0)",
+            style="probabilistic_needs_draft_logits"),
     ),
 )
 
@@ -528,6 +547,8 @@ def v2_rejection_sample_style(version: str) -> str:
     import inspect
 
     params = inspect.signature(fn).parameters
+    if fn.__name__ == "probabilistic_rejection_sample":
+        return "probabilistic"
     return ("cache" if "draft_logits_cache" in params else
             "block" if "use_block_verification" in params else "draft_logits")
 
@@ -571,7 +592,8 @@ V2_SAMPLING_GATE = Table(
     ways=(
         Way("0.31.0", None, "vllm.v1.worker.gpu.sample.states:SamplingStates.add_request",
             "returns whether the request needs processing", style="gated"),
-        Way("0.22.0", "0.31.0", "vllm.v1.worker.gpu.sample.states:SamplingStates.add_request",
-            "returns None: every batch is processed", style="always"),
+        Way("0.19.0", "0.31.0", "vllm.v1.worker.gpu.sample.states:SamplingStates.add_request",
+            "returns None: every batch is processed (0.19.0-0.21.0: apply_sampling_params "
+            "before probabilistic_rejection_sample, unconditionally)", style="always"),
     ),
 )

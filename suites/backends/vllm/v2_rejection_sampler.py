@@ -112,8 +112,12 @@ from suites.backends.vllm.rejection_sampler import INTERPRETER_SHIFT, poisoned_u
 V2_MODULE = "vllm.v1.worker.gpu.spec_decode.rejection_sampler_utils"
 # The V2 modules whose Triton programs may call libdevice `log1p` (tldevice), by release:
 # rejection_sampler_utils (0.25.0 .., the residual) and sample/gumbel.py (0.24.0 - 0.26.0, the
-# Gumbel noise); 0.22.0 - 0.23.0 call none. Each that imports tldevice gets the stand-in.
-LIBDEVICE_USERS = (V2_MODULE, "vllm.v1.worker.gpu.sample.gumbel")
+# Gumbel noise); 0.22.0 - 0.23.0 call none; before 0.22.0 the kernels live in
+# probabilistic_rejection_sampler_utils (0.20.0 - 0.21.0) or rejection_sampler (0.19.0). Each
+# of these that this release has and that imports tldevice gets the stand-in.
+LIBDEVICE_USERS = (V2_MODULE, "vllm.v1.worker.gpu.sample.gumbel",
+                   "vllm.v1.worker.gpu.spec_decode.probabilistic_rejection_sampler_utils",
+                   "vllm.v1.worker.gpu.spec_decode.rejection_sampler")
 POS0 = 4096  # the sequence position of every request's first logits row (its prompt length)
 _I64 = np.iinfo(np.int64)
 
@@ -300,6 +304,8 @@ class VllmV2RejectionSampler(RejectionSamplerBackend):
         with contextlib.ExitStack() as stack:
             stack.enter_context(interpreter_context())
             for name in LIBDEVICE_USERS:
+                if importlib.util.find_spec(name) is None:  # not in this release
+                    continue
                 module = importlib.import_module(name)
                 if hasattr(module, "tldevice"):  # this release's kernels there call libdevice
                     stack.enter_context(mock.patch.object(module, "tldevice",
@@ -324,11 +330,18 @@ class VllmV2RejectionSampler(RejectionSamplerBackend):
         synthetic_acceptance_rates (unconditional, one per speculative step; the engine's
         num_speculative_tokens is len(rates)), turned into the kernels' conditional rates by
         vLLM's own unconditional_to_conditional_rates, as V2's RejectionSampler.__init__ does."""
+        import pytest
+
         from suites.backends.vllm import releases
         from suites.backends.vllm.common import vllm_version
 
+        version = vllm_version()
+        if releases.v2_rejection_sample_style(version).startswith("probabilistic"):
+            pytest.skip(f"adapter limit: vLLM {version} verifies synthetic rates in "
+                        "synthetic_rejection_sample, a function of its own (0.19.0-0.21.0) "
+                        "that this adapter does not drive; one function from 0.22.0")
         _, unconditional_to_conditional_rates = releases.resolve(releases.CONDITIONAL_RATES,
-                                                                 vllm_version())
+                                                                 version)
         if len(rates) != max(1, batch.max_spec_len):
             raise ValueError(f"{len(rates)} synthetic rates for num_speculative_steps "
                              f"{max(1, batch.max_spec_len)}")
@@ -340,24 +353,39 @@ class VllmV2RejectionSampler(RejectionSamplerBackend):
     def _verify(self, batch, seed, *, use_block_verification: bool = False,
                 synthetic_conditional_rates: torch.Tensor | None = None,
                 use_fp64: bool = False):
-        v2 = importlib.import_module(V2_MODULE)
-        method = {}
-        if _style() != "draft_logits":
+        import pytest
+
+        from suites.backends.vllm import releases
+        from suites.backends.vllm.common import vllm_version
+
+        version = vllm_version()
+        _, rejection_sample = releases.resolve(releases.V2_REJECTION_SAMPLE, version)
+        style = releases.v2_rejection_sample_style(version)
+        method, extra = {}, ()
+        if style in ("block", "cache"):
             method = dict(use_block_verification=use_block_verification)
         elif use_block_verification:
-            import pytest
-            import vllm
-
-            pytest.skip(f"not in this release: vLLM {vllm.__version__}'s V2 rejection_sample "
+            pytest.skip(f"not in this release: vLLM {version}'s V2 rejection_sample "
                         "has no block verification (use_block_verification: first in 0.25.0)")
+        if style.startswith("probabilistic"):
+            if use_fp64:
+                pytest.skip(f"not in this release: vLLM {version}'s V2 verification has no "
+                            "use_fp64 (first in 0.22.0)")
+            if batch.draft_probs is None and style == "probabilistic_needs_draft_logits":
+                pytest.skip(f"adapter limit: vLLM {version} verifies a drafter without logits "
+                            "by its 'strict' method (strict_rejection_sample over the target's "
+                            "own samples), which this adapter does not drive")
+        else:
+            extra = (synthetic_conditional_rates,)
+            method["use_fp64"] = use_fp64
         with self._launch_context():
             x = self._inputs(batch, seed)
             logits = self._processed_logits(batch, x)
-            sampled, num_sampled = v2.rejection_sample(
+            sampled, num_sampled = rejection_sample(
                 logits, _draft_logits_argument(x.draft_logits), x.draft_sampled,
                 x.cu_num_logits, x.pos, x.idx_mapping, x.expanded_idx_mapping,
                 x.expanded_local_pos, x.states.temperature.gpu, x.states.seeds.gpu, x.steps,
-                synthetic_conditional_rates, use_fp64=use_fp64, **method)
+                *extra, **method)
         width = batch.max_spec_len + 1
         sampled = sampled.long()[:, :width]
         col = torch.arange(width)[None, :]
