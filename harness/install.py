@@ -185,6 +185,12 @@ def interpreter_base(runner: Runner, ut: UnderTest, *, groups: Iterable[str] = V
     return python
 
 
+def interpreter_release_location(ut: UnderTest, root: pathlib.Path | None = None
+                                  ) -> pathlib.Path:
+    """Where interpreter_release puts one CUDA release's files."""
+    return (root or VENV_ROOT) / "interp-releases" / ut.slug("gpu")
+
+
 def interpreter_release(runner: Runner, ut: UnderTest, base_python: str, *,
                         root: pathlib.Path | None = None) -> dict[str, str] | None:
     """One CUDA release's files for the interpreter (pip install --no-deps --target
@@ -194,7 +200,7 @@ def interpreter_release(runner: Runner, ut: UnderTest, base_python: str, *,
     args = ut.interpreter_args()
     if not args:  # a checkout: its files go on PYTHONPATH as they are
         return ut.interpreter_env()
-    target = (root or VENV_ROOT) / "interp-releases" / ut.slug("gpu")
+    target = interpreter_release_location(ut, root)
     want = " ".join(args)
     if not _marked(target, want):
         target.mkdir(parents=True, exist_ok=True)

