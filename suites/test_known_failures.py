@@ -190,6 +190,23 @@ def test_cpu_v1_sampler_verifies_a_greedy_draft():
     assert out[0].tolist()[:2] == [2, 0], out.tolist()
 
 
+@pytest.mark.moe
+@pytest.mark.triton
+@known("triton-fp8-block-scalar-b-scale")
+def test_triton_fp8_block_experts_at_the_default_tile():
+    """fp8 w8a8 with 128 x 128 block scales through vLLM's Triton fused_moe_kernel at its
+    default block config (BLOCK_SIZE_N = group_n): must match the oracle. In 0.34.0 the kernel
+    indexes the scalar scale it loads there as a vector, and Triton refuses the program."""
+    from fixtures.strategies import QuantExpertsProblem
+    from reference import quant as Q
+    from suites.moe import quant_checks
+
+    b = _needs("triton.quant_experts.fp8_block.interp")
+    p = QuantExpertsProblem(T=5, H=128, I=128, E=4, K=2, dtype="float16", routing="uniform",
+                            scheme=Q.fp8_block(128, 128), seed=3)
+    experts_properties.matches_oracle(quant_checks.QUANT_EXPERTS, b, p)
+
+
 @known("cpu-fp8-w8a16-block-k-not-128-silently-wrong")
 @pytest.mark.parametrize("block", [(128, 64), (64, 64), (128, 32)], ids=str)
 def test_cpu_fp8_w8a16_block_k_not_128_refused_or_right(block):
