@@ -322,3 +322,22 @@ def test_v2_mtp_state_pair_exists_from_0_24(monkeypatch):
     R.resolve(R.V2_MTP_STATE_PAIR, "0.32.0")
     with pytest.raises(R.NotInRelease, match=r"^not in this release: .*\(first in 0\.24\.0\)"):
         R.resolve(R.V2_MTP_STATE_PAIR, "0.23.0")
+
+
+@pytest.mark.parametrize("version,modules,found", [
+    ("0.23.0", "one", True), ("0.22.1", "one", False),
+    ("0.28.0", "several", True), ("0.27.1", "several", False), ("0.27.0", "several", False),
+])
+def test_v2_mtp_speculators_by_release(monkeypatch, version, modules, found):
+    """0.27.x ship multi_module_mtp/speculator.py but init_speculator never chooses it: the
+    several-module backend is "not in this release" there, never a failure or a pass."""
+    for name, cls in (("mtp", "MTPSpeculator"), ("multi_module_mtp", "MultiModuleMTPSpeculator")):
+        mod = types.ModuleType(f"vllm.v1.worker.gpu.spec_decode.{name}.speculator")
+        setattr(mod, cls, type(cls, (), {}))
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    table = R.V2_MTP_SPECULATOR[modules]
+    if found:
+        R.resolve(table, version)
+    else:
+        with pytest.raises(R.NotInRelease, match=r"^not in this release: "):
+            R.resolve(table, version)

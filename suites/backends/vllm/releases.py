@@ -49,7 +49,9 @@ Measured on PyPI's wheels (2026-12-07, read from each wheel's files without inst
     probabilistic_rejection_sample, draft logits required before 0.21.0), block verification
     from 0.25.0, DraftLogitsCache from 0.34.0 (V2_REJECTION_SAMPLE)
     V2 MTP speculator (v2_speculator.py): MTPSpeculator from 0.23.0 (spec_decode/mtp), the
-    several-module MultiModuleMTPSpeculator after 0.26.0; what differs between 0.23.0 and the pin
+    several-module MultiModuleMTPSpeculator chosen from 0.28.0 (0.27.x ship it unchosen;
+    V2_MTP_SPECULATOR); 0.28.0-0.31.0 compute every step's draft logits with module 0's head
+    (compute_logits without spec_step_idx), a vLLM defect the sweep shows, fixed in 0.32.0; what differs between 0.23.0 and the pin
     is read from the release itself, not tabled: InputBatch's declared fields (has_prefill,
     decode_graph_eligible, is_padding, prompt_lens arrive after 0.26.0, max_seq_len_np turns
     optional), init_speculator's request-states parameter, BlockTables' kernel_block_sizes
@@ -617,3 +619,23 @@ V2_MTP_STATE_PAIR = Table(
             "0.26.0, 0.32.0)"),
     ),
 )
+
+
+# Model Runner V2's MTP speculators as init_speculator chooses them (v2_speculator.py): one
+# module drafting every step (MTPSpeculator, spec_decode/mtp, from 0.23.0), or module s drafting
+# step s (MultiModuleMTPSpeculator) when min(num_nextn_predict_layers, k) > 1: 0.27.0 and 0.27.1
+# ship multi_module_mtp/speculator.py but their init_speculator never chooses it (a several-
+# module checkpoint drafts with MTPSpeculator there); chosen from 0.28.0 (read: 0.27.0, 0.27.1,
+# 0.28.0 spec_decode/__init__.py).
+V2_MTP_SPECULATOR_ONE = Table(
+    what="Model Runner V2's MTPSpeculator (spec_decode/mtp)",
+    ways=(Way("0.23.0", None, "vllm.v1.worker.gpu.spec_decode.mtp.speculator:MTPSpeculator",
+              "one MTP module drafts every step"),),
+)
+V2_MTP_SPECULATOR_SEVERAL = Table(
+    what="Model Runner V2's MultiModuleMTPSpeculator chosen by init_speculator",
+    ways=(Way("0.28.0", None,
+              "vllm.v1.worker.gpu.spec_decode.multi_module_mtp.speculator:MultiModuleMTPSpeculator",
+              "init_speculator chooses it when min(num_nextn_predict_layers, k) > 1"),),
+)
+V2_MTP_SPECULATOR = {"one": V2_MTP_SPECULATOR_ONE, "several": V2_MTP_SPECULATOR_SEVERAL}

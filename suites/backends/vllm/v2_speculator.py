@@ -95,16 +95,13 @@ POISON_ID, POISON_POSITION = 1512, 10**6
 
 @functools.cache
 def _v2_reason(modules: str) -> str | None:
-    try:
-        found = importlib.util.find_spec(MODULES[modules]) is not None
-    except ModuleNotFoundError:
-        found = False
-    if not found:
-        import vllm
+    """'not in this release: ...' where this release's init_speculator cannot choose the
+    speculator (releases.V2_MTP_SPECULATOR: MTPSpeculator from 0.23.0, MultiModuleMTPSpeculator
+    chosen from 0.28.0; 0.27.x ship its file but never choose it)."""
+    from suites.backends.vllm import releases
+    from suites.backends.vllm.common import release_reason
 
-        return (f"not in this release: vLLM {vllm.__version__} has no {MODULES[modules]} "
-                f"(Model Runner V2's {CLASSES[modules]})")
-    return None
+    return release_reason(releases.V2_MTP_SPECULATOR[modules])
 
 
 @functools.cache
