@@ -36,8 +36,9 @@ Measured on PyPI's wheels (2026-12-07, read from each wheel's files without inst
     router_logits, ...) routes inside with CPU_ROUTER's select_experts (CPU_EXPERTS_CALL)
   MLA attention on CPU: 0.28.0 .. (CPU_MLA backend); 0.27.x raise "MLA is not supported on CPU."
     (MLA_ON_CPU)
-  CUDA wheels under Triton's interpreter (the *.interp adapters; 0.27.0-0.33.0 not read: they do
-    not install here, the pinned 0.32.0 stands for them): tuned-config GPU name 0.26.0 ..
+  CUDA wheels under Triton's interpreter (the *.interp adapters; every release 0.11.0-0.34.0
+    installed and judged by the sweep of 2026-12-07, reports/examples/
+    sweep-vllm-interp-0.11.0-0.34.0, no table short of an entry): tuned-config GPU name 0.26.0 ..
     get_device_name_as_file_name, .. 0.25.1 current_platform.get_device_name
     (TUNED_CONFIG_DEVICE_NAME); grouped_topk 0.15.0 .. router/grouped_topk_router.py, .. 0.14.1
     fused_moe.py (GROUPED_TOPK); fused_experts activation 0.17.0 .. MoEActivation, .. 0.16.0 str
