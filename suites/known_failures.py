@@ -405,6 +405,42 @@ LEDGER = (
         releases=("0.27.0..0.30.0", "0.31.0.."),
     ),
     KnownFailure(
+        id="v2-mtp-speculator-reads-state-pair-as-one-tensor",
+        kind="wrong",
+        backends=("vllm.v2.mtp_speculator*",),
+        raises=TypeError,
+        match=r"only integer tensors of a single element can be converted to an index",
+        params={"pair": (True,)},
+        # the fixed ragged batches; the drawn tests draw one-state models too (not marked)
+        tests=("test_one_module_ragged_batch",),
+        summary=("vllm 0.24.0's DeepSeek MTP layer (deepseek_mtp.py) returns (pre-final-norm "
+                 "state, shared_head(state)) so that logits and the recycled state each get one "
+                 "final norm, but Model Runner V2's MTPSpeculator still takes the draft model's "
+                 "output as one tensor (AutoRegressiveSpeculator._run_model, "
+                 "model_returns_tuple False for MTP): indexing the tuple by the last-token rows "
+                 "raises TypeError at the first draft, so DeepSeek-style MTP cannot draft on "
+                 "Model Runner V2 in 0.24.0. 0.25.0 unpacks a returned tuple"),
+        vllm="vllm 0.24.0 under Triton's interpreter (sweep 2026-12-07; fixed in 0.25.0)",
+        releases=("0.24.0",),
+    ),
+    KnownFailure(
+        id="v2-multi-module-mtp-drafts-with-module-0-head",
+        kind="wrong",
+        backends=("vllm.v2.multi_module_mtp_speculator*",),
+        raises=AssertionError,
+        # the fixed ragged batches (k >= 2 with >= 2 modules: every case reaches step 1)
+        tests=("test_several_modules_ragged_batch",),
+        summary=("vllm 0.28.0-0.31.0's MultiModuleMTPSpeculator runs module s for draft step s "
+                 "but computes every step's draft logits with compute_logits(hidden_states), "
+                 "without spec_step_idx, i.e. with module 0's head (DeepSeek: layer 0's "
+                 "shared_head norm and LM head): from step 1 on the drafts are not the model's "
+                 "(drafts [233, 386] against the oracle's [233, ...]). Verification stays exact, "
+                 "so the output law holds; acceptance drops. 0.32.0 adds "
+                 "compute_draft_logits(hidden_states, spec_step_idx)"),
+        vllm="vllm 0.28.0-0.31.0 under Triton's interpreter (sweep 2026-12-07; fixed in 0.32.0)",
+        releases=("0.28.0..0.32.0",),
+    ),
+    KnownFailure(
         id="triton-fp8-block-scalar-b-scale",
         kind="wrong",
         backends=("triton.quant_experts.fp8_block*",),

@@ -190,6 +190,35 @@ def test_cpu_v1_sampler_verifies_a_greedy_draft():
     assert out[0].tolist()[:2] == [2, 0], out.tolist()
 
 
+@pytest.mark.mtp
+@pytest.mark.triton
+@known("v2-mtp-speculator-reads-state-pair-as-one-tensor")
+def test_v2_mtp_speculator_drafts_from_a_state_pair():
+    """Two requests, k = 2, a draft model returning (logits state, fed-back state) as DeepSeek's
+    MTP layer does from 0.24.0: MTPSpeculator must draft from the first and feed back the
+    second (reference/mtp.py's chain). (Two: with one request 0.24.0 indexes the tuple by a
+    one-element tensor and fails later, differently.)"""
+    from suites.mtp.speculator_checks import DraftRequest, SpeculatorProblem, check_draft_loop
+
+    b = _needs("vllm.v2.mtp_speculator.interp")
+    p = SpeculatorProblem((DraftRequest(2, 5, 0), DraftRequest(1, 9, 0)), k=2, seed=1,
+                          pair=True)
+    assert check_draft_loop(b, p).held_to_oracle == 2
+
+
+@pytest.mark.mtp
+@pytest.mark.triton
+@known("v2-multi-module-mtp-drafts-with-module-0-head")
+def test_v2_multi_module_speculator_drafts_step_s_with_module_s_head():
+    """One request, two modules, k = 2: step 1's draft must come from module 1's logits (its
+    own head), not module 0's."""
+    from suites.mtp.speculator_checks import DraftRequest, SpeculatorProblem, check_draft_loop
+
+    b = _needs("vllm.v2.multi_module_mtp_speculator.interp")
+    p = SpeculatorProblem((DraftRequest(4, 10, 0),), k=2, num_modules=2, seed=2)
+    assert check_draft_loop(b, p).held_to_oracle == 1
+
+
 @pytest.mark.moe
 @pytest.mark.triton
 @known("triton-fp8-block-scalar-b-scale")
