@@ -9,6 +9,12 @@ _insert_resampled_kernel) run by Triton's interpreter (TRITON_INTERPRET=1, vLLM'
 nox -s triton_interpret). The signature and the laws are those of
 suites/backends/vllm/rejection_sampler.py.
 
+Older releases (releases.V2_REJECTION_SAMPLE): 0.19.0-0.21.0 verify by the same standard method
+in probabilistic_rejection_sample (the same leading parameters; no use_fp64, no synthetic rates
+in it, and before 0.21.0 draft logits required: a drafter without logits goes to the "strict"
+method, not driven here, said as an adapter limit); before 0.19.0 V2's verification is another
+method or layout and the backend says "not in this release".
+
 Input mapping (SpecBatch -> rejection_sample), as V2's RejectionSampler.__call__ / _verify and
 InputBatch build it:
 
