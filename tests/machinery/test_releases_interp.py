@@ -297,7 +297,7 @@ def test_v2_input_batch_names_a_field_it_cannot_supply():
         num_reqs: int
         draft_budget: int
 
-    with pytest.raises(TypeError, match="requires draft_budget.*adapter limit"):
+    with pytest.raises(TypeError, match=r"requires draft_budget.*adapter limit"):
         _input_batch(Future, num_reqs=3)
 
 

