@@ -2,9 +2,10 @@
 balanced order A B | B A | ..., the two of a pair taking turns with the baton (reports/baton.py)
 or one after the other, and write them where reports/ab.py (the judging half: the paired rule,
 its tables, its calibration; read its docstring for the why and the measurements) reads them.
-Sequential (reports/sequential.py): after each pair from the 3rd, `python -m reports ab step`
-says which benchmarks are still open, and only those run in the next pair; the run ends when
-none is open, after --ab-pairs pairs (default 8), or before a pair that would end past
+Sequential (reports/sequential.py): after each pair from the 2nd, `python -m reports ab step`
+says which benchmarks are still open (verdicts from the 3rd pair; futility, no change beyond
+the band in sight, from the 2nd), and only those run in the next pair; the run ends when none
+is open, after --ab-pairs pairs (default 10), or before a pair that would end past
 --ab-budget. Each process times with --bench-rounds auto (SUITE_BENCH_ROUNDS) and the run's
 roofline probes run once (SUITE_BENCH_ROOFLINE, suites/bench/probes.py measure_or_reuse).
 
@@ -46,7 +47,7 @@ from harness import options
 from harness.project import ROOT
 from reports import baton as _baton
 from reports import sequential as _sequential
-from reports.ab import PLAN, ABError, process_file, schedule
+from reports.ab import PLAN, ABError, plan_sequential, process_file, schedule
 
 __all__ = ["DEFAULT_PAIRS", "INTERLEAVE", "PLAN", "ABError", "Args", "ProcessFailed", "Side",
            "bench_command", "judge_folder", "main", "new_folder", "process_file", "run",
@@ -56,6 +57,9 @@ DEFAULT_PAIRS = int(options.OPTIONS["--ab-pairs"].default)
 INTERLEAVE = options.OPTIONS["--ab-interleave"].choices
 AB_OPTIONS = ("--ab-pairs", "--ab-slowdown-b", "--ab-interleave", "--ab-budget")
 BENCH_DIR = "suites/bench"
+# the first pair after which benchmarks may leave: futility from pair 2, verdicts from pair 3
+FIRST_LOOK = min(_sequential.MIN_PAIRS, _sequential.FUTILITY_FROM)
+WEIGHT_CACHE_ENV = "SUITE_BENCH_WEIGHT_CACHE"  # suites/bench/workloads.py (not imported: torch)
 FIXED_S = 30.0  # a pair's fixed seconds (two process starts, collection, probes), for budgets
 
 
@@ -157,13 +161,14 @@ def next_pair_estimate(history: list[dict], n_open: int, fixed_s: float = FIXED_
 def run(a: Side, b: Side, *, pairs: int, pytest_args: list[str], folder: pathlib.Path,
         device: str = "cpu", slowdown_b: str | None = None, env: dict | None = None,
         interleave: str = "window", budget_s: float | None = None,
-        step: Callable[[pathlib.Path], list[str]] | None = None,
+        step: Callable[[pathlib.Path], list[str]] | None = None, futility: bool = True,
         say=lambda line: print(line, flush=True)) -> list[tuple[str, pathlib.Path]]:
     """Run the sequential A/B: pairs of benchmark processes in the balanced order A B, B A, ...
     (in "window" mode the side named first in a pair takes the baton first); the first
-    MIN_PAIRS pairs time the whole selection, each later pair only the benchmarks still open
+    FIRST_LOOK pairs time the whole selection, each later pair only the benchmarks still open
     (`step(folder)`: default `python -m reports ab step` in A's environment), until none is
-    open, `pairs` pairs have run, or the next pair would end past `budget_s`. Returns (side,
+    open, `pairs` pairs have run, or the next pair would end past `budget_s`. `futility`
+    False: benchmarks leave only at a verdict (bisect: a step needs one). Returns (side,
     file) in run order. Raises ProcessFailed when a process fails or writes no JSON."""
     if interleave not in INTERLEAVE:
         raise ABError(f"interleave {interleave!r}: expected one of {', '.join(INTERLEAVE)}")
@@ -186,8 +191,7 @@ def run(a: Side, b: Side, *, pairs: int, pytest_args: list[str], folder: pathlib
     plan = {"format": "ab-plan/2", "a": dataclasses.asdict(a), "b": dataclasses.asdict(b),
             "pairs": pairs, "order": order, "device": device, "pytest_args": list(pytest_args),
             "slowdown_b": slowdown_b, "interleave": interleave,
-            "sequential": {"max_pairs": pairs, "rho": _sequential.RHO,
-                           "min_pairs": _sequential.MIN_PAIRS},
+            "sequential": plan_sequential(pairs, futility=futility),
             "budget_s": budget_s, "bench_rounds": env["SUITE_BENCH_ROUNDS"],
             "bench_threads": env.get("SUITE_BENCH_THREADS"),
             "started": _dt.datetime.now().astimezone().isoformat()}
@@ -208,6 +212,12 @@ def run(a: Side, b: Side, *, pairs: int, pytest_args: list[str], folder: pathlib
                              quiet=quiet, targets=targets), part
 
     sock_dir = tempfile.mkdtemp(prefix="ab-baton-")  # a socket path must be short
+    # the oracle's quantized weights, computed by the first process that needs them and read
+    # back by every later one (suites/bench/workloads.py quantized_weights); removed at the end
+    weights_dir = None
+    if WEIGHT_CACHE_ENV not in env:
+        weights_dir = tempfile.mkdtemp(prefix="ab-weights-")
+        env[WEIGHT_CACHE_ENV] = weights_dir
     try:
         for p in range(pairs):
             i1 = 2 * p + 1
@@ -244,16 +254,18 @@ def run(a: Side, b: Side, *, pairs: int, pytest_args: list[str], folder: pathlib
             n_timed = max(_count_records(done[-1][1]), _count_records(done[-2][1]))
             history.append({"pair": p + 1, "targets": "selection" if targets == [BENCH_DIR]
                             else len(targets), "benchmarks": n_timed, "wall_s": wall})
-            if p + 1 >= _sequential.MIN_PAIRS and p + 1 < pairs:
+            if p + 1 >= (FIRST_LOOK if futility else _sequential.MIN_PAIRS) and p + 1 < pairs:
                 targets = step(folder)
                 history[-1]["open_after"] = len(targets)
                 say(f"A/B after pair {p + 1}: {len(targets)} benchmark(s) still open "
                     f"({time.monotonic() - t0:.0f} s so far)")
                 if not targets:
-                    stopped = f"every benchmark decided after {p + 1} pairs"
+                    stopped = f"no benchmark open after {p + 1} pairs"
                     break
     finally:
         shutil.rmtree(sock_dir, ignore_errors=True)
+        if weights_dir:
+            shutil.rmtree(weights_dir, ignore_errors=True)
     plan["wall_s"] = {"total": round(time.monotonic() - t0, 1), "processes": walls}
     plan["steps"] = history
     plan["stopped"] = stopped

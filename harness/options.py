@@ -96,7 +96,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
            convert=_whole(1, 50, "a number of processes"), default="5"),
     Option("--ab-pairs", "A/B: the most pairs of benchmark processes a benchmark gets (it "
            "leaves at its verdict: reports/sequential.py)",
-           convert=_whole(1, 100, "a whole number of pairs"), default="8"),
+           convert=_whole(1, 100, "a whole number of pairs"), default="10"),
     Option("--ab-budget", "A/B: wall time for the whole run (90s, 15m, 1h; no pair starts "
            "that would end past it)", convert=duration),
     Option("--ab-slowdown-b", "A/B: a slowdown planted in B's processes (GLOB=F)",

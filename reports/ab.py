@@ -185,7 +185,8 @@ class ABRow:
     a_acceptance: float = math.nan
     b_acceptance: float = math.nan
     acceptance_p: float = math.nan
-    decided_at: int = 0  # sequential: the look (pairs) at which the verdict was reached
+    decided_at: int = 0  # sequential: the look (pairs) at which the benchmark left
+    futile: bool = False  # sequential: it left without a verdict (futility)
     level: float = math.nan  # one-sided level a side of the interval shown
 
     @property
@@ -202,20 +203,24 @@ class ABComparison(VerdictTable):
     pairs: int  # complete pairs of processes
     rows: list[ABRow]
     notes: list[str]
-    sequential: dict | None = None  # {"max_pairs": N, "rho": RHO}: reports/sequential.py
+    sequential: dict | None = None  # seq_plan(): max_pairs, rho, trim, futility_beta
+    pooled: dict = field(default_factory=dict)  # backend -> pooled sd at each look (futility)
     VERDICTS: ClassVar[tuple[str, ...]] = VERDICTS
     FAILING: ClassVar[tuple[str, ...]] = FAILING
 
     def as_dict(self) -> dict:
-        interval = (f"group-sequential Student t for the mean paired log-ratio: look n spends "
+        interval = (f"group-sequential Student t for the mean paired log-ratio"
+                    f"{_trim_words(self.sequential)}: look n spends "
                     f"alpha x ((n/N)^rho - ((n-1)/N)^rho) a side, N = "
                     f"{self.sequential['max_pairs']}, rho = {self.sequential['rho']}"
+                    f"{_futility_words(self.sequential)}"
                     if self.sequential else
                     f"two-sided {1 - 2 * self.alpha:.0%} Student t for the mean paired "
                     "log-ratio (one-sided alpha at each end)")
         return {"a": self.a, "b": self.b, "rule": dataclasses.asdict(self.rule),
                 "alpha": self.alpha, "interval": interval, "sequential": self.sequential,
                 "pairs": self.pairs, "notes": self.notes, "counts": self.counts(),
+                "pooled_sd": self.pooled,
                 "open": self.open_names(), "verdict_names": MARK,
                 "rows": [dataclasses.asdict(r) for r in self.rows]}
 
@@ -225,7 +230,7 @@ class ABComparison(VerdictTable):
         if not self.sequential:
             return []
         return [r.fullname for r in self.rows if r.verdict == "inconclusive"
-                and r.pairs < self.sequential["max_pairs"]]
+                and not r.futile and r.pairs < self.sequential["max_pairs"]]
 
 
 def _pairs(processes: list[tuple[str, Run]]) -> list[tuple[Run, Run]]:
@@ -263,6 +268,51 @@ def _unpaired(a_runs: list[Run], b_runs: list[Run], rule: Rule) -> tuple[dict[st
     return {r.fullname: _FROM_COMPARE.get(r.verdict, r.verdict) for r in cmp.rows}, ""
 
 
+def seq_plan(sequential: dict) -> dict:
+    """The sequential rule a plan names, normalised: max_pairs, rho, trim and futility_beta.
+    A plan from before the trimmed interval and futility (2026-12-07, no "trim" key) is judged
+    as it ran: plain t intervals, no futility."""
+    from reports import sequential as seq
+
+    try:
+        modern = "trim" in sequential
+        out = {"max_pairs": int(sequential["max_pairs"]),
+               "rho": float(sequential.get("rho", seq.RHO)),
+               "trim": float(sequential["trim"]) if modern else 0.0,
+               "futility_beta": (None if not modern or sequential.get("futility_beta") is None
+                                 else float(sequential["futility_beta"]))}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ABError(f"sequential plan {sequential!r}: expected max_pairs and rho") from None
+    if out["max_pairs"] < 1 or not out["rho"] > 0 or not 0 <= out["trim"] < 0.5 or \
+            (out["futility_beta"] is not None and not 0 < out["futility_beta"] < 0.5):
+        raise ABError(f"sequential plan {sequential!r}: max_pairs >= 1, rho > 0, "
+                      "0 <= trim < 0.5, 0 < futility_beta < 0.5")
+    return out
+
+
+def plan_sequential(max_pairs: int, *, futility: bool = True) -> dict:
+    """What a sequential run's plan.json says of its rule (harness/ab.py writes it)."""
+    from reports import sequential as seq
+
+    return {"max_pairs": max_pairs, "rho": seq.RHO, "min_pairs": seq.MIN_PAIRS,
+            "trim": seq.TRIM, "futility_beta": seq.FUTILITY_BETA if futility else None,
+            "futility_from": seq.FUTILITY_FROM}
+
+
+def _pooled_by_backend(ratios: dict, first: dict, sequential: dict) -> dict:
+    """Per backend, the pooled sd of its benchmarks' log ratios at each look (seq.pooled_sd;
+    index n - 1 for look n): what futility weighs a benchmark's own spread against."""
+    from reports import sequential as seq
+
+    if not sequential.get("futility_beta"):
+        return {}
+    groups: dict[str, list] = {}
+    for name, r in ratios.items():
+        groups.setdefault(first[name].backend, []).append(r)
+    return {be: [seq.pooled_sd(series, n) for n in range(1, sequential["max_pairs"] + 1)]
+            for be, series in groups.items()}
+
+
 def judge(processes: list[tuple[str, Run]], rule: Rule | None = None, *, a: str = "A",
           b: str = "B", unpaired: bool = True, sequential: dict | None = None
           ) -> ABComparison:
@@ -279,13 +329,7 @@ def judge(processes: list[tuple[str, Run]], rule: Rule | None = None, *, a: str 
 
     rule = rule or Rule.load()
     if sequential is not None:
-        try:
-            sequential = {"max_pairs": int(sequential["max_pairs"]),
-                          "rho": float(sequential.get("rho", seq.RHO))}
-        except (KeyError, TypeError, ValueError):
-            raise ABError(f"sequential plan {sequential!r}: expected max_pairs and rho") from None
-        if sequential["max_pairs"] < 1 or not sequential["rho"] > 0:
-            raise ABError(f"sequential plan {sequential!r}: max_pairs >= 1 and rho > 0")
+        sequential = seq_plan(sequential)
     alpha = rule.max_false_alarm_rate
     if len(processes) < 2:
         raise ABError(f"{len(processes)} process(es): an A/B judgement needs pairs of processes")
@@ -323,6 +367,9 @@ def judge(processes: list[tuple[str, Run]], rule: Rule | None = None, *, a: str 
                     first[rec.fullname] = rec
     in_a = {n for ra, _ in pairs for n in ra.by_name}
     in_b = {n for _, rb in pairs for n in rb.by_name}
+    ratios = {name: [rb.by_name[name].median / ra.by_name[name].median for ra, rb in pairs
+                     if name in ra.by_name and name in rb.by_name] for name in order}
+    pooled = _pooled_by_backend(ratios, first, sequential) if sequential else {}
     rows = []
     for name in order:
         rec = first[name]
@@ -348,10 +395,13 @@ def judge(processes: list[tuple[str, Run]], rule: Rule | None = None, *, a: str 
         row.b_slower = sum(y > x for x, y in both)
         if sequential:
             lk = seq.replay(row.pair_ratios, max_pairs=sequential["max_pairs"], alpha=alpha,
-                            threshold=t, rho=sequential["rho"])
+                            threshold=t, rho=sequential["rho"], trim=sequential["trim"],
+                            pooled=pooled.get(rec.backend),
+                            beta=sequential["futility_beta"] or 0.0)
             row.ratio, row.lo, row.hi, row.level = lk.ratio, lk.lo, lk.hi, lk.level
             row.verdict = lk.verdict or "inconclusive"
-            row.decided_at = lk.n if lk.verdict else 0
+            row.decided_at = lk.n if (lk.verdict or lk.futile) else 0
+            row.futile = lk.futile
         else:
             row.ratio, row.lo, row.hi = paired_interval(am, bm, alpha)
             row.level = alpha
@@ -369,12 +419,16 @@ def judge(processes: list[tuple[str, Run]], rule: Rule | None = None, *, a: str 
         notes.append(f"{len(few)} benchmark(s) inconclusive by construction: fewer than "
                      f"{MIN_PAIRS} complete pairs (--ab-pairs >= {MIN_PAIRS}), e.g. {few[0].label}")
     if sequential:
-        left = [r for r in rows if r.decided_at]
+        left = [r for r in rows if r.decided_at and not r.futile]
+        futile = [r for r in rows if r.futile]
         notes.append(f"sequential: {len(left)} of {len(rows)} benchmarks decided, at "
                      f"{np.mean([r.decided_at for r in left]) if left else 0:.1f} pairs on "
+                     f"average; {len(futile)} left without a verdict for futility (no change "
+                     f"beyond the band in sight), at "
+                     f"{np.mean([r.decided_at for r in futile]) if futile else 0:.1f} pairs on "
                      f"average; at most {sequential['max_pairs']} pairs a benchmark")
     return ABComparison(a=a, b=b, rule=rule, alpha=alpha, pairs=len(pairs), rows=rows,
-                        notes=notes, sequential=sequential)
+                        notes=notes, sequential=sequential, pooled=pooled)
 
 
 def load_folder(folder: str | pathlib.Path) -> tuple[dict, list[tuple[str, Run]]]:
@@ -408,6 +462,24 @@ def _fmt_time(s: float) -> str:
     return fmt(s)
 
 
+def _trim_words(sequential: dict | None) -> str:
+    if not sequential or not sequential.get("trim"):
+        return ""
+    return (f" (from n >= 5 intersected with the {sequential['trim']:.0%}-trimmed t interval, "
+            "each at half the level)")
+
+
+def _futility_words(sequential: dict | None) -> str:
+    beta = (sequential or {}).get("futility_beta")
+    if not beta:
+        return ""
+    return (f"; from pair 2 a benchmark without a verdict leaves, inconclusive ('at' marked "
+            f"'futile'), when no change beyond the band is in sight: its mean log ratio "
+            f"-+ z x sd / sqrt(n) at {1 - beta:.0%} a side (sd: the larger of its own and its "
+            f"backend's pooled) and every pair's ratio inside the band (futility claims "
+            f"nothing and spends no alpha)")
+
+
 def to_markdown(cmp: ABComparison) -> str:
     t = cmp.rule.threshold
     level = 1 - 2 * cmp.alpha
@@ -418,13 +490,15 @@ def to_markdown(cmp: ABComparison) -> str:
         n_max = cmp.sequential["max_pairs"]
         rule = (f"Rule (sequential, reports/sequential.py): per benchmark, the paired ratios B/A "
                 f"of the process medians of the two processes of each pair; after each pair "
-                f"n >= {MIN_PAIRS} a Student t interval of the mean log ratio at one-sided level "
+                f"n >= {MIN_PAIRS} a Student t interval of the mean log ratio"
+                f"{_trim_words(cmp.sequential)} at one-sided level "
                 f"a_n = {cmp.alpha:.0%} x ((n/{n_max})^{cmp.sequential['rho']:g} - "
                 f"((n-1)/{n_max})^{cmp.sequential['rho']:g}) a side (the levels sum to "
                 f"{cmp.alpha:.0%}: at most {cmp.alpha:.0%} false verdicts per benchmark over "
                 f"all looks). {band}; a benchmark leaves at its first verdict ('at' = pairs "
-                f"then), and is inconclusive when still open after {n_max} pairs or when the "
-                "run's budget ran out. The interval shown is the deciding (or last) look's.")
+                f"then){_futility_words(cmp.sequential)}, and is inconclusive when still open "
+                f"after {n_max} pairs or when the run's budget ran out. The interval shown is the "
+                "deciding (or last) look's.")
     else:
         rule = (f"Rule: per benchmark, the paired ratios B/A of the process medians of the two "
                 f"processes of each pair; ratio = their geometric mean, interval = {level:.0%} "
@@ -453,9 +527,15 @@ def to_markdown(cmp: ABComparison) -> str:
                else "-")
         lines.append(f"| {MARK[r.verdict]} | {r.label} | {_fmt_time(r.a_median)} | "
                      f"{_fmt_time(r.b_median)} | {ratio} | {interval} | {r.pairs} | "
-                     f"{r.decided_at or '-'} | {r.b_slower}/{r.pairs} | {r.unpaired or '-'} | "
+                     f"{_at(r)} | {r.b_slower}/{r.pairs} | {r.unpaired or '-'} | "
                      f"{acc} |")
     return "\n".join(lines) + "\n"
+
+
+def _at(r: ABRow) -> str:
+    if not r.decided_at:
+        return "-"
+    return f"{r.decided_at} futile" if r.futile else str(r.decided_at)
 
 
 def write_outputs(cmp: ABComparison, folder: pathlib.Path, *, extra: dict | None = None
@@ -536,7 +616,8 @@ USAGE = """python -m reports ab run --a-python PY --b-python PY [--a-name S] [--
        python -m reports ab step DIR [--rule FILE] [--threshold F]
        python -m reports ab calibrate [--pairs 3,6,12,24] [--benchmarks N] [--disturbed F]
                         [--drift F] [--seed S]
-       python -m reports ab calibrate --sequential [--pairs 8] [--benchmarks N] [--seed S]"""
+       python -m reports ab calibrate --sequential [--pairs 10] [--from DIR] [--benchmarks N]
+                        [--seed S]"""
 
 
 def _parser():
@@ -570,7 +651,10 @@ def _parser():
                    help="the sequential rule's operating characteristics (reports/sequential.py)"
                         " instead of the fixed rule's synthetic runs")
     s.add_argument("--pairs", default=None, help="fixed rule: pair counts (default 3,6,12,24); "
-                                                 "--sequential: the maximum N (default 8)")
+                                                 "--sequential: the maximum N (default 10)")
+    s.add_argument("--from", dest="source", default=None,
+                   help="--sequential: also resample the paired log-ratios of this A vs A run's "
+                        "folder (reports/out/<time>-ab), its slowed backends left out")
     s.add_argument("--benchmarks", type=int, default=2000)
     s.add_argument("--disturbed", type=float, default=0.25)
     s.add_argument("--drift", type=float, default=0.02, help="log random-walk step a process")
@@ -600,33 +684,45 @@ def print_report(cmp: ABComparison) -> None:
 
 
 def _calibrate_sequential(a) -> int:
-    """`ab calibrate --sequential`: verdict shares and mean pairs of the sequential rule for
-    normal paired log-ratios (reports/sequential.py simulate), then on reports/synthetic.py's
-    runs; exit 1 when, in the normal model, a false verdict rate at the threshold (B +5%
-    called a regression, or same) exceeds the rule's alpha."""
+    """`ab calibrate --sequential`: verdict shares and mean pairs of the sequential rule (the
+    trimmed interval and futility as a run uses them) for normal paired log-ratios
+    (reports/sequential.py simulate), for log-ratios resampled from a real A vs A run
+    (--from FOLDER), then on reports/synthetic.py's runs; exit 1 when, in the normal or the
+    resampled model, a false verdict rate at the threshold (B +5% called a regression, or same)
+    exceeds the rule's alpha."""
     import numpy as np
 
     from reports import sequential as seq
 
     rule = _rule(a)
     try:
-        n_max = int(a.pairs or 8)
+        n_max = int(a.pairs or seq.MAX_PAIRS)
     except ValueError:
         n_max = 0
     if n_max < seq.MIN_PAIRS:
         raise ABError(f"--pairs {a.pairs!r}: the sequential maximum is a whole number >= "
                       f"{seq.MIN_PAIRS}")
     t = rule.threshold
-    cells = seq.simulate(ratios=(1.0, 1.0 + t, 1.10, 2.0), max_pairs=n_max,
-                         alpha=rule.max_false_alarm_rate, threshold=t, n=a.benchmarks,
-                         seed=a.seed)
-    print(json.dumps({"max_pairs": n_max, "rho": seq.RHO, "alpha": rule.max_false_alarm_rate,
-                      "threshold": t, "benchmarks": a.benchmarks, "cells": cells}, indent=1))
-    print("sigma of d | true ratio B/A | regression | faster | same | inconclusive | mean pairs")
+    alpha = rule.max_false_alarm_rate
+    ratios = (1.0, 1.0 + t, 1.10, 2.0)
+    kw = {"max_pairs": n_max, "alpha": alpha, "threshold": t, "n": a.benchmarks, "seed": a.seed}
+    cells = seq.simulate(ratios=ratios, **kw)
+    pool = _ab_pool(a.source) if a.source else None
+    if pool is not None:
+        for c in seq.simulate_noise(seq.resampled_noise(pool["d"]), ratios, **kw):
+            cells.append({"sigma": "resampled", **c})
+    print(json.dumps({"max_pairs": n_max, "rho": seq.RHO, "trim": seq.TRIM,
+                      "futility_beta": seq.FUTILITY_BETA, "alpha": alpha, "threshold": t,
+                      "benchmarks": a.benchmarks,
+                      "resampled_from": {k: v for k, v in (pool or {}).items() if k != "d"},
+                      "cells": cells}, indent=1))
+    print("sigma of d | true ratio B/A | regression | faster | same | futile | inconclusive | "
+          "mean pairs")
     for c in cells:
-        print(f"{c['sigma']:10.1%} | {c['ratio']:14.2f} | {c['regression']:10.2%} | "
-              f"{c['faster']:6.2%} | {c['same']:4.0%} | {c['inconclusive']:12.0%} | "
-              f"{c['mean_pairs']:.1f}")
+        sigma = f"{c['sigma']:10.1%}" if isinstance(c["sigma"], float) else f"{c['sigma']:>10}"
+        print(f"{sigma} | {c['ratio']:14.2f} | {c['regression']:10.2%} | "
+              f"{c['faster']:6.2%} | {c['same']:4.0%} | {c['futile']:6.0%} | "
+              f"{c['inconclusive']:12.0%} | {c['mean_pairs']:.1f}")
     # the same rule on the fixed rule's synthetic runs (reports/synthetic.py: rounds' jitter, a
     # drift common to neighbouring processes, a share of disturbed processes), judged as a
     # sequential run's folder is
@@ -639,32 +735,70 @@ def _calibrate_sequential(a) -> int:
     names = benchmark_names(max(1, a.benchmarks // runs))
     print(f"synthetic processes (disturbed {a.disturbed:.0%}, drift {a.drift:.0%} a process), "
           f"at most {n_max} pairs, {runs} runs of {len(names)} benchmarks:")
-    print("slowdown of B | regression | faster |   same | inconclusive | mean pairs to a verdict")
+    print("slowdown of B | regression | faster |   same | futile | inconclusive | mean pairs to "
+          "a verdict")
     for eff in (0.0, t, 0.10, 1.0):
-        k = dict.fromkeys(("regression", "faster", "same", "inconclusive"), 0)
+        k = dict.fromkeys(("regression", "faster", "same", "futile", "inconclusive"), 0)
         left = []
         for _ in range(runs):
             procs = synthetic_processes(names, rng, pairs=n_max, drift_sigma=a.drift,
                                         noise=Noise(disturbed=a.disturbed),
                                         slowdown_b={nm[0]: eff for nm in names} if eff
                                         else None)
-            cmp = judge(procs, rule, unpaired=False, sequential={"max_pairs": n_max})
+            cmp = judge(procs, rule, unpaired=False, sequential=plan_sequential(n_max))
             for v, c in cmp.counts().items():
                 if v in k:
                     k[v] += c
-            left += [r.decided_at for r in cmp.rows if r.decided_at]
+            k["futile"] += sum(r.futile for r in cmp.rows)
+            k["inconclusive"] -= sum(r.futile for r in cmp.rows)
+            left += [r.decided_at for r in cmp.rows if r.decided_at and not r.futile]
         share = {v: c / (runs * len(names)) for v, c in k.items()}
         print(f"{eff:13.0%} | {share['regression']:10.2%} | {share['faster']:6.2%} | "
-              f"{share['same']:6.2%} | {share['inconclusive']:12.0%} | "
+              f"{share['same']:6.2%} | {share['futile']:6.0%} | {share['inconclusive']:12.0%} | "
               f"{np.mean(left) if left else float('nan'):.1f}")
         cells.append({"synthetic": True, "slowdown_b": eff, **share})
-    # the exit status judges the independent normal-model cells (the rule's guarantee); the
-    # synthetic runs' shares are correlated within a run, an illustration
+    # the exit status judges the independent normal-model and resampled cells (the rule's
+    # guarantee); the synthetic runs' shares are correlated within a run, an illustration
     # with binomial slack (3 standard errors over a.benchmarks)
-    alpha = rule.max_false_alarm_rate
     worst = max(max(c["regression"], c["same"]) for c in cells
                 if not c.get("synthetic") and c["ratio"] == 1.0 + t)
     return 0 if worst <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / a.benchmarks) else 1
+
+
+def _ab_pool(folder: str) -> dict:
+    """The paired log-ratios of an A vs A run's folder (both sides the same name), without the
+    benchmarks of a backend B's processes were slowed in (plan.json slowdown_b): what this
+    machine's pairs do when nothing changed, for `calibrate --sequential --from`."""
+    import fnmatch
+
+    import numpy as np
+
+    plan, procs = load_folder(folder)
+    names = ((plan.get("a") or {}).get("name"), (plan.get("b") or {}).get("name"))
+    if not plan or names[0] != names[1]:
+        raise ABError(f"{folder}: not an A vs A run (sides {names[0]!r} and {names[1]!r}); the "
+                      "resampled model needs pairs in which nothing changed")
+    slowed = [part.partition("=")[0] for part in str(plan.get("slowdown_b") or "").split(",")
+              if part.strip()]
+    pairs = _pairs(procs)
+    d, kept, dropped = [], set(), set()
+    for ra, rb in pairs:
+        for name, rec in ra.by_name.items():
+            if name not in rb.by_name:
+                continue
+            if any(fnmatch.fnmatch(rec.backend, g) for g in slowed):
+                dropped.add(name)
+                continue
+            kept.add(name)
+            d.append(math.log(rb.by_name[name].median / rec.median))
+    if len(d) < 30:
+        raise ABError(f"{folder}: {len(d)} unslowed pair ratios; the resampled model needs 30 "
+                      "or more")
+    machine = procs[0][1].machine_info.get("cpu") or {}
+    return {"d": np.asarray(d), "folder": str(folder), "pairs": len(pairs),
+            "benchmarks": len(kept), "left_out_slowed": len(dropped), "ratios": len(d),
+            "cpu": {k: machine.get(k) for k in ("model", "isa_flags", "usable_cpus")
+                    if k in machine}}
 
 
 def _write_new(path: str, text: str) -> None:

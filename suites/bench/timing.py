@@ -68,6 +68,7 @@ PILOT_SLOW_MAX_S = 0.025
 WARMUP_MAX_S = 1.0  # auto warm-up: calls until two agree within 10%, at most 5 or this long
 AUTO_CONTROL_REPS = 10  # the control op before and after the rounds (40 with the time rule)
 REWARM_MAX_S = 0.005  # A/B windows: an untimed re-warm call after each handover below this
+MIN_WINDOWS = 4  # A/B windows: a case's timed rounds span at least this many windows a side
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -366,6 +367,17 @@ def auto_rounds(pilot: list[float], time_rounds: int) -> tuple[int, float]:
     return min(time_rounds, max(AUTO_MIN, need)), cv
 
 
+def window_rounds(t: float, rounds: int) -> int:
+    """Timed rounds a side computes before it passes the baton (A/B window interleaving): about
+    reports.baton.WINDOW_S seconds of calls of t seconds, and at most rounds / MIN_WINDOWS, so
+    each case's rounds span at least MIN_WINDOWS windows a side. A case of a few hundred
+    rounds used to fit one window a side; a slow stretch of the machine (measured here
+    2026-12-07: 50 ms stretches 2-3x slower for cpu_fused_moe) then fell on one side's whole
+    median. Over MIN_WINDOWS alternations it falls on a quarter of one side's rounds, which
+    the median does not follow, or on both sides."""
+    return max(1, min(math.ceil(_baton.WINDOW_S / t), math.ceil(rounds / MIN_WINDOWS)))
+
+
 def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
              roofline: _roofline.Roofline, group: str, backend: str, extra: dict,
              inputs: Iterable = (), copies: dict[str, str] | None = None) -> None:
@@ -419,7 +431,7 @@ def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
         rounds, pilot_cv = auto_rounds(pilot, rounds)
     window = None
     if BATON is not None and not cuda:
-        window = Windows(BATON, target, setup, max(1, math.ceil(_baton.WINDOW_S / t)),
+        window = Windows(BATON, target, setup, window_rounds(t, rounds),
                          rewarm=t < REWARM_MAX_S)
         setup = window.setup
         window.handover()  # the other side reaches this case: the timed windows start aligned

@@ -16,6 +16,8 @@ Router (logits [T, E] float32 in, weights float32 + ids int32 out):
 
 from __future__ import annotations
 
+import os
+import pathlib
 from dataclasses import dataclass
 
 import torch
@@ -80,13 +82,29 @@ def quantized_compute_dtype(scheme, activation_dtype: str) -> str:
     return scheme.activation or activation_dtype
 
 
+WEIGHT_CACHE_ENV = "SUITE_BENCH_WEIGHT_CACHE"
+
+
 def quantized_weights(cfg: MoEConfig, scheme, chunk: int = 8):
     """expert_weights quantized under `scheme`, a few experts at a time (the float64 quantizer
-    never holds a real shape's 11 G parameters at once): (w13, w2) QuantizedWeight on the host."""
+    never holds a real shape's 11 G parameters at once): (w13, w2) QuantizedWeight on the host.
+
+    With SUITE_BENCH_WEIGHT_CACHE naming a folder (an A/B run sets one for its processes, and
+    removes it after), the codes and scales are kept there as safetensors and read back by the
+    later processes: the oracle's quantizer is the same code on both sides and in every pair,
+    and it took 14 s of each process of the issue-33 selection (mxfp4 at the Qwen3-Next dims:
+    8 s). The backend's own packing (backend.prepare) still runs in every process."""
     from dataclasses import replace as _replace
 
     from reference.quant import quantize_weight
 
+    folder = os.environ.get(WEIGHT_CACHE_ENV)
+    path = None
+    if folder:
+        path = pathlib.Path(folder) / (f"{cfg.name}-{scheme.name}-{chunk}-"
+                                       f"{stable_seed('bench-weights', cfg.name, str(torch.float32))}.safetensors")
+        if path.exists():
+            return _load_quantized(path, scheme)
     w13, w2 = expert_weights(cfg, torch.float32)
     out = []
     for w in (w13, w2):
@@ -94,7 +112,29 @@ def quantized_weights(cfg: MoEConfig, scheme, chunk: int = 8):
         out.append(_replace(parts[0], q=torch.cat([p.q for p in parts]),
                             scale=torch.cat([p.scale for p in parts]),
                             zero=None if parts[0].zero is None else torch.cat([p.zero for p in parts])))
+    if path is not None:
+        from safetensors.torch import save_file
+
+        tensors = {f"{w}.{k}": getattr(qw, k).contiguous() for w, qw in zip(("w13", "w2"), out)
+                   for k in ("q", "scale", "zero") if getattr(qw, k) is not None}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)  # atomic: the other side of the pair may be reading the folder
+        # every process with a cache takes its weights the same way (read back and copied to
+        # fresh memory), the one that wrote the file too: no side times other pages than the other
+        return _load_quantized(path, scheme)
     return out[0], out[1]
+
+
+def _load_quantized(path: pathlib.Path, scheme):
+    """(w13, w2) QuantizedWeight from the cache file, copied into this process's own memory."""
+    from safetensors.torch import load_file
+
+    from reference.quant import QuantizedWeight
+
+    t = {k: v.clone() for k, v in load_file(str(path)).items()}
+    return tuple(QuantizedWeight(scheme, t[f"{w}.q"], t[f"{w}.scale"], t.get(f"{w}.zero"))
+                 for w in ("w13", "w2"))
 
 
 def experts_cost(*, tokens: int, H: int, I: int, K: int, n_active: int, act_bytes: int,

@@ -18,6 +18,7 @@ import pytest
 from harness import ab
 from harness.spec import Pins
 from reports import ab as judging
+from reports import sequential as seq
 from reports.__main__ import main
 from reports.synthetic import Noise, benchmark_names
 from tests.harness.fakes import FakeRunner, SessionError
@@ -88,23 +89,25 @@ def test_run_alternates_sides_and_slows_only_b(tmp_path, capsys):
              for line in p.read_text().splitlines()]
     by_file = sorted((next(a for a in args if a.startswith("--benchmark-json=")), side, args)
                      for side, args in calls)
-    # every process returns the same file, so every pair agrees exactly: each benchmark is
-    # decided at the first look (3 pairs) and the run stops there, before the 4th pair
-    assert [side for _, side, _ in by_file] == [s.lower() for s in ab.schedule(4)[:6]]
+    # every process returns the same file, so every pair agrees exactly: each benchmark leaves
+    # at the first look (2 pairs, futility: nothing beyond the band in sight) and the run stops
+    # there, before the 3rd pair
+    assert [side for _, side, _ in by_file] == [s.lower() for s in ab.schedule(4)[:4]]
     for _, side, args in by_file:
         # one process of nox -s bench: its pytest arguments, then the selection
         assert args[:6] == ["-m", "pytest", "suites/bench", "-m", "bench", "--device=cpu"]
         assert ("--bench-slowdown=cpu_fused_moe.vec=0.1" in args) == (side == "b")
         assert args[args.index("-k") + 1] == "moe_experts" and "--bench-threads=1" in args
     verdicts = json.loads((out / "ab.json").read_text())
-    assert (out / "ab.md").exists() and verdicts["pairs"] == 3 and verdicts["open"] == []
-    assert verdicts["sequential"] == {"max_pairs": 4, "rho": 3.0}
-    assert all(r["decided_at"] == 3 for r in verdicts["rows"])
+    assert (out / "ab.md").exists() and verdicts["pairs"] == 2 and verdicts["open"] == []
+    assert verdicts["sequential"] == {"max_pairs": 4, "rho": 3.0, "trim": 0.2,
+                                      "futility_beta": 0.1}
+    assert all(r["decided_at"] == 2 and r["futile"] for r in verdicts["rows"])
     plan = json.loads((out / "plan.json").read_text())
     assert plan["order"] == ab.schedule(4) and plan["slowdown_b"] == "cpu_fused_moe.vec=0.1"
-    assert len(plan["wall_s"]["processes"]) == 6 and plan["bench_rounds"] == "auto"
+    assert len(plan["wall_s"]["processes"]) == 4 and plan["bench_rounds"] == "auto"
     assert plan["bench_threads"] == "1"  # one thread a process on cpu unless told otherwise
-    assert plan["stopped"] == "every benchmark decided after 3 pairs"
+    assert plan["stopped"] == "no benchmark open after 2 pairs"
     assert [s["open_after"] for s in plan["steps"] if "open_after" in s] == [0]
 
 
@@ -125,26 +128,43 @@ def _run_with_step(tmp_path, step, **kw):
 
 
 def test_later_pairs_time_only_the_open_benchmarks(tmp_path):
-    """Pairs 1-3 time the selection; after each pair from the 3rd the runner asks which
-    benchmarks are still open and the next pair's processes get exactly those node ids (the
-    pytest arguments kept); the run ends when none is open."""
+    """Pairs 1-2 time the selection; after each pair from the 2nd (futility from the 2nd,
+    verdicts from the 3rd) the runner asks which benchmarks are still open and the next pair's
+    processes get exactly those node ids (the pytest arguments kept); the run ends when none is
+    open. Without futility (bisect) the first look is after the 3rd pair."""
     looks = []
-    still = [["suites/bench/test_router.py::test_router[a]",
-              "suites/bench/test_router.py::test_router[b]"],
-             ["suites/bench/test_router.py::test_router[b]"], []]
+    both = ["suites/bench/test_router.py::test_router[a]",
+            "suites/bench/test_router.py::test_router[b]"]
+    still = [both, both, ["suites/bench/test_router.py::test_router[b]"], []]
 
     def step(folder):
         looks.append(len(list(folder.glob("process*.json"))))
         return still[len(looks) - 1]
 
     done, calls, plan = _run_with_step(tmp_path, step, pairs=8)
-    assert looks == [6, 8, 10] and len(done) == 10
+    assert looks == [4, 6, 8, 10] and len(done) == 10
     targets = [args[2:args.index("-m", 2)] for args in calls]
-    assert targets[:6] == [["suites/bench"]] * 6
-    assert targets[6:8] == [still[0]] * 2 and targets[8:] == [still[1]] * 2
+    assert targets[:4] == [["suites/bench"]] * 4
+    assert targets[4:8] == [both] * 4 and targets[8:] == [still[2]] * 2
     assert all(args[args.index("-k") + 1] == "x" for args in calls)
-    assert plan["stopped"] == "every benchmark decided after 5 pairs"
-    assert [s.get("open_after") for s in plan["steps"]] == [None, None, 2, 1, 0]
+    assert plan["stopped"] == "no benchmark open after 5 pairs"
+    assert [s.get("open_after") for s in plan["steps"]] == [None, 2, 2, 1, 0]
+    assert plan["sequential"]["futility_beta"] == seq.FUTILITY_BETA
+
+
+def test_without_futility_the_first_look_is_after_the_third_pair(tmp_path):
+    """bisect --perf runs without futility (a step needs a verdict): pairs 1-3 time the
+    selection, and the plan says no futility."""
+    looks = []
+    still = [["suites/bench/test_router.py::test_router[b]"], []]
+
+    def step(folder):
+        looks.append(len(list(folder.glob("process*.json"))))
+        return still[len(looks) - 1]
+
+    done, _, plan = _run_with_step(tmp_path, step, pairs=8, futility=False)
+    assert looks == [6, 8] and len(done) == 8
+    assert plan["sequential"]["futility_beta"] is None
 
 
 def test_budget_stops_before_a_pair_that_would_overrun(tmp_path, monkeypatch):
@@ -271,7 +291,7 @@ def test_split_args_is_harness_options():
                          "--ab-budget", "15m"])
     assert got == ab.Args(pairs=3, slowdown_b="cpu_*=0.1", interleave="window", budget_s=900.0,
                           rest=["-k", "moe", "-x"])
-    assert ab.split_args([]).pairs == ab.DEFAULT_PAIRS == 8
+    assert ab.split_args([]).pairs == ab.DEFAULT_PAIRS == 10
     assert ab.split_args(["--ab-budget=90"]).budget_s == 90.0
     assert ab.split_args(["--ab-budget=1.5h"]).budget_s == 5400.0
     for argv, msg in ((["--ab-pairs", "101"], "--ab-pairs '101': expected a whole number"),

@@ -264,3 +264,43 @@ def test_roofline_probes_run_once_a_run_and_are_reused(tmp_path, monkeypatch):
     assert len(calls) == 3 and path.read_text() == "{not json"
     probes.measure_or_reuse(None, "cpu", ("float32",))
     assert len(calls) == 4
+
+
+def test_a_case_spans_several_windows_a_side():
+    """A/B windows: about WINDOW_S of calls, but never fewer than MIN_WINDOWS windows a side
+    for a case (a slow stretch of the machine must not cover one side's whole median); a call
+    longer than a window is a window of one round."""
+    from reports.baton import WINDOW_S
+    from suites.bench.timing import MIN_WINDOWS, window_rounds
+
+    assert window_rounds(1e-5, 100000) == math.ceil(WINDOW_S / 1e-5)  # long cases: ~50 ms
+    assert window_rounds(1e-4, 300) == math.ceil(300 / MIN_WINDOWS)  # was one 300-round window
+    assert window_rounds(0.2, 7) == 1 and window_rounds(1e-6, 3) == 1
+
+
+def test_quantized_weights_cache_is_read_back_by_every_process(tmp_path, monkeypatch):
+    """SUITE_BENCH_WEIGHT_CACHE (an A/B run's): the oracle's quantized weights are computed
+    once and read back bit for bit (codes, scales, zero points) by later processes, into their
+    own memory; the process that wrote the file reads it back too (every side alike)."""
+    from reference import quant as Q
+
+    cfg = get_shape("mixtral-8x7b-cpu-experts")
+    scheme = Q.int_weight_only(4, 32, True)
+    monkeypatch.delenv(workloads.WEIGHT_CACHE_ENV, raising=False)
+    plain = workloads.quantized_weights(cfg, scheme)
+    monkeypatch.setenv(workloads.WEIGHT_CACHE_ENV, str(tmp_path))
+    first = workloads.quantized_weights(cfg, scheme)
+    files = list(tmp_path.glob("*.safetensors"))
+    assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
+    calls = []
+    monkeypatch.setattr("reference.quant.quantize_weight",
+                        lambda *a, **k: calls.append(a) or pytest.fail("recomputed"))
+    again = workloads.quantized_weights(cfg, scheme)
+    assert not calls
+    for a, b, c in zip(plain, first, again):
+        assert a.scheme == b.scheme == c.scheme and a.shape == c.shape
+        for k in ("q", "scale", "zero"):
+            x, y, z = getattr(a, k), getattr(b, k), getattr(c, k)
+            assert (x is None) == (z is None) and (x is None or (torch.equal(x, y)
+                                                                 and torch.equal(x, z)))
+        assert c.q.untyped_storage().data_ptr() != b.q.untyped_storage().data_ptr()

@@ -19,6 +19,8 @@ from reports.__main__ import main
 from reports.compare import Rule
 from reports.synthetic import Noise, benchmark_names
 
+FIRST_LOOK = min(seq.MIN_PAIRS, seq.FUTILITY_FROM)
+
 RULE = Rule.load()
 ALPHA, T = RULE.max_false_alarm_rate, RULE.threshold
 
@@ -93,11 +95,13 @@ def _processes(n_bench, *, pairs, slowdown_b=None, seed=0, drift_sigma=0.01):
                                          slowdown_b=slow, drift_sigma=drift_sigma)
 
 
-def _drop_decided(procs, max_pairs):
+def _drop_decided(procs, max_pairs, plan=None):
     """What the runner does: after each look, the decided benchmarks leave the later pairs."""
-    out = list(procs[:2 * seq.MIN_PAIRS])
-    for p in range(seq.MIN_PAIRS, len(procs) // 2):
-        cmp = ab.judge(out, RULE, unpaired=False, sequential={"max_pairs": max_pairs})
+    plan = plan or ab.plan_sequential(max_pairs)
+    first = FIRST_LOOK if plan.get("futility_beta") else seq.MIN_PAIRS
+    out = list(procs[:2 * first])
+    for p in range(first, len(procs) // 2):
+        cmp = ab.judge(out, RULE, unpaired=False, sequential=plan)
         keep = set(cmp.open_names())
         for side, run in procs[2 * p:2 * p + 2]:
             raw = dict(run.raw)
@@ -108,28 +112,115 @@ def _drop_decided(procs, max_pairs):
     return out
 
 
-def test_sequential_judgement_while_running_equals_the_folders():
-    """A planted 2x and 10% slowdown leave as regressions, A vs A as same; judged on the
-    folder afterwards (the decided benchmarks absent from later pairs), each benchmark keeps the
-    verdict and the look it had while the run went on."""
+@pytest.mark.parametrize("futility", [True, False])
+def test_sequential_judgement_while_running_equals_the_folders(futility):
+    """A planted 2x and 10% slowdown leave as regressions, A vs A as same (without futility) or
+    as same / futile (with: most after 2 pairs); judged on the folder afterwards (the decided
+    benchmarks absent from later pairs), each benchmark keeps the verdict and the look it had
+    while the run went on."""
     slowed = {0: 1.0, 1: 0.10, 2: 0.10}
     names, full = _processes(30, pairs=8, slowdown_b=slowed, seed=7)
-    ran = _drop_decided(full, 8)
+    plan = ab.plan_sequential(8, futility=futility)
+    ran = _drop_decided(full, 8, plan)
     assert sum(len(r.records) for _, r in ran) < sum(len(r.records) for _, r in full)
-    cmp = ab.judge(ran, RULE, sequential={"max_pairs": 8})
+    cmp = ab.judge(ran, RULE, sequential=plan)
     by = {r.fullname: r for r in cmp.rows}
     assert by[names[0][0]].verdict == "regression" and by[names[0][0]].decided_at == 3
     assert by[names[1][0]].verdict == by[names[2][0]].verdict == "regression"
     rest = [r for n, r in by.items() if n not in {names[i][0] for i in slowed}]
     assert not [r for r in rest if r.verdict in ("regression", "faster")]
-    assert sum(r.verdict == "same" for r in rest) >= 0.9 * len(rest)
+    if futility:
+        assert all(r.verdict == "same" or r.futile for r in rest)
+        assert sum(r.futile and r.decided_at == 2 for r in rest) >= 0.5 * len(rest)
+        assert not [r for r in cmp.rows if r.futile and r.verdict != "inconclusive"]
+        assert not set(cmp.open_names()) & {r.fullname for r in cmp.rows if r.futile}
+    else:
+        assert sum(r.verdict == "same" for r in rest) >= 0.9 * len(rest)
+        assert not [r for r in cmp.rows if r.futile]
     for r in cmp.rows:
         if r.decided_at:
-            assert r.pairs == r.decided_at  # it left at its verdict
-            alone = seq.replay(r.pair_ratios, max_pairs=8, alpha=ALPHA, threshold=T)
-            assert (alone.verdict, alone.n) == (r.verdict, r.decided_at)
+            assert r.pairs == r.decided_at  # it left at its verdict (or for futility)
+            alone = seq.replay(r.pair_ratios, max_pairs=8, alpha=ALPHA, threshold=T,
+                               pooled=cmp.pooled.get(r.backend),
+                               beta=plan["futility_beta"] or 0.0)
+            assert (alone.verdict or "inconclusive", alone.n, alone.futile) == \
+                (r.verdict, r.decided_at, r.futile)
     md = ab.to_markdown(cmp)
     assert "Rule (sequential" in md and "| at |" in md
+    assert ("futile |" in md) == futility and ("trimmed t interval" in md)
+
+
+def test_a_plan_from_before_trimming_and_futility_is_judged_as_it_ran():
+    """plan.json of the first sequential runs ({"max_pairs", "rho", "min_pairs"}): plain t
+    intervals, no futility, as the runner then decided who stayed."""
+    assert ab.seq_plan({"max_pairs": 8, "rho": 3.0, "min_pairs": 3}) == {
+        "max_pairs": 8, "rho": 3.0, "trim": 0.0, "futility_beta": None}
+    assert ab.seq_plan(ab.plan_sequential(10))["trim"] == seq.TRIM
+    for bad in ({"rho": 3}, {"max_pairs": 8, "trim": 0.6}, {"max_pairs": 8, "trim": 0.2,
+                                                             "futility_beta": 0.9}, None):
+        with pytest.raises(ab.ABError):
+            ab.seq_plan(bad)
+
+
+def test_one_wild_pair_does_not_hide_a_slowdown_from_the_trimmed_interval():
+    """A 10% slowdown with one pair 60% off (one process of the pair slow for that case, as
+    the shared machine does): the t interval alone stays wide for good; intersected with the
+    trimmed one it is a regression at 6 pairs. The negative control (trim 0) stays open."""
+    ratios = [1.10, 1.095, 1.105, 1.60, 1.10, 1.098, 1.102, 1.10]
+    got = seq.replay(ratios, max_pairs=8, alpha=ALPHA, threshold=T)
+    assert got.verdict == "regression" and got.n == 6 and got.lo > 1 + T
+    plain = seq.replay(ratios, max_pairs=8, alpha=ALPHA, threshold=T, trim=0.0)
+    assert plain.verdict is None and plain.lo < 1 + T
+    # below 5 pairs nothing is trimmed (g = 0), and the two intervals never both widen it
+    assert seq.trimmed(4, seq.TRIM) == 0 and seq.trimmed(5, seq.TRIM) == 1
+    assert seq.trimmed(10, seq.TRIM) == 2 and seq.trimmed(2, 0.4) == 0
+    d = np.log(ratios[:6])
+    (c1, h1), (c2, h2) = seq.half_widths(d, 0.001, seq.TRIM)
+    assert c1 == pytest.approx(d.mean()) and c2 == pytest.approx(np.sort(d)[1:5].mean())
+    assert h2 < h1 / 4  # the wild pair is what made the t interval wide
+
+
+def test_futility_needs_every_pair_inside_the_band():
+    """Futility: a benchmark whose pairs all sit well inside the band leaves after 2 pairs;
+    one pair outside the band (a 10% slowdown seen once, the other pair dipped by an episode)
+    keeps it; no pooled sd (too few benchmarks of its backend): never futile. It is never a
+    verdict."""
+    pooled = [None, 0.01, 0.01, 0.01]
+    quiet = seq.replay([1.002, 0.997], max_pairs=8, alpha=ALPHA, threshold=T, pooled=pooled)
+    assert quiet.futile and quiet.verdict is None and quiet.n == 2
+    dipped = seq.replay([1.0, 1.10], max_pairs=8, alpha=ALPHA, threshold=T, pooled=pooled)
+    assert not dipped.futile and dipped.verdict is None
+    assert not seq.replay([1.002, 0.997], max_pairs=8, alpha=ALPHA, threshold=T,
+                          pooled=[None, None]).futile
+    # the benchmark's own spread counts when it is the larger: 1.04 / 0.96 stays open
+    assert not seq.replay([1.04, 0.96], max_pairs=8, alpha=ALPHA, threshold=T,
+                          pooled=pooled).futile
+    # pooled_sd: the median of the backend's sds, made unbiased for normal d
+    rng = np.random.default_rng(0)
+    series = np.exp(rng.normal(0, 0.02, (400, 3)))
+    assert seq.pooled_sd(series, 3) == pytest.approx(0.02, rel=0.1)
+    assert seq.pooled_sd(series[:2], 3) is None and seq.pooled_sd(series, 1) is None
+
+
+def test_heavy_tailed_pairs_keep_false_verdicts_within_alpha():
+    """The spread this machine shows (a contaminated normal: 1.5% sd, 10% of the pairs from a
+    12% one) with B exactly at the threshold: the trimmed interval and futility keep false
+    regressions and false "same" within alpha; a 10% slowdown is still caught mostly, and A vs
+    A is never a regression."""
+    def noise(rng, shape):
+        wild = rng.random(shape) < 0.10
+        return np.where(wild, rng.normal(0, 0.12, shape), rng.normal(0, 0.015, shape))
+
+    cells = seq.simulate_noise(noise, (1.0, 1.0 + T, 1.10), max_pairs=10, alpha=ALPHA,
+                               threshold=T, n=20000, seed=3)
+    slack = 3 * math.sqrt(ALPHA * (1 - ALPHA) / 20000)
+    at, aa, ten = cells[1], cells[0], cells[2]
+    assert at["regression"] <= ALPHA + slack and at["same"] <= ALPHA + slack, at
+    assert aa["regression"] == 0 and aa["faster"] <= ALPHA / 20, aa
+    assert ten["regression"] > 0.8 and ten["futile"] < 0.001, ten
+    plain = seq.simulate_noise(noise, (1.10,), max_pairs=10, alpha=ALPHA, threshold=T,
+                               trim=0.0, n=20000, seed=3)[0]
+    assert plain["regression"] < ten["regression"] - 0.05  # what the trimmed interval buys
 
 
 def test_step_cli_names_the_open_benchmarks(tmp_path, capsys):
@@ -149,9 +240,46 @@ def test_step_cli_names_the_open_benchmarks(tmp_path, capsys):
     assert got["counts"]["regression"] >= 1 and len(got["open"]) == got["counts"]["inconclusive"]
 
 
-def test_calibrate_sequential_cli(capsys):
+def test_calibrate_sequential_cli(capsys, tmp_path):
     assert main(["ab", "calibrate", "--sequential", "--benchmarks", "400"]) == 0
     out = capsys.readouterr().out
-    assert "mean pairs" in out and json.loads(out[:out.index("\nsigma")])["max_pairs"] == 8
-    assert "synthetic processes (disturbed 25%" in out
+    head = json.loads(out[:out.index("\nsigma")])
+    assert "mean pairs" in out and head["max_pairs"] == seq.MAX_PAIRS == 10
+    assert head["trim"] == seq.TRIM and head["futility_beta"] == seq.FUTILITY_BETA
+    assert "synthetic processes (disturbed 25%" in out and "| futile |" in out
     assert main(["ab", "calibrate", "--sequential", "--pairs", "2"]) == 2
+    # --from: the pair ratios of an A vs A folder, the slowed backend left out
+    names, procs = _processes(40, pairs=4, seed=5)
+    folder = tmp_path / "aa"
+    folder.mkdir()
+    for i, (side, run) in enumerate(procs, start=1):
+        ab.process_file(folder, i, side).write_text(json.dumps(run.raw))
+    plan = {"a": {"name": "pinned"}, "b": {"name": "pinned"},
+            "slowdown_b": "cpu_fused_moe.vec=0.1", "sequential": ab.plan_sequential(4)}
+    (folder / ab.PLAN).write_text(json.dumps(plan))
+    assert main(["ab", "calibrate", "--sequential", "--benchmarks", "400", "--from",
+                 str(folder)]) == 0
+    out = capsys.readouterr().out
+    got = json.loads(out[:out.index("\nsigma")])
+    assert got["resampled_from"] == {"folder": str(folder), "pairs": 4, "benchmarks": 40,
+                                     "left_out_slowed": 0, "ratios": 160,
+                                     "cpu": {"model": "Synthetic CPU", "usable_cpus": 2,
+                                             "isa_flags": ["avx2", "avx512f"]}}
+    assert "resampled |" in out
+    # the slowed backend's pairs are left out (here: every benchmark's), never resampled
+    backend = procs[0][1].by_name[names[0][0]].backend
+    (folder / ab.PLAN).write_text(json.dumps({**plan, "slowdown_b": f"{backend}=0.1"}))
+    assert main(["ab", "calibrate", "--sequential", "--from", str(folder)]) == 2
+    assert "0 unslowed pair ratios" in capsys.readouterr().err
+    # not an A vs A run: refused, one line
+    plan["b"]["name"] = "0.31.0"
+    (folder / ab.PLAN).write_text(json.dumps(plan))
+    assert main(["ab", "calibrate", "--sequential", "--from", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "not an A vs A run" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_runner_default_is_the_rules_maximum():
+    from harness.options import OPTIONS
+
+    assert int(OPTIONS["--ab-pairs"].default) == seq.MAX_PAIRS
