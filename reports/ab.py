@@ -186,7 +186,8 @@ class ABRow:
     b_acceptance: float = math.nan
     acceptance_p: float = math.nan
     decided_at: int = 0  # sequential: the look (pairs) at which the benchmark left
-    futile: bool = False  # sequential: it left without a verdict (futility)
+    futile: str = ""  # sequential: it left without a verdict, futility: "band" (no change
+    # beyond the band in sight) or "reach" (no verdict reachable by the last look)
     level: float = math.nan  # one-sided level a side of the interval shown
 
     @property
@@ -421,10 +422,12 @@ def judge(processes: list[tuple[str, Run]], rule: Rule | None = None, *, a: str 
     if sequential:
         left = [r for r in rows if r.decided_at and not r.futile]
         futile = [r for r in rows if r.futile]
+        band = sum(r.futile == "band" for r in futile)
         notes.append(f"sequential: {len(left)} of {len(rows)} benchmarks decided, at "
                      f"{np.mean([r.decided_at for r in left]) if left else 0:.1f} pairs on "
-                     f"average; {len(futile)} left without a verdict for futility (no change "
-                     f"beyond the band in sight), at "
+                     f"average; {len(futile)} left without a verdict for futility ({band} no "
+                     f"change beyond the band in sight, {len(futile) - band} no verdict "
+                     f"reachable by pair {sequential['max_pairs']}), at "
                      f"{np.mean([r.decided_at for r in futile]) if futile else 0:.1f} pairs on "
                      f"average; at most {sequential['max_pairs']} pairs a benchmark")
     return ABComparison(a=a, b=b, rule=rule, alpha=alpha, pairs=len(pairs), rows=rows,
@@ -474,10 +477,12 @@ def _futility_words(sequential: dict | None) -> str:
     if not beta:
         return ""
     return (f"; from pair 2 a benchmark without a verdict leaves, inconclusive ('at' marked "
-            f"'futile'), when no change beyond the band is in sight: its mean log ratio "
-            f"-+ z x sd / sqrt(n) at {1 - beta:.0%} a side (sd: the larger of its own and its "
-            f"backend's pooled) and every pair's ratio inside the band (futility claims "
-            f"nothing and spends no alpha)")
+            f"'futile'), when no change beyond the band is in sight ('band': its mean log "
+            f"ratio -+ z x sd / sqrt(n) at {1 - beta:.0%} a side, sd the larger of its own and "
+            f"its backend's pooled, and every pair's ratio inside the band) or, from pair 3, "
+            f"when no verdict is reachable by the last pair even on an optimistic reading "
+            f"('reach': median and MAD of its pairs, no wild pair to come); futility claims "
+            f"nothing and spends no alpha")
 
 
 def to_markdown(cmp: ABComparison) -> str:
@@ -535,7 +540,7 @@ def to_markdown(cmp: ABComparison) -> str:
 def _at(r: ABRow) -> str:
     if not r.decided_at:
         return "-"
-    return f"{r.decided_at} futile" if r.futile else str(r.decided_at)
+    return f"{r.decided_at} futile ({r.futile})" if r.futile else str(r.decided_at)
 
 
 def write_outputs(cmp: ABComparison, folder: pathlib.Path, *, extra: dict | None = None
@@ -749,8 +754,8 @@ def _calibrate_sequential(a) -> int:
             for v, c in cmp.counts().items():
                 if v in k:
                     k[v] += c
-            k["futile"] += sum(r.futile for r in cmp.rows)
-            k["inconclusive"] -= sum(r.futile for r in cmp.rows)
+            k["futile"] += sum(bool(r.futile) for r in cmp.rows)
+            k["inconclusive"] -= sum(bool(r.futile) for r in cmp.rows)
             left += [r.decided_at for r in cmp.rows if r.decided_at and not r.futile]
         share = {v: c / (runs * len(names)) for v, c in k.items()}
         print(f"{eff:13.0%} | {share['regression']:10.2%} | {share['faster']:6.2%} | "

@@ -23,7 +23,9 @@ claim). A group-sequential rule spends the error budget over the looks instead:
               inconclusive, when a change beyond the band is out of sight: the z interval
               mean d -+ z_{1 - BETA} x s / sqrt(n) lies inside the band, with s the larger of its
               own sd and its backend's pooled sd at that look (pooled_sd), and no single pair's
-              ratio lies outside the band
+              ratio lies outside the band ("band"); or, from look MIN_PAIRS, when no verdict is
+              reachable by look N even on an optimistic reading of its pairs (unreachable:
+              median and MAD, the narrowest interval look N could give; "reach")
   undecided   still open after look N, or when the run stopped early (its --ab-budget spent):
               "inconclusive", shown with the last look's interval
 
@@ -47,7 +49,9 @@ interval of a 10% slowdown over the threshold for good; the trimmed interval dro
 Why futility: the first pairs time the whole selection, and most benchmarks of a change that
 touches one kernel are unchanged. A benchmark 80%-sure to be inside the band has nothing to
 gain from more pairs that a user would wait for; it leaves after 2 pairs, and the later pairs
-time the few that a verdict needs (the issue-33 run: 363 benchmarks, 44 slowed).
+time the few that a verdict needs (the issue-33 run: 363 benchmarks, 44 slowed). A benchmark
+whose own spread is too wide for any verdict within N pairs (a 5% sd against a 5% band) leaves
+too, instead of holding every later pair open for an "inconclusive" known in advance.
 
 Operating characteristics: `python -m reports ab calibrate --sequential` (normal d per sigma,
 and d resampled from a real A vs A run with --from FOLDER); the table in reports/README.md.
@@ -72,6 +76,10 @@ TRIM = 0.2  # the trimmed interval's proportion off each end (g = floor(TRIM n) 
 FUTILITY_BETA = 0.10  # futility interval: one-sided 1 - BETA a side (80% two-sided)
 FUTILITY_FROM = 2  # the first look that may let a benchmark go for futility
 POOL_MIN = 3  # benchmarks of a backend at a look for a pooled sd
+REACH_FROM = 5  # the first look that may find no verdict reachable (a MAD of fewer pairs is
+# too rough: from 3 pairs it let two more 10% slowdowns of the issue-33 run go; from 5 it costs
+# a 10% slowdown about 1 point of power in this machine's heavy-tailed pairs, calibrate
+# --sequential --from, for ~40% fewer benchmarks timed in pairs 6-10)
 
 
 @dataclass(frozen=True)
@@ -84,8 +92,8 @@ class Look:
     lo: float
     hi: float
     verdict: str | None  # regression / faster / same, or None: still open
-    futile: bool = False  # left at this look without a verdict (no change beyond the band in
-    # sight)
+    futile: str = ""  # left at this look without a verdict: "band" (no change beyond the band
+    # in sight) or "reach" (no verdict reachable by the last look)
 
 
 def spent(n: int, max_pairs: int, alpha: float, rho: float = RHO) -> float:
@@ -181,6 +189,40 @@ def futile(ratios, pooled: float | None, threshold: float, beta: float = FUTILIT
     return bool(-up <= m - half and m + half <= up and np.all(np.abs(d) <= up))
 
 
+def unreachable(ratios, *, max_pairs: int, alpha: float, threshold: float, rho: float = RHO,
+                trim: float = TRIM, pooled: float | None = None,
+                beta: float = FUTILITY_BETA) -> bool:
+    """No verdict reachable by look N = max_pairs even on an optimistic reading of the pairs so
+    far (stochastic curtailment; like futility it claims nothing and spends nothing): with the
+    robust centre c = median d and spread s = max(1.4826 MAD(d), pooled), the narrowest
+    interval look N could give (the t or the trimmed t half-width at a_N with sd s, no wild
+    pair to come) is h; "same" needs h < log(1 + t), "regression" c + z_{1-beta} s / sqrt(n) - h
+    above it, "faster" c - z s / sqrt(n) + h below -log(1 + t). Median and MAD: one wild pair
+    so far must not make a 10% slowdown look hopeless (the trimmed interval would rescue it)."""
+    import numpy as np
+    from scipy.stats import norm
+    from scipy.stats import t as student_t
+
+    d = np.log(np.asarray(ratios, dtype=np.float64))
+    n = int(d.size)
+    if n < REACH_FROM or n >= max_pairs or not beta > 0:
+        return False
+    c = float(np.median(d))
+    s = 1.4826 * float(np.median(np.abs(d - c)))
+    if not s > 0:
+        return False
+    a_n = level_at(max_pairs, max_pairs, alpha, rho)
+    g = trimmed(max_pairs, trim)
+    each = a_n / 2 if g else a_n
+    h = float(student_t.ppf(1.0 - each, max_pairs - 1)) * s / math.sqrt(max_pairs)
+    if g:
+        h = min(h, float(student_t.ppf(1.0 - each, max_pairs - 2 * g - 1)) * s /
+                ((1.0 - 2.0 * g / max_pairs) * math.sqrt(max_pairs)))
+    up = math.log1p(threshold)
+    opt = float(norm.ppf(1.0 - beta)) * s / math.sqrt(n)
+    return not (h < up or c + opt - h > up or c - opt + h < -up)
+
+
 def pooled_sd(series: Sequence[Sequence[float]], n: int) -> float | None:
     """A backend's pair-to-pair sd at look n, from the log ratios of its benchmarks that have
     at least n pairs (their first n): the median of their own sds over the median of
@@ -214,10 +256,14 @@ def replay(ratios, *, max_pairs: int, alpha: float, threshold: float, rho: float
             last = look(ratios[:n], level_at(n, max_pairs, alpha, rho), threshold, trim)
             if last.verdict is not None:
                 return last
-        if FUTILITY_FROM <= n < max_pairs and n <= len(pooled) and \
-                futile(ratios[:n], pooled[n - 1], threshold, beta):
-            r = last if n >= MIN_PAIRS else look(ratios[:n], 0.0, threshold, trim)
-            return Look(n, r.level, r.ratio, r.lo, r.hi, None, futile=True)
+        if FUTILITY_FROM <= n < max_pairs and n <= len(pooled):
+            why = ("band" if futile(ratios[:n], pooled[n - 1], threshold, beta) else
+                   "reach" if unreachable(ratios[:n], max_pairs=max_pairs, alpha=alpha,
+                                          threshold=threshold, rho=rho, trim=trim,
+                                          pooled=pooled[n - 1], beta=beta) else "")
+            if why:
+                r = last if n >= MIN_PAIRS else look(ratios[:n], 0.0, threshold, trim)
+                return Look(n, r.level, r.ratio, r.lo, r.hi, None, futile=why)
     if len(ratios) < MIN_PAIRS and ratios:
         r = look(ratios, 0.0, threshold)
         return Look(r.n, 0.0, r.ratio, math.nan, math.nan, None)
@@ -258,10 +304,18 @@ def simulate_noise(noise, ratios=(1.0, 1.05, 1.10, 2.0), *, max_pairs: int = 8,
     backend's). beta None: no futility."""
     import numpy as np
     from scipy.stats import chi2, norm
+    from scipy.stats import t as student_t
 
     rng = np.random.default_rng(seed)
     up = math.log1p(threshold)
     zb = float(norm.ppf(1.0 - beta)) if beta else None
+    a_last = level_at(max_pairs, max_pairs, alpha, rho)
+    g = trimmed(max_pairs, trim)
+    each = a_last / 2 if g else a_last
+    reach = float(student_t.ppf(1.0 - each, max_pairs - 1)) / math.sqrt(max_pairs)
+    if g:  # look N's narrowest half-width per unit sd (unreachable())
+        reach = min(reach, float(student_t.ppf(1.0 - each, max_pairs - 2 * g - 1)) /
+                    ((1.0 - 2.0 * g / max_pairs) * math.sqrt(max_pairs)))
     out = []
     for ratio in ratios:
         d = math.log(ratio) + noise(rng, (n, max_pairs))
@@ -288,6 +342,13 @@ def simulate_noise(noise, ratios=(1.0, 1.05, 1.10, 2.0), *, max_pairs: int = 8,
                     m = x.mean(axis=1)
                     f = alive & (m - half >= -up) & (m + half <= up) & \
                         np.all(np.abs(x) <= up, axis=1)
+                    if k >= REACH_FROM:  # unreachable(), vectorised
+                        c = np.median(x, axis=1)
+                        sr = 1.4826 * np.median(np.abs(x - c[:, None]), axis=1)
+                        opt = zb * sr / math.sqrt(k)
+                        h = reach * sr
+                        f |= alive & (sr > 0) & ~((h < up) | (c + opt - h > up) |
+                                                  (c - opt + h < -up))
                     verdict[f], used[f] = 4, k
         out.append({"ratio": ratio,
                     **{name: float((verdict == code).mean()) for code, name in
