@@ -16,12 +16,15 @@ one pytest run of suites/bench with the selection given, writing pytest-benchmar
 suites/bench's `--bench-slowdown GLOB=F` to B's processes only (calibration: a known slowdown
 in one side).
 
-Sequential (the default since 2026-12-07, reports/sequential.py): the first 3 pairs time the
-whole selection; after each pair from then on the benchmarks with a verdict leave, and the next
-pair times only those still open, until none is, a benchmark has had `--ab-pairs N` pairs
-(default 8), or the next pair would end past `--ab-budget` (e.g. 15m). The looks spend the error
-budget (group-sequential, alpha over all looks); the still-open are reported inconclusive. A
-folder without a sequential plan (runs before it) is judged by the fixed rule below.
+Sequential (the default since 2026-12-07, reports/sequential.py): the first 2 pairs time the
+whole selection; after each pair from then on the benchmarks with a verdict (from pair 3) or
+with none in sight (futility, from pair 2) leave, and the next pair times only those still
+open, until none is, a benchmark has had `--ab-pairs N` pairs (default 10), or the next pair
+would end past `--ab-budget` (e.g. 15m). The looks spend the error budget (group-sequential,
+alpha over all looks; from 5 pairs the t interval intersected with the trimmed one); futility
+spends nothing; the still-open and the futile are reported inconclusive. A folder without a
+sequential plan (runs before it) is judged by the fixed rule below, one with the first
+sequential plan (no "trim") by plain t looks without futility, as it ran.
 
 `--ab-interleave window` (the default): the two processes of a pair run at the same time and
 take turns with a baton (reports/baton.py): only the holder computes, and each timed case hands
