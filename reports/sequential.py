@@ -190,11 +190,12 @@ def futile(ratios, pooled: float | None, threshold: float, beta: float = FUTILIT
 
 
 def unreachable(ratios, *, max_pairs: int, alpha: float, threshold: float, rho: float = RHO,
-                trim: float = TRIM, pooled: float | None = None,
-                beta: float = FUTILITY_BETA) -> bool:
+                trim: float = TRIM, beta: float = FUTILITY_BETA) -> bool:
     """No verdict reachable by look N = max_pairs even on an optimistic reading of the pairs so
     far (stochastic curtailment; like futility it claims nothing and spends nothing): with the
-    robust centre c = median d and spread s = max(1.4826 MAD(d), pooled), the narrowest
+    robust centre c = median d and spread s = 1.4826 MAD(d) of its own pairs (not the backend's
+    pooled sd: the benchmarks still open at a later look are the noisier ones, and their pooled
+    sd made 'same' look out of reach for the quiet; replayed on the issue-33 run), the narrowest
     interval look N could give (the t or the trimmed t half-width at a_N with sd s, no wild
     pair to come) is h; "same" needs h < log(1 + t), "regression" c + z_{1-beta} s / sqrt(n) - h
     above it, "faster" c - z s / sqrt(n) + h below -log(1 + t). Median and MAD: one wild pair
@@ -260,7 +261,7 @@ def replay(ratios, *, max_pairs: int, alpha: float, threshold: float, rho: float
             why = ("band" if futile(ratios[:n], pooled[n - 1], threshold, beta) else
                    "reach" if unreachable(ratios[:n], max_pairs=max_pairs, alpha=alpha,
                                           threshold=threshold, rho=rho, trim=trim,
-                                          pooled=pooled[n - 1], beta=beta) else "")
+                                          beta=beta) else "")
             if why:
                 r = last if n >= MIN_PAIRS else look(ratios[:n], 0.0, threshold, trim)
                 return Look(n, r.level, r.ratio, r.lo, r.hi, None, futile=why)
