@@ -395,7 +395,7 @@ def judge(processes: list[tuple[str, Run]], rule: Rule | None = None, *, a: str 
                 if name in ra.by_name and name in rb.by_name]
         am, bm = [x for x, _ in both], [y for _, y in both]
         row.pairs = len(both)
-        row.pair_ratios = [y / x for x, y in both]
+        row.pair_ratios = ratios[name]
         row.b_slower = sum(y > x for x, y in both)
         if sequential:
             lk = seq.replay(row.pair_ratios, max_pairs=sequential["max_pairs"], alpha=alpha,
@@ -469,23 +469,28 @@ def _fmt_time(s: float) -> str:
 
 
 def _trim_words(sequential: dict | None) -> str:
+    from reports import sequential as seq
+
     if not sequential or not sequential.get("trim"):
         return ""
-    return (f" (from n >= 5 intersected with the {sequential['trim']:.0%}-trimmed t interval, "
-            "each at half the level)")
+    first = next((n for n in range(2, 100) if seq.trimmed(n, sequential["trim"])), None)
+    return (f" (from n >= {first} intersected with the {sequential['trim']:.0%}-trimmed t "
+            "interval, each at half the level)")
 
 
 def _futility_words(sequential: dict | None) -> str:
+    from reports import sequential as seq
+
     beta = (sequential or {}).get("futility_beta")
     if not beta:
         return ""
-    return (f"; from pair 2 a benchmark without a verdict leaves, inconclusive ('at' marked "
-            f"'futile'), when no change beyond the band is in sight ('band': its mean log "
-            f"ratio -+ z x sd / sqrt(n) at {1 - beta:.0%} a side, sd the larger of its own and "
-            f"its backend's pooled, and every pair's ratio inside the band) or, from pair 3, "
-            f"when no verdict is reachable by the last pair even on an optimistic reading "
-            f"('reach': median and MAD of its pairs, no wild pair to come); futility claims "
-            f"nothing and spends no alpha")
+    return (f"; from pair {seq.FUTILITY_FROM} a benchmark without a verdict leaves, "
+            f"inconclusive ('at' marked 'futile'), when no change beyond the band is in sight "
+            f"('band': its mean log ratio -+ z x sd / sqrt(n) at {1 - beta:.0%} a side, sd the "
+            f"larger of its own and its backend's pooled, and every pair's ratio inside the "
+            f"band) or, from pair {seq.REACH_FROM}, when no verdict is reachable by the last "
+            f"pair even on an optimistic reading ('reach': median and MAD of its pairs, no wild "
+            f"pair to come); futility claims nothing and spends no alpha")
 
 
 def to_markdown(cmp: ABComparison) -> str:

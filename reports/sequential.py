@@ -189,6 +189,23 @@ def futile(ratios, pooled: float | None, threshold: float, beta: float = FUTILIT
     return bool(-up <= m - half and m + half <= up and np.all(np.abs(d) <= up))
 
 
+def last_half_width(max_pairs: int, alpha: float, rho: float = RHO, trim: float = TRIM
+                    ) -> float:
+    """The narrowest half-width look N = max_pairs can give, per unit sd of d: the smaller of
+    the t and the trimmed t interval's at a_N (each at a_N / 2 when both apply), with no wild
+    pair to widen them (unreachable's projection)."""
+    from scipy.stats import t as student_t
+
+    a_n = level_at(max_pairs, max_pairs, alpha, rho)
+    g = trimmed(max_pairs, trim)
+    each = a_n / 2 if g else a_n
+    h = float(student_t.ppf(1.0 - each, max_pairs - 1)) / math.sqrt(max_pairs)
+    if g:
+        h = min(h, float(student_t.ppf(1.0 - each, max_pairs - 2 * g - 1)) /
+                ((1.0 - 2.0 * g / max_pairs) * math.sqrt(max_pairs)))
+    return h
+
+
 def unreachable(ratios, *, max_pairs: int, alpha: float, threshold: float, rho: float = RHO,
                 trim: float = TRIM, beta: float = FUTILITY_BETA) -> bool:
     """No verdict reachable by look N = max_pairs even on an optimistic reading of the pairs so
@@ -202,7 +219,6 @@ def unreachable(ratios, *, max_pairs: int, alpha: float, threshold: float, rho: 
     so far must not make a 10% slowdown look hopeless (the trimmed interval would rescue it)."""
     import numpy as np
     from scipy.stats import norm
-    from scipy.stats import t as student_t
 
     d = np.log(np.asarray(ratios, dtype=np.float64))
     n = int(d.size)
@@ -212,13 +228,7 @@ def unreachable(ratios, *, max_pairs: int, alpha: float, threshold: float, rho: 
     s = 1.4826 * float(np.median(np.abs(d - c)))
     if not s > 0:
         return False
-    a_n = level_at(max_pairs, max_pairs, alpha, rho)
-    g = trimmed(max_pairs, trim)
-    each = a_n / 2 if g else a_n
-    h = float(student_t.ppf(1.0 - each, max_pairs - 1)) * s / math.sqrt(max_pairs)
-    if g:
-        h = min(h, float(student_t.ppf(1.0 - each, max_pairs - 2 * g - 1)) * s /
-                ((1.0 - 2.0 * g / max_pairs) * math.sqrt(max_pairs)))
+    h = last_half_width(max_pairs, alpha, rho, trim) * s
     up = math.log1p(threshold)
     opt = float(norm.ppf(1.0 - beta)) * s / math.sqrt(n)
     return not (h < up or c + opt - h > up or c - opt + h < -up)
@@ -305,18 +315,10 @@ def simulate_noise(noise, ratios=(1.0, 1.05, 1.10, 2.0), *, max_pairs: int = 8,
     backend's). beta None: no futility."""
     import numpy as np
     from scipy.stats import chi2, norm
-    from scipy.stats import t as student_t
-
     rng = np.random.default_rng(seed)
     up = math.log1p(threshold)
     zb = float(norm.ppf(1.0 - beta)) if beta else None
-    a_last = level_at(max_pairs, max_pairs, alpha, rho)
-    g = trimmed(max_pairs, trim)
-    each = a_last / 2 if g else a_last
-    reach = float(student_t.ppf(1.0 - each, max_pairs - 1)) / math.sqrt(max_pairs)
-    if g:  # look N's narrowest half-width per unit sd (unreachable())
-        reach = min(reach, float(student_t.ppf(1.0 - each, max_pairs - 2 * g - 1)) /
-                    ((1.0 - 2.0 * g / max_pairs) * math.sqrt(max_pairs)))
+    reach = last_half_width(max_pairs, alpha, rho, trim)  # per unit sd (unreachable())
     out = []
     for ratio in ratios:
         d = math.log(ratio) + noise(rng, (n, max_pairs))
