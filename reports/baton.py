@@ -14,7 +14,16 @@ Protocol (one Unix socket per pair; lines of ASCII; reports/ab.py runs the serve
   client -> server  "hello A" | "hello B"   once, at pytest_configure; then waits for "go"
   client -> server  "pass"                  at a window boundary; then waits for "go"
   server -> client  "go"                    the client may compute until it passes again
-  (closing the connection, e.g. at process exit, passes the baton for good)
+  client -> server  "done"                  its benchmarks are over (pytest_unconfigure): passes
+                                            the baton for good; then waits for "bye"
+  server -> client  "bye"                   once the other side is done too, or gone: exit now
+  (closing the connection passes the baton for good as well, e.g. a process that died)
+Why "done" waits: a process that exits tears down its interpreter (frees its weights, unloads
+torch) on the same pinned CPU on which the other side still times the last windows of its last
+case. Measured here 2026-12-07 (Intel Xeon, A vs A, cpu_fused_moe.vec mixtral T 1..1024): the
+side left timing ran its last one or two windows of T=1024 at 6.6-6.7 ms against 2.4-2.8 ms
+in every other window, the last case of each process. With "done" the two exit together, after
+both have timed everything.
 A client says hello when its first benchmark is set up (suites/bench/conftest.py
 bench_machine): the two sides' imports and collection, which time nothing, run at the same
 time; from the hello on, a client computes only between "go" and its next "pass" or its exit
@@ -99,6 +108,27 @@ class Baton:
         self.sock.sendall(b"pass\n")
         self._wait_go()
 
+    def finish(self) -> None:
+        """This side's benchmarks are over: pass the baton for good, then block until the other
+        side is done too (or gone), so that this process's exit never overlaps the other
+        side's timed windows. Never raises: a server that went away ends the wait."""
+        if self.sock is None:
+            return
+        try:
+            self.sock.sendall(b"done\n")
+            t0 = time.perf_counter()
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = self.sock.recv(64)
+                if not chunk:
+                    break
+                buf += chunk
+            self.waited_s += time.perf_counter() - t0
+        except OSError:
+            pass
+        finally:
+            self.close()
+
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
@@ -148,6 +178,7 @@ class BatonServer:
         bufs: dict[socket.socket, bytes] = {}
         side_of: dict[socket.socket, str | None] = {}
         waiting: set[str] = set()
+        done: set[str] = set()  # said "done": asleep until "bye"
         holder: str | None = None
         started = False
         t0 = time.monotonic()
@@ -170,9 +201,22 @@ class BatonServer:
             if side is not None:
                 conns.pop(side, None)
                 waiting.discard(side)
+                done.discard(side)
                 self._gone.add(side)
                 if holder == side:
                     holder = None
+
+        def farewell() -> None:
+            """Send "bye" to the sides that are done once neither side is still timing."""
+            if done and all(s in done or s in self._gone for s in ("A", "B")):
+                for s in sorted(done):
+                    conn = conns.get(s)
+                    done.discard(s)
+                    if conn is not None:
+                        try:
+                            conn.sendall(b"bye\n")
+                        except OSError:
+                            drop(conn)
 
         def schedule() -> None:
             nonlocal started
@@ -217,6 +261,14 @@ class BatonServer:
                         side_of[conn] = words[1]
                         conns[words[1]] = conn
                         waiting.add(words[1])
+                    elif words == ["done"] and side_of.get(conn) == holder and holder:
+                        me = holder
+                        other = "B" if me == "A" else "A"
+                        done.add(me)
+                        holder = None
+                        if other in waiting:
+                            self.handovers += 1
+                            grant(other)
                     elif words == ["pass"] and side_of.get(conn) == holder and holder:
                         me = holder
                         other = "B" if me == "A" else "A"
@@ -232,6 +284,7 @@ class BatonServer:
                         drop(conn)
                         break
             schedule()
+            farewell()
         for conn in list(side_of):
             conn.close()
         sel.close()

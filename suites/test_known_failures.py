@@ -153,6 +153,44 @@ def test_cpu_fused_moe_invalid_id_is_refused_not_corrupting():
                          f"raise, not run: {tail}")
 
 
+@known("cpu-fused-moe-amx-no-tile-permission")
+def test_cpu_fused_moe_amx_runs_in_a_fresh_process():
+    _needs("cpu_fused_moe.amx")  # skips where the CPU has no AMX tiles
+    # Quarantined: the child dies of SIGILL. Nothing in it asks for the AMX tile state first
+    # (no oneDNN GEMM, no torch.cpu._init_amx): a kernel that uses the tiles must ask itself.
+    code = textwrap.dedent("""
+        import torch
+        import vllm
+        from vllm import _custom_ops as ops
+        from suites.backends.vllm.releases import CPU_FUSED_MOE, op_and_style
+        op, style = op_and_style(CPU_FUSED_MOE, vllm.__version__)
+        torch.manual_seed(0)
+        T, H, I, E, K = 4, 224, 64, 8, 2
+        x = torch.randn(T, H).bfloat16()
+        w13 = (torch.randn(E, 2 * I, H) * 0.05).bfloat16()
+        w2 = (torch.randn(E, H, I) * 0.05).bfloat16()
+        tw = torch.full((T, K), 0.5)
+        ti = torch.randint(0, E, (T, K)).int()
+        out = torch.zeros(T, H, dtype=torch.bfloat16)
+        args = (x, ops.cpu_prepack_moe_weight(w13, "amx"), ops.cpu_prepack_moe_weight(w2, "amx"),
+                None, None, tw, ti, "silu", "amx")
+        print("PREPACKED", flush=True)
+        r = op(out, *args) if style == "out" else op(*args)
+        print("RAN", bool(torch.isfinite((out if style == "out" else r).float()).all()))
+    """)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+    if proc.returncode == 0 and "RAN True" in proc.stdout:
+        return  # the kernel asks for the tiles itself: fixed
+    if proc.returncode == -4 and "PREPACKED" in proc.stdout:  # SIGILL in the call: the defect
+        raise AssertionError("cpu_fused_moe(isa='amx') in a process that did not ask for the "
+                             "AMX tile state died of SIGILL (exit -4) at its first call")
+    pytest.fail(f"child failed otherwise (exit {proc.returncode}), not the known failure: "
+                f"{tail}", pytrace=False)
+
+
 @pytest.mark.mtp
 @known("cpu-expand-batch-to-tokens-lost-write", "cpu-v1-sampler-dispatchers-skip-cpu-kernels")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int32], ids=["float32", "int32"])

@@ -13,6 +13,13 @@ layer hands the kernel the global ids unmapped (suites/known_failures.py
 cpu-ep-experts-ignore-expert-map; layer level: suites/moe/test_ep_layer.py). Ids must be
 valid: an id outside [0, E) corrupts memory (cpu-fused-moe-no-id-bounds-check), so the
 adapters refuse it.
+
+The "amx" kernels use AMX tiles without asking Linux for them (arch_prctl
+ARCH_REQ_XCOMP_PERM): in a process where nothing else did, the first call dies of SIGILL
+(suites/known_failures.py cpu-fused-moe-amx-no-tile-permission). A vLLM server has the
+permission from oneDNN's first bf16 GEMM before any MoE layer runs; the adapter asks for it
+the same way (torch.cpu._init_amx) before it prepacks, so that what is tested is the kernel
+as a server runs it, and the repro keeps the defect in view.
 """
 
 from __future__ import annotations
@@ -38,6 +45,15 @@ def _amx_reason() -> str | None:
     if not torch.cpu._is_amx_tile_supported():
         return "this CPU has no AMX tiles (cpu_fused_moe isa 'amx' needs them)"
     return None
+
+
+@functools.cache
+def _request_amx_tiles() -> None:
+    """Ask Linux for this process's AMX tile state, as oneDNN does in a vLLM server before the
+    first MoE layer (the module docstring); an error when it is refused."""
+    if not torch.cpu._init_amx():
+        raise RuntimeError("cpu_fused_moe isa 'amx': Linux refused this process the AMX tile "
+                           "state (arch_prctl ARCH_REQ_XCOMP_PERM)")
 
 
 def _op(table: releases.Table):
@@ -82,6 +98,8 @@ class CpuFusedMoE(ExpertsBackend):
         # No pre-check here: the kernel's own refusal (a RuntimeError) is part of what the
         # suite checks. Suites call check() first to draw only supported problems.
         E, _, H = w13.shape
+        if self.isa == "amx":
+            _request_amx_tiles()
         return dict(
             w13=ops.cpu_prepack_moe_weight(w13.contiguous(), self.isa),
             w2=ops.cpu_prepack_moe_weight(w2.contiguous(), self.isa),
