@@ -191,6 +191,37 @@ def test_cpu_fused_moe_amx_runs_in_a_fresh_process():
                 f"{tail}", pytrace=False)
 
 
+@known("cpu-fused-moe-amx-checks-abort", raises=AssertionError)
+def test_cpu_fused_moe_amx_refuses_an_unaligned_hidden_size():
+    _needs("cpu_fused_moe.amx")
+    # Quarantined: the check inside the OpenMP region terminates the child (SIGABRT).
+    code = textwrap.dedent("""
+        import torch
+        torch.cpu._init_amx()  # the tile state granted: only the shape is wrong
+        from vllm import _custom_ops as ops
+        E, H, I = 4, 48, 64  # H = 48: not a multiple of 32
+        w13 = (torch.randn(E, 2 * I, H) * 0.05).bfloat16()
+        try:
+            ops.cpu_prepack_moe_weight(w13, "amx")
+        except RuntimeError as e:
+            print("REFUSED", str(e).splitlines()[0])
+        else:
+            print("ACCEPTED")
+    """)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    text = proc.stdout + proc.stderr
+    tail = text.strip().splitlines()[-3:]
+    if proc.returncode == 0 and ("REFUSED" in proc.stdout or "ACCEPTED" in proc.stdout):
+        return  # raises (or packs): the process survives an unsupported shape: fixed
+    if proc.returncode == -6 and "Check failed" in text:  # the defect: abort in the check
+        raise AssertionError("cpu_prepack_moe_weight(isa='amx') with H=48 terminated the "
+                             "process (SIGABRT) instead of raising")
+    pytest.fail(f"child failed otherwise (exit {proc.returncode}), not the known failure: "
+                f"{tail}", pytrace=False)
+
+
 @pytest.mark.mtp
 @known("cpu-expand-batch-to-tokens-lost-write", "cpu-v1-sampler-dispatchers-skip-cpu-kernels")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int32], ids=["float32", "int32"])

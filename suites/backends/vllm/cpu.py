@@ -19,7 +19,9 @@ ARCH_REQ_XCOMP_PERM): in a process where nothing else did, the first call dies o
 (suites/known_failures.py cpu-fused-moe-amx-no-tile-permission). A vLLM server has the
 permission from oneDNN's first bf16 GEMM before any MoE layer runs; the adapter asks for it
 the same way (torch.cpu._init_amx) before it prepacks, so that what is tested is the kernel
-as a server runs it, and the repro keeps the defect in view.
+as a server runs it, and the repro keeps the defect in view. The AMX kernel's checks of dtype
+and alignment abort the process (cpu-fused-moe-amx-checks-abort): the adapter refuses those
+inputs before they reach it (QuarantinedInput).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 from suites.backends.base import (
     REGISTRY,
     ExpertsBackend,
+    QuarantinedInput,
     RouterBackend,
     UnsupportedShape,
     vllm_build_reason,
@@ -100,6 +103,14 @@ class CpuFusedMoE(ExpertsBackend):
         E, _, H = w13.shape
         if self.isa == "amx":
             _request_amx_tiles()
+            I = w2.shape[-1]
+            if H % 32 or I % 32 or w13.dtype != torch.bfloat16 or w2.dtype != torch.bfloat16:
+                # the kernel's own checks of these run inside an OpenMP region: they terminate
+                # the process instead of raising (known failure cpu-fused-moe-amx-checks-abort)
+                raise QuarantinedInput(
+                    f"{self.name}: H={H}, I={I}, {w13.dtype}: the AMX kernel takes bfloat16 with "
+                    "H and I multiples of 32 and aborts the process on anything else "
+                    "(known failure cpu-fused-moe-amx-checks-abort)")
         return dict(
             w13=ops.cpu_prepack_moe_weight(w13.contiguous(), self.isa),
             w2=ops.cpu_prepack_moe_weight(w2.contiguous(), self.isa),
@@ -199,9 +210,9 @@ class CpuRouter(RouterBackend):
         return w.float(), ids.int()
 
 
-for _isa in ("vec", "amx"):
+for _isa, _dtypes in (("vec", CpuFusedMoE.dtypes), ("amx", (torch.bfloat16,))):
     REGISTRY.register(f"cpu_fused_moe.{_isa}", functools.partial(
-        CpuFusedMoE, name=f"cpu_fused_moe.{_isa}", isa=_isa,
+        CpuFusedMoE, name=f"cpu_fused_moe.{_isa}", isa=_isa, dtypes=_dtypes,
         description=f"vllm._custom_ops.cpu_fused_moe isa={_isa}"))
 REGISTRY.register("fused_experts_cpu", lambda: FusedExpertsCpu(
     name="fused_experts_cpu", description="vllm._custom_ops.fused_experts_cpu UNQUANT bf16"))
