@@ -261,23 +261,16 @@ class BatonServer:
                         side_of[conn] = words[1]
                         conns[words[1]] = conn
                         waiting.add(words[1])
-                    elif words == ["done"] and side_of.get(conn) == holder and holder:
+                    elif words in (["pass"], ["done"]) and side_of.get(conn) == holder \
+                            and holder:
                         me = holder
                         other = "B" if me == "A" else "A"
-                        done.add(me)
+                        (waiting if words == ["pass"] else done).add(me)
                         holder = None
                         if other in waiting:
                             self.handovers += 1
                             grant(other)
-                    elif words == ["pass"] and side_of.get(conn) == holder and holder:
-                        me = holder
-                        other = "B" if me == "A" else "A"
-                        waiting.add(me)
-                        holder = None
-                        if other in waiting:
-                            self.handovers += 1
-                            grant(other)
-                        else:
+                        elif me in waiting:  # passed, nobody else waiting: back to it
                             self.returns += 1
                             grant(me)
                     else:

@@ -48,6 +48,13 @@ def _needs(name: str):
     return REGISTRY.get(name)
 
 
+def _child(code: str) -> subprocess.CompletedProcess:
+    """Run a quarantined repro in a child Python with this repository on its path."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+
+
 @known("cpu-router-bf16-softmax")
 def test_cpu_router_bf16_logits_weights_in_fp32():
     from reference.routing import RouterConfig, route
@@ -132,9 +139,7 @@ def test_cpu_fused_moe_invalid_id_is_refused_not_corrupting():
         for _ in range(50):  # allocator churn makes heap corruption surface
             torch.empty(1 << 20).add_(1)
     """)
-    root = pathlib.Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    proc = _child(code)
     text = proc.stdout + proc.stderr
     tail = text.strip().splitlines()[-3:]
     if re.search(r"REFUSED .*(Expected a value of type|argument|positional)", proc.stdout):
@@ -178,9 +183,7 @@ def test_cpu_fused_moe_amx_runs_in_a_fresh_process():
         r = op(out, *args) if style == "out" else op(*args)
         print("RAN", bool(torch.isfinite((out if style == "out" else r).float()).all()))
     """)
-    root = pathlib.Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    proc = _child(code)
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
     if proc.returncode == 0 and "RAN True" in proc.stdout:
         return  # the kernel asks for the tiles itself: fixed
@@ -208,9 +211,7 @@ def test_cpu_fused_moe_amx_refuses_an_unaligned_hidden_size():
         else:
             print("ACCEPTED")
     """)
-    root = pathlib.Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    proc = _child(code)
     text = proc.stdout + proc.stderr
     tail = text.strip().splitlines()[-3:]
     if proc.returncode == 0 and ("REFUSED" in proc.stdout or "ACCEPTED" in proc.stdout):
