@@ -75,17 +75,26 @@ class Baton:
             raise BatonError(f"{ENV_SOCKET} is set but {ENV_SIDE}={side!r} is not A or B")
         return cls(path, side)
 
-    def _wait_go(self) -> None:
+    def _line(self) -> bytes | None:
+        """The server's next line; None when it closed the connection. Adds the time blocked
+        to waited_s."""
         t0 = time.perf_counter()
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = self.sock.recv(64)
             if not chunk:
-                raise BatonError(f"baton server {self.path} closed the connection")
+                buf = None
+                break
             buf += chunk
+        self.waited_s += time.perf_counter() - t0
+        return buf
+
+    def _wait_go(self) -> None:
+        buf = self._line()
+        if buf is None:
+            raise BatonError(f"baton server {self.path} closed the connection")
         if buf.strip() != b"go":
             raise BatonError(f"baton server {self.path} said {buf.strip()!r}, expected b'go'")
-        self.waited_s += time.perf_counter() - t0
 
     def hello(self) -> None:
         if self.sock is not None:
@@ -116,14 +125,7 @@ class Baton:
             return
         try:
             self.sock.sendall(b"done\n")
-            t0 = time.perf_counter()
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = self.sock.recv(64)
-                if not chunk:
-                    break
-                buf += chunk
-            self.waited_s += time.perf_counter() - t0
+            self._line()  # "bye", or None: the server went away
         except OSError:
             pass
         finally:

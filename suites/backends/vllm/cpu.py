@@ -104,12 +104,14 @@ class CpuFusedMoE(ExpertsBackend):
         if self.isa == "amx":
             _request_amx_tiles()
             I = w2.shape[-1]
-            if H % 32 or I % 32 or w13.dtype != torch.bfloat16 or w2.dtype != torch.bfloat16:
+            if H % self.alignment or I % self.alignment or w13.dtype not in self.dtypes \
+                    or w2.dtype not in self.dtypes:
                 # the kernel's own checks of these run inside an OpenMP region: they terminate
                 # the process instead of raising (known failure cpu-fused-moe-amx-checks-abort)
                 raise QuarantinedInput(
-                    f"{self.name}: H={H}, I={I}, {w13.dtype}: the AMX kernel takes bfloat16 with "
-                    "H and I multiples of 32 and aborts the process on anything else "
+                    f"{self.name}: H={H}, I={I}, {w13.dtype}: the AMX kernel takes "
+                    f"{', '.join(map(str, self.dtypes))} with H and I multiples of "
+                    f"{self.alignment} and aborts the process on anything else "
                     "(known failure cpu-fused-moe-amx-checks-abort)")
         return dict(
             w13=ops.cpu_prepack_moe_weight(w13.contiguous(), self.isa),
