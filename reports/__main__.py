@@ -31,7 +31,7 @@
                                    the same, measured on this machine's single-process run files
                                    of one code version (reports/calibrate.py)
   ab run --a-python PY --b-python PY [--ab-pairs N] [--ab-slowdown-b GLOB=F]
-         [--ab-interleave window|process] [-- PYTEST ARGS]
+         [--ab-interleave auto|window|process|shared] [-- PYTEST ARGS]
   ab judge DIR | ab calibrate      interleaved A/B of two environments on this machine (what
                                    nox -s ab runs), paired verdicts per benchmark; see
                                    reports/ab.py (`python -m reports ab --help`)

@@ -40,7 +40,11 @@ work on the second core), process mode 20 "same" / 32 inconclusive and window mo
 median interval half-width 6.8% vs 2.1% (reports/README.md has the table with the planted
 slowdowns). A pair then takes as long as its two processes together.
 `--ab-interleave process` keeps the old schedule (one process at a time; each process's output
-on the terminal instead of processNN-<side>.log).
+on the terminal instead of processNN-<side>.log). When A and B are one environment (`auto`, the
+default, then picks `shared`; harness/ab.py resolve_interleave) a pair is one process timing
+both sides in alternating windows (suites/bench/timing.py SharedPair), which writes both
+process files: the judgement below reads them as any pair's. Its A vs A measures that mode's
+spread only: calibrate two environments from an A vs A run with `--ab-interleave window`.
 Files: reports/out/<time>-ab/plan.json, processNN-A.json / processNN-B.json (and .log in window
 mode) in run order, then ab.md and ab.json (the verdicts).
 

@@ -28,6 +28,9 @@ nothing, run at once) and from then on computes only while holding it; run_case 
 other side every ~50 ms of timed rounds (reports/baton.py). SUITE_BENCH_ROOFLINE (set by an A/B
 run to a file in its folder) lets the run's later processes reuse the first one's roofline
 probes (probes.measure_or_reuse) instead of spending ~3 s a process on them.
+When A and B are one environment (`--ab-interleave shared`, the default then), harness/ab.py
+runs a pair as one process with SUITE_BENCH_SHARED set instead: run_case times both sides in
+alternating windows (timing.SharedPair) and this process writes B's records beside A's.
 
 Performance runs never assert numerics; they only time and record. `nox -s bench` runs this
 suite in several processes (--bench-processes, a nox option) and merges them (reports/merge.py).
@@ -35,10 +38,14 @@ suite in several processes (--bench-processes, a nox option) and merges them (re
 
 from __future__ import annotations
 
+import copy
+import json
 import os
+import pathlib
 
 import pytest
 import torch
+from pytest_benchmark.stats import Stats
 
 from reports import baton as _baton
 from suites.bench import probes as _roofline
@@ -51,6 +58,7 @@ _AFFINITY_AT_START = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffin
 _SETTINGS_KEY = pytest.StashKey[BenchSettings]()
 _ROOFLINE_KEY = pytest.StashKey[_roofline.Roofline]()
 _THREADS_KEY = pytest.StashKey[dict]()
+SHARED_ENV = "SUITE_BENCH_SHARED"  # both sides of an A/B pair in this process (harness/ab.py)
 
 _OPTIONS = (
     ("--bench-tokens", "SUITE_BENCH_TOKENS", "token counts, comma-separated"),
@@ -80,6 +88,46 @@ def pytest_configure(config: pytest.Config) -> None:
         _timing.BATON = _baton.Baton.from_env()
     except _baton.BatonError as e:
         raise pytest.UsageError(f"interleaved A/B: {e}") from None
+    _timing.SHARED = shared_from_env(os.environ.get(SHARED_ENV))
+
+
+def shared_from_env(value: str | None) -> _timing.SharedPair | None:
+    """SUITE_BENCH_SHARED (harness/ab.py, --ab-interleave shared): a JSON object with `first`
+    (A or B), `b_json` (where B's records go) and `b_slowdown` (B's --ab-slowdown-b, or null).
+    Unset or empty: None. Malformed: a UsageError saying what is wrong."""
+    if not value:
+        return None
+    try:
+        d = json.loads(value)
+        return _timing.SharedPair(first=d["first"], b_json=str(d["b_json"]),
+                                  b_slowdown=parse_slowdown(d.get("b_slowdown")))
+    except (ValueError, KeyError, TypeError) as e:
+        raise pytest.UsageError(f"{SHARED_ENV}: not a shared A/B pair ({type(e).__name__}: "
+                                f"{e})") from None
+
+
+def shared_b_json(output_json: dict, shared: _timing.SharedPair) -> dict:
+    """B's process file of a shared pair: A's --benchmark-json with each benchmark's stats and
+    extra_info replaced by B's (SharedPair.records; a benchmark without B's record, one that
+    did not time B, is left out) and B's slowdown in the bench settings."""
+    b = copy.deepcopy(output_json)
+    kept = []
+    for bench in b.get("benchmarks", []):
+        rec = shared.records.get(bench.get("fullname"))
+        if rec is None:
+            continue
+        stats = Stats()
+        for dt in rec["data"]:
+            stats.update(dt)
+        bench["stats"] = {**stats.as_dict(), "data": list(rec["data"]), "iterations": 1}
+        bench["extra_info"] = rec["extra_info"]
+        kept.append(bench)
+    b["benchmarks"] = kept
+    mi = b.setdefault("machine_info", {})
+    if isinstance(mi.get("bench_settings"), dict):
+        mi["bench_settings"]["slowdown"] = dict(shared.b_slowdown)
+    mi["ab_shared"] = {"side": "B", "first": shared.first}
+    return b
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -181,6 +229,8 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         config.stash[_ROOFLINE_KEY] = _roofline.measure(s.device, s.roofline_dtypes)
     machine_info["roofline"] = config.stash[_ROOFLINE_KEY].as_dict()
     machine_info["bench_settings"] = s.as_dict()
+    if _timing.SHARED is not None:
+        machine_info["ab_shared"] = {"side": "A", "first": _timing.SHARED.first}
     if _timing.BATON is not None:
         b = _timing.BATON
         machine_info["ab_baton"] = {"side": b.side, "passes": b.passes,
@@ -191,3 +241,8 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     from reports.schema import SCHEMA_VERSION
 
     output_json["suite_schema"] = SCHEMA_VERSION
+    if _timing.SHARED is not None:  # B's process file beside A's (atomic: whole or absent)
+        path = pathlib.Path(_timing.SHARED.b_json)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_text(json.dumps(shared_b_json(output_json, _timing.SHARED), indent=4))
+        os.replace(tmp, path)

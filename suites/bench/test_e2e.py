@@ -97,6 +97,10 @@ def test_e2e(benchmark, e2e_case, bench_settings):
     )
     from suites.e2e.judge import runner_problems
 
+    if timing.SHARED is not None:
+        pytest.skip("an A/B pair in one process (--ab-interleave shared) times run_case "
+                    "benchmarks only; the e2e engine benchmark needs two processes "
+                    "(--ab-interleave window)")
     name, k, batch = e2e_case
     backend = REGISTRY.get(name)
     prompts = _prompts()

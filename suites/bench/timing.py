@@ -26,6 +26,7 @@ record says so.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
 import statistics
@@ -93,6 +94,12 @@ def parse_slowdown(value: str | None) -> dict[str, float]:
     return out
 
 
+def slowdown_for(slowdown: dict[str, float], backend: str) -> float:
+    """The fraction a parsed --bench-slowdown slows `backend` by (the largest of the globs that
+    match it; 0: not slowed)."""
+    return max((f for g, f in slowdown.items() if fnmatch.fnmatch(backend, g)), default=0.0)
+
+
 @dataclass
 class BenchSettings:
     device: str
@@ -148,7 +155,7 @@ class BenchSettings:
         return tuple(dict.fromkeys((*self.dtypes, "float32")))
 
     def slowdown_for(self, backend: str) -> float:
-        return max((f for g, f in self.slowdown.items() if fnmatch.fnmatch(backend, g)), default=0.0)
+        return slowdown_for(self.slowdown, backend)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -240,17 +247,21 @@ class Control:
 # The baton of an interleaved A/B pair (reports/baton.py), set by conftest.py when the A/B runner
 # asked for it; None otherwise.
 BATON: _baton.Baton | None = None
+# Both sides of an A/B pair in this process (SharedPair), set by conftest.py from
+# SUITE_BENCH_SHARED; None otherwise.
+SHARED: SharedPair | None = None
 
 
 class Windows:
-    """Per-round setup that hands the baton to the other side of an A/B pair every `rounds`
-    timed rounds (a window of about reports.baton.WINDOW_S seconds), then makes one untimed call
-    so that the next window does not start on caches the other side just evicted. Wraps the
-    case's own per-round setup (the control op)."""
+    """Per-round setup that gives the other side of an A/B pair its turn every `rounds` timed
+    rounds (a window of about reports.baton.WINDOW_S seconds): `turn` passes the baton to the
+    other process, or runs the other side's window in this one (Guest), and returns when this
+    side may compute again; then one untimed call, so that the next window does not start on
+    caches the other side just evicted. Wraps the case's own per-round setup (the control op)."""
 
-    def __init__(self, baton, target: Callable[[], object], inner: Callable[[], None] | None,
-                 rounds: int, rewarm: bool = True) -> None:
-        self.baton, self.target, self.inner, self.rounds = baton, target, inner, rounds
+    def __init__(self, turn: Callable[[], None], target: Callable[[], object],
+                 inner: Callable[[], None] | None, rounds: int, rewarm: bool = True) -> None:
+        self.turn, self.target, self.inner, self.rounds = turn, target, inner, rounds
         # The re-warm call matters for short calls, whose first round after the other side's
         # window would run on evicted caches; a call of REWARM_MAX_S or more refills its
         # working set within its own first percent, the same on both sides, and an extra
@@ -260,7 +271,7 @@ class Windows:
         self.handovers = 0
 
     def handover(self) -> None:
-        self.baton.pass_()
+        self.turn()
         self.handovers += 1
         if self.rewarm:
             self.target()
@@ -271,6 +282,69 @@ class Windows:
         self.count += 1
         if self.inner is not None:
             self.inner()
+
+
+@dataclass
+class SharedPair:
+    """Both sides of an A/B pair in this one process (harness/ab.py `--ab-interleave shared`,
+    chosen when A and B are one environment, so that the only difference between them is B's
+    --ab-slowdown-b): A is timed by pytest-benchmark as in any process, B by a Guest whose
+    windows alternate with A's in every case, on the same weights, inputs and process state.
+    Between two processes each case keeps an offset of its own for the whole process (measured
+    on the Intel Xeon AMX machine, 2026-12-07: the pair log-ratio's sd was 4.6% between pairs
+    against a 1.8% standard error within a pair); one process has the same offset on both
+    sides, and it cancels in B/A. conftest.py writes B's records to `b_json`, in the format of
+    A's --benchmark-json, for reports/ab.py to read as B's process file."""
+
+    first: str  # "A" or "B": the side whose window opens each case (the pair's balanced order)
+    b_json: str
+    b_slowdown: dict[str, float] = field(default_factory=dict)
+    records: dict[str, dict] = field(default_factory=dict)  # fullname -> B's data, extra_info
+
+    def __post_init__(self) -> None:
+        if self.first not in ("A", "B"):
+            raise ValueError(f"shared A/B pair: first side {self.first!r}, expected A or B")
+
+
+class Guest:
+    """Side B of a SharedPair in one case: `window()` times up to `window_rounds` of its rounds
+    (Windows' turn), each after the case's own per-round setup (`inner`: the control op, on B's
+    rounds as on A's), the way pytest-benchmark's pedantic runner times A's: `timer` (the
+    fixture's own) right before and after the call, and the call's output kept until the next
+    round's call has returned, so that no round frees the previous output inside its timing
+    and the allocator cannot hand the same hot buffer back (measured in the first version,
+    which dropped it at once: B read 1-3% faster than A at 0.1-5 ms with nothing slowed). Its
+    first call of each window is an untimed re-warm when A's windows have one."""
+
+    def __init__(self, target: Callable[[], object], inner: Callable[[], None] | None,
+                 rounds: int, window_rounds: int, rewarm: bool,
+                 timer: Callable[[], float] = time.perf_counter) -> None:
+        self.target, self.inner, self.rounds, self.timer = target, inner, rounds, timer
+        self.window_rounds, self.rewarm = window_rounds, rewarm
+        self.data: list[float] = []
+        self.windows = 0
+        self.result: object = None
+
+    def window(self) -> None:
+        n = min(self.window_rounds, self.rounds - len(self.data))
+        if n <= 0:
+            return
+        self.windows += 1
+        if self.rewarm:
+            self.target()
+        target, timer = self.target, self.timer
+        for _ in range(n):
+            if self.inner is not None:
+                self.inner()
+            start = timer()
+            result = target()
+            end = timer()
+            self.result = result  # the previous round's output is freed here, untimed
+            self.data.append(end - start)
+
+    def finish(self) -> None:
+        while len(self.data) < self.rounds:
+            self.window()
 
 
 def _tensors(obj) -> list:
@@ -429,9 +503,20 @@ def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
         elif t < PILOT_SLOW_MAX_S:
             pilot += [call()[1] for _ in range(PILOT_SLOW_CALLS)]
         rounds, pilot_cv = auto_rounds(pilot, rounds)
-    window = None
-    if BATON is not None and not cuda:
-        window = Windows(BATON, target, setup, window_rounds(t, rounds),
+    window = guest = None
+    if SHARED is not None and not cuda:
+        # both sides here: B's windows are Windows' turns, on the same fn, inputs and control
+        b_slowdown = slowdown_for(SHARED.b_slowdown, backend)
+        wr = window_rounds(t, rounds)
+        guest = Guest(Slowed(fn, b_slowdown) if b_slowdown else fn, setup, rounds, wr,
+                      rewarm=t < REWARM_MAX_S,
+                      timer=getattr(benchmark, "_timer", None) or time.perf_counter)
+        window = Windows(guest.window, target, setup, wr, rewarm=t < REWARM_MAX_S)
+        setup = window.setup
+        if SHARED.first == "B":
+            window.handover()  # B's window opens the case, as the baton's first side's would
+    elif BATON is not None and not cuda:
+        window = Windows(BATON.pass_, target, setup, window_rounds(t, rounds),
                          rewarm=t < REWARM_MAX_S)
         setup = window.setup
         window.handover()  # the other side reaches this case: the timed windows start aligned
@@ -440,6 +525,8 @@ def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
         control.sample(reps)
     benchmark.pedantic(target, setup=setup, rounds=rounds, iterations=1,
                        warmup_rounds=0 if auto else 1)
+    if guest is not None:
+        guest.finish()  # B's last window, when A's opened the case
     if control is not None:
         control.sample(reps)
     median = benchmark.stats.stats.median
@@ -465,8 +552,28 @@ def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
         info["cache_resident"] = bool(llc and info["bytes"] <= llc)
     for flag in info["roofline_flags"]:
         warnings.warn(f"{benchmark.name}: {flag}", RooflineWarning, stacklevel=2)
-    if window is not None:
-        info["timing"]["baton"] = {"window_rounds": window.rounds, "handovers": window.handovers}
     if slowdown:
         info["slowdown"] = slowdown
+    if guest is not None:
+        info["timing"]["shared"] = {"side": "A", "first": SHARED.first,
+                                    "window_rounds": window.rounds, "turns": window.handovers}
+        SHARED.records[benchmark.fullname] = _guest_record(guest, info, roofline, b_slowdown)
+    elif window is not None:
+        info["timing"]["baton"] = {"window_rounds": window.rounds, "handovers": window.handovers}
     benchmark.extra_info.update(info)
+
+
+def _guest_record(guest: Guest, info: dict, roofline: _roofline.Roofline,
+                  slowdown: float) -> dict:
+    """B's record of a shared-pair case (SharedPair.records): its rounds, and A's extra_info
+    with B's median, rates and roofline fractions and B's slowdown."""
+    median = statistics.median(guest.data)
+    b = copy.deepcopy(info)
+    b.pop("slowdown", None)
+    b.update(median_s=median, tokens_per_s=b["tokens"] / median)
+    b.update(roofline.figures(dtype=b["dtype"], flop=b["flop"], nbytes=b["bytes"],
+                              seconds=median, compute_dtype=b.get("compute_dtype")))
+    b["timing"]["shared"] = {**b["timing"]["shared"], "side": "B", "windows": guest.windows}
+    if slowdown:
+        b["slowdown"] = slowdown
+    return {"data": list(guest.data), "extra_info": b}

