@@ -361,6 +361,12 @@ def judge(processes: list[tuple[str, Run]], rule: Rule | None = None, *, a: str 
         if slowed:
             notes.append(f"{name}'s processes ran with --bench-slowdown {', '.join(slowed)} "
                          "(planted)")
+    shared = sum(bool(ra.machine_info.get("ab_shared")) for ra, _ in pairs)
+    if shared:
+        notes.append(f"{shared} of {len(pairs)} pairs were one process timing both sides in "
+                     "alternating windows (A and B one environment: --ab-interleave shared, "
+                     "suites/bench/timing.py SharedPair): their spread is that mode's, "
+                     "narrower than two environments' (one process for both)")
     contrast, why = (_unpaired([p[0] for p in pairs], [p[1] for p in pairs], rule) if unpaired
                      else ({}, ""))
     if why:

@@ -114,6 +114,22 @@ def test_a_vs_a_is_same_with_enough_pairs():
     assert c12["same"] >= 38 and c12["same"] > c3["same"]
 
 
+def test_a_shared_pair_is_said_in_the_notes():
+    """Pairs timed in one process (--ab-interleave shared: machine_info.ab_shared in their
+    files) are judged as any pair, and the notes say so: their spread is not two
+    environments'."""
+    _, procs = _processes(n_bench=4, pairs=4)
+    plain = ab.judge(procs, RULE)
+    assert not any("one process timing both sides" in n for n in plain.notes)
+    for i, (side, run) in enumerate(procs):
+        if side == "A" and i < 4:  # the first two pairs
+            run.machine_info["ab_shared"] = {"side": "A", "first": "A"}
+    marked = ab.judge(procs, RULE)
+    assert any(n.startswith("2 of 4 pairs were one process timing both sides") for n in
+               marked.notes), marked.notes
+    assert _verdicts(marked) == _verdicts(plain)
+
+
 def test_disturbed_processes_make_inconclusive_not_false_verdicts():
     """A quarter of the process medians 1.05-2.5x slower (another tenant on the cores): wide
     intervals, no false regression over 400 benchmarks of A vs A."""
