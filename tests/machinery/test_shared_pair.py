@@ -85,7 +85,7 @@ def _timer():
 def test_guest_frees_the_previous_output_outside_the_timing_like_pedantic():
     """pytest-benchmark's pedantic runner keeps a round's output until the next round's call
     has returned; a Guest that dropped it at once would free it between its own timer
-    readings (and let the allocator hand the same hot buffer back): B would read faster."""
+    readings, and B's rounds would contain a free that A's do not."""
     _Output.log = []
     g = Guest(_Output, None, rounds=3, window_rounds=3, rewarm=False, timer=_timer)
     g.window()
