@@ -343,11 +343,15 @@ def _window_pair(p, i1, first, second, command, sock_dir, env, folder, done, wal
         i, part, log, _ = procs[side_name]
         walls.append(wall)
         if rcs[side_name] != 0 or not part.exists():
-            tail = pathlib.Path(log.name).read_text(errors="replace")[-3000:]
-            say(f"--- {pathlib.Path(log.name).name} (tail) ---\n{tail}")
+            _say_tail(pathlib.Path(log.name), say)
             raise ProcessFailed(i, side_name, rcs[side_name], folder)
         done.append((side_name, part))
     return server.handovers
+
+
+def _say_tail(log: pathlib.Path, say) -> None:
+    """A failed process's log, its last 3000 characters."""
+    say(f"--- {log.name} (tail) ---\n{log.read_text(errors='replace')[-3000:]}")
 
 
 def _shared_pair(i1, first, second, command, env, folder, done, walls, say,
@@ -367,7 +371,7 @@ def _shared_pair(i1, first, second, command, env, folder, done, walls, say,
                             stderr=subprocess.STDOUT).returncode
     walls.append(round(time.monotonic() - start, 2))
     if rc != 0 or not part_a.exists() or not part_b.exists():
-        say(f"--- {log_path.name} (tail) ---\n{log_path.read_text(errors='replace')[-3000:]}")
+        _say_tail(log_path, say)
         raise ProcessFailed(i1, "A and B", rc, folder)
     done.extend((side, part_a if side == "A" else part_b) for side in (first, second))
 

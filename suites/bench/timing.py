@@ -531,11 +531,8 @@ def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
     if control is not None:
         control.sample(reps)
     median = benchmark.stats.stats.median
-    info = dict(extra)
-    info.update(backend=backend, device=settings.device, median_s=median,
-                tokens_per_s=info["tokens"] / median)
-    info.update(roofline.figures(dtype=info["dtype"], flop=info["flop"], nbytes=info["bytes"],
-                                 seconds=median, compute_dtype=info.get("compute_dtype")))
+    info = dict(extra, backend=backend, device=settings.device)
+    _rates(info, median, roofline)
     info["timing"] = {
         "clock": "cuda-events" if cuda else "perf_counter",
         "cold_l2": cuda, "warmup_calls": len(warm) + (0 if auto else 1), "iterations": 1,
@@ -564,16 +561,21 @@ def run_case(benchmark, fn: Callable[[], object], *, settings: BenchSettings,
     benchmark.extra_info.update(info)
 
 
+def _rates(info: dict, median: float, roofline: _roofline.Roofline) -> None:
+    """A record's median and what follows from it: tokens/s, achieved rates and roofline
+    fractions (info has tokens, dtype, flop, bytes and maybe compute_dtype)."""
+    info.update(median_s=median, tokens_per_s=info["tokens"] / median)
+    info.update(roofline.figures(dtype=info["dtype"], flop=info["flop"], nbytes=info["bytes"],
+                                 seconds=median, compute_dtype=info.get("compute_dtype")))
+
+
 def _guest_record(guest: Guest, info: dict, roofline: _roofline.Roofline,
                   slowdown: float) -> dict:
     """B's record of a shared-pair case (SharedPair.records): its rounds, and A's extra_info
     with B's median, rates and roofline fractions and B's slowdown."""
-    median = statistics.median(guest.data)
     b = copy.deepcopy(info)
     b.pop("slowdown", None)
-    b.update(median_s=median, tokens_per_s=b["tokens"] / median)
-    b.update(roofline.figures(dtype=b["dtype"], flop=b["flop"], nbytes=b["bytes"],
-                              seconds=median, compute_dtype=b.get("compute_dtype")))
+    _rates(b, statistics.median(guest.data), roofline)
     b["timing"]["shared"] = {**b["timing"]["shared"], "side": "B", "windows": guest.windows}
     if slowdown:
         b["slowdown"] = slowdown
